@@ -1,0 +1,107 @@
+"""`optimum-cli export onnx`: optimum's familiar flags, plus `--dynamo` for our exporter.
+
+Only argparse happens at import time: optimum-cli imports every register module on start-up,
+so torch and transformers are imported inside `run()`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from argparse import ArgumentParser
+from pathlib import Path
+
+from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+__all__ = ["ONNXExportCommand", "parse_export_args", "run_cli"]
+
+
+def parse_export_args(parser: ArgumentParser) -> None:
+    required = parser.add_argument_group("Required arguments")
+    required.add_argument("-m", "--model", type=str, required=True, help="Model ID on huggingface.co or path on disk to load model from.")
+    required.add_argument("output", type=Path, help="Path indicating the directory where to store the generated ONNX model.")
+
+    optional = parser.add_argument_group("Optional arguments")
+    optional.add_argument(
+        "--task",
+        default=None,
+        help="The task to export the model for: `text-generation` or `text-generation-with-past` "
+        "(KV cache as inputs and outputs). Inferred (`text-generation-with-past`) when omitted.",
+    )
+    optional.add_argument("--dynamo", action="store_true", help="Use the torch.export (dynamo) exporter of optimum-onnx23.")
+    optional.add_argument("--opset", type=int, default=None, help="ONNX opset version to export with (default 23 with --dynamo).")
+    optional.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="Data type of the exported weights and activations.")
+    optional.add_argument("--device", type=str, default="cpu", help='The device to use to do the export. Defaults to "cpu".')
+    optional.add_argument("--no-fusions", action="store_true", help="Do not fuse Attention, RMSNormalization and RotaryEmbedding.")
+    optional.add_argument("--atol", type=float, default=None, help="Max absolute difference allowed against PyTorch (default 1e-4 in fp32).")
+    optional.add_argument("--trust-remote-code", action="store_true", help="Allow custom model code from the Hub. Only use with repositories you trust.")
+    optional.add_argument("--revision", type=str, default=None, help="Revision of the model repository (branch, tag or commit).")
+    optional.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", type=str, default=None, help="Path indicating where to store cache.")
+    optional.add_argument("--overwrite", action="store_true", help="Replace the output folder if it exists and is not empty.")
+
+
+def _log_progress_to_stderr() -> None:
+    # Our logger only: onnxscript's optimizer logs every folded constant at INFO.
+    logger = logging.getLogger("optimum_onnx23")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def run_cli(args) -> int:
+    """Run the export for parsed `args`; returns the process exit code."""
+    from optimum_onnx23.errors import OptimumOnnx23Error
+
+    if not args.dynamo:
+        if importlib.util.find_spec("optimum.exporters.onnx") is not None:
+            from optimum.exporters.onnx.__main__ import main_export  # optimum-onnx's TorchScript exporter
+
+            main_export(
+                args.model, output=args.output, task=args.task or "auto", opset=args.opset, device=args.device,
+                trust_remote_code=args.trust_remote_code, revision=args.revision, cache_dir=args.cache_dir,
+            )
+            return 0
+        print(
+            "error: optimum-onnx's legacy exporter is not installed; pass --dynamo to export with optimum-onnx23's dynamo exporter.",
+            file=sys.stderr,
+        )
+        return 2
+
+    _log_progress_to_stderr()
+    try:
+        from optimum_onnx23.exporters import export
+
+        export(
+            args.model,
+            args.output,
+            task=args.task,
+            opset=23 if args.opset is None else args.opset,
+            dtype=args.dtype,
+            device=args.device,
+            fusions_enabled=not args.no_fusions,
+            atol=args.atol,
+            trust_remote_code=args.trust_remote_code,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            overwrite=args.overwrite,
+        )
+    except OptimumOnnx23Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class ONNXExportCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(name="onnx", help="Export PyTorch models to ONNX (--dynamo: torch.export, opset 23).")
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser):
+        return parse_export_args(parser)
+
+    def run(self):
+        code = run_cli(self.args)
+        if code:
+            sys.exit(code)

@@ -1,0 +1,263 @@
+"""Stage 1 of the data flow: export a transformers decoder with torch.export to ONNX.
+
+`export()` loads the model, traces the flat-tensor wrapper with `torch.onnx.export(dynamo=True)`,
+runs onnxscript's graph optimizer and the fusion stage, checks the result against PyTorch in
+onnxruntime, and only then moves a complete folder into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import torch
+
+from .. import fusions
+from ..errors import InvalidArgumentError, ModelNotFoundError
+from .configs import TASKS, DecoderExportConfig, get_export_config
+from .output import check_output_folder, staged_output_folder
+from .report import ExportReport
+from .validate import validate_against_pytorch
+from .wrapper import DecoderWrapper
+
+__all__ = ["export", "DTYPES", "MIN_OPSET", "max_opset", "load_model_config", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIN_OPSET = 18
+ONNX_FILE_NAME = "model.onnx"
+ONNX_DATA_NAME = "model.onnx_data"  # optimum-onnx's and transformers.js' name for external weights
+DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def _check_arguments(task: str | None, opset: int, dtype: str, atol: float | None) -> None:
+    if task is not None and task not in TASKS:
+        raise InvalidArgumentError(f"Unknown task `{task}`; the dynamo exporter supports: {', '.join(TASKS)}.")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise InvalidArgumentError(
+            f"Opset {opset} is out of range: pass --opset between {MIN_OPSET} and {max_opset()} "
+            f"(the newest onnx {onnx.__version__} knows); 23 or more gets the fused Attention ops."
+        )
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"Unknown dtype `{dtype}`; pass one of: {', '.join(DTYPES)}.")
+    if atol is not None and not atol > 0:
+        raise InvalidArgumentError(f"--atol must be a positive number, got {atol}.")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Anything that cannot be a Hub id (`name` or `org/name`) is taken as a local path."""
+    return not _HUB_ID.match(name)
+
+
+def load_model_config(model: str, revision=None, cache_dir=None, trust_remote_code=False, token=None):
+    """`AutoConfig` for a local folder or a Hub id, with one-line errors for what is missing."""
+    from transformers import AutoConfig
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{model} is a file; pass the model folder that holds config.json.")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{model} is not a model folder: it has no config.json.")
+    elif _looks_like_path(model):
+        raise ModelNotFoundError(f"Model folder {model} does not exist; pass an existing folder or a Hub model id.")
+    try:
+        return AutoConfig.from_pretrained(
+            str(path) if path.exists() else model,
+            revision=revision,
+            cache_dir=cache_dir,
+            trust_remote_code=trust_remote_code,
+            token=token,
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "trust_remote_code" in str(error):
+            raise ModelNotFoundError(
+                f"`{model}` needs custom code from its repository; pass --trust-remote-code if you trust it."
+            ) from error
+        raise ModelNotFoundError(
+            f"Could not load the config of `{model}` ({first_line}); pass a local model folder or a Hub id that is "
+            "reachable (or already in the HF cache when offline)."
+        ) from error
+
+
+@contextmanager
+def _step(report: ExportReport, index: int, total: int, name: str):
+    logger.info("[%d/%d] %s...", index, total, name)
+    start = time.perf_counter()
+    yield
+    report.timings[name] = round(time.perf_counter() - start, 3)
+    logger.info("[%d/%d] %s done in %.1f s", index, total, name, report.timings[name])
+
+
+def _trace(wrapper, export_config: DecoderExportConfig, config, with_past, opset, dtype, device) -> ir.Model:
+    args = tuple(t.to(device) for t in export_config.dummy_inputs(config, with_past, dtype=dtype))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not actionable by users
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            dynamic_shapes=export_config.dynamic_shapes(config, with_past),
+            input_names=export_config.input_names(config, with_past),
+            output_names=export_config.output_names(config, with_past),
+            opset_version=opset,
+            dynamo=True,
+            optimize=False,  # we run the optimizer and fusions ourselves to report what each did
+            verbose=False,
+        )
+    return program.model
+
+
+def _strip_trace_metadata(model: ir.Model) -> None:
+    """Drop torch's per-node debug metadata: stack traces name local files, and it is ~90% of the
+    graph proto. The module `namespace` stays, for profiling by layer."""
+    for node in model.graph.all_nodes():
+        for key in [k for k in node.metadata_props if k.startswith("pkg.torch.")]:
+            del node.metadata_props[key]
+    for value in model.graph.inputs:
+        value.metadata_props.clear()
+    for value in model.graph.initializers.values():
+        value.metadata_props.clear()
+
+
+def _save_tokenizer(source: str, staging: Path, revision, cache_dir, trust_remote_code, token, report) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, token=token
+        )
+    except (OSError, ValueError, TypeError) as error:
+        message = f"No tokenizer saved: could not load one from `{source}` ({type(error).__name__})."
+        logger.warning(message)
+        report.warnings.append(message)
+        return
+    tokenizer.save_pretrained(staging)
+
+
+def export(
+    model_name_or_path: str | os.PathLike,
+    output: str | os.PathLike,
+    task: str | None = None,
+    opset: int = 23,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    fusions_enabled: bool = True,
+    atol: float | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    token: str | bool | None = None,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
+
+    Args:
+        model_name_or_path: a local model folder or a Hugging Face Hub model id.
+        output: the folder to write; refused if it exists and is not empty, unless `overwrite`.
+        task: `text-generation-with-past` (default, KV cache as graph I/O) or `text-generation`.
+        opset: ONNX opset, 18 up to the newest onnx supports; fusions need 23 or more.
+        dtype: `fp32`, `fp16` or `bf16` weights and activations.
+        fusions_enabled: run the fusion stage (standard Attention, RMSNormalization, RotaryEmbedding).
+        atol: max |ONNX - PyTorch| allowed on every output; default 1e-4 for fp32.
+
+    Returns:
+        The `ExportReport`, also written as `export_report.json` in `output`.
+    """
+    model_name = str(model_name_or_path)
+    _check_arguments(task, opset, dtype, atol)
+    atol = DEFAULT_ATOL[dtype] if atol is None else atol
+    output = Path(output)
+    check_output_folder(output, overwrite)
+    config = load_model_config(model_name, revision, cache_dir, trust_remote_code, token)
+    export_config = get_export_config(config.model_type)
+    task = task or "text-generation-with-past"
+    with_past = task.endswith("-with-past")
+    report = ExportReport(model=model_name, model_type=config.model_type, task=task, opset=opset, dtype=dtype, atol=atol)
+    torch_dtype = DTYPES[dtype]
+    torch_device = torch.device(device)
+    total = 6
+
+    from transformers import AutoModelForCausalLM
+
+    with staged_output_folder(output) as staging:
+        with _step(report, 1, total, f"Loading {config.model_type} model `{model_name}`"):
+            model = AutoModelForCausalLM.from_pretrained(
+                model_name,
+                config=config,
+                revision=revision,
+                cache_dir=cache_dir,
+                trust_remote_code=trust_remote_code,
+                token=token,
+                dtype=torch_dtype,
+            )
+            model = model.to(torch_device).eval()
+            wrapper = DecoderWrapper(model, export_config.num_layers(config), with_past)
+
+        with _step(report, 2, total, f"Exporting with torch.export to ONNX opset {opset}"):
+            onnx_model = _trace(wrapper, export_config, config, with_past, opset, torch_dtype, torch_device)
+            import onnxscript.optimizer
+
+            onnxscript.optimizer.optimize_ir(onnx_model)
+            _strip_trace_metadata(onnx_model)
+
+        with _step(report, 3, total, "Fusing standard ops"):
+            if fusions_enabled:
+                fusion_report = fusions.fuse(onnx_model)
+            else:
+                fusion_report = fusions.FusionReport(opset=opset, skipped_reason="disabled by --no-fusions")
+                fusion_report.op_counts = {op: fusions.count_ops(onnx_model).get(op, 0) for op in fusions.STANDARD_OPS}
+            report.fusions = fusion_report.to_dict()
+            report.op_histogram = dict(sorted(fusions.count_ops(onnx_model).items()))
+            if fusions_enabled and opset >= fusions.MIN_FUSION_OPSET:
+                report.expected_fusions = export_config.expected_fusions(config)
+                for op, expected in report.expected_fusions.items():
+                    got = fusion_report.op_counts.get(op, 0)
+                    if got != expected:
+                        message = f"Fusion gap: {got} {op} nodes where the architecture has {expected}."
+                        logger.warning(message)
+                        report.warnings.append(message)
+            logger.info("  fused: %s", ", ".join(f"{k}={v}" for k, v in fusion_report.op_counts.items() if v))
+
+        with _step(report, 4, total, "Saving ONNX with external data"):
+            onnx_model.graph.name = f"{config.model_type}_{task.replace('-', '_')}"
+            ir.save(onnx_model, staging / ONNX_FILE_NAME, external_data=ONNX_DATA_NAME)
+            del onnx_model
+
+        with _step(report, 5, total, f"Validating against PyTorch (atol={atol:g})"):
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(staging / ONNX_FILE_NAME), providers=["CPUExecutionProvider"])
+            report.validation = validate_against_pytorch(
+                session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device
+            )
+            del session
+
+        with _step(report, 6, total, "Saving config, generation config and tokenizer"):
+            model.config.save_pretrained(staging)
+            if model.generation_config is not None:
+                model.generation_config.save_pretrained(staging)
+            _save_tokenizer(model_name, staging, revision, cache_dir, trust_remote_code, token, report)
+
+        report.output = str(output.absolute())
+        report.save(staging / "export_report.json")
+        report.files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
+        report.save(staging / "export_report.json")
+
+    logger.info("Exported %s to %s (max |diff| %.2e)", model_name, output, report.max_abs_diff)
+    return report

@@ -1,0 +1,63 @@
+"""What an export did, written as `export_report.json` beside the model."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["ExportReport", "package_versions"]
+
+_PACKAGES = ("optimum-onnx23", "torch", "transformers", "optimum", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class ExportReport:
+    model: str
+    model_type: str
+    task: str
+    opset: int
+    dtype: str
+    output: str = ""
+    files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
+    fusions: dict = field(default_factory=dict)
+    expected_fusions: dict[str, int] = field(default_factory=dict)
+    op_histogram: dict[str, int] = field(default_factory=dict)
+    validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    atol: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    versions: dict[str, str] = field(default_factory=package_versions)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((d for per_shape in self.validation.values() for d in per_shape.values()), default=0.0)
+
+    @property
+    def fused_op_counts(self) -> dict[str, int]:
+        return dict(self.fusions.get("op_counts", {}))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["max_abs_diff"] = self.max_abs_diff
+        return data
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "ExportReport":
+        data = json.loads(Path(path).read_text())
+        data.pop("max_abs_diff", None)
+        return cls(**data)

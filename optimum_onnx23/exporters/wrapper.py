@@ -1,0 +1,45 @@
+"""A flat-tensor view of a transformers decoder, the signature the ONNX graph gets.
+
+transformers 5 passes the KV cache as a `Cache` object; ONNX consumers (optimum-onnx,
+transformers.js, onnxruntime-genai) want one tensor per layer and per key/value. The wrapper
+rebuilds a `DynamicCache` from those tensors inside the trace, so no pytree registration of
+cache classes is needed, and returns the presents in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+__all__ = ["DecoderWrapper"]
+
+
+class DecoderWrapper(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, num_layers: int, with_past: bool):
+        super().__init__()
+        self.model = model
+        self.num_layers = num_layers
+        self.with_past = with_past
+
+    def forward(self, input_ids, attention_mask, position_ids, *past_key_values):
+        cache = None
+        if self.with_past:
+            # Plain full-length layers for every architecture, sliding-window ones included: the
+            # window is enforced by the attention mask, so the cache I/O keeps one length for all
+            # layers, as optimum-onnx's format expects.
+            cache = DynamicCache()
+            for i in range(self.num_layers):
+                cache.update(past_key_values[2 * i], past_key_values[2 * i + 1], i)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=self.with_past,
+        )
+        if not self.with_past:
+            return (out.logits,)
+        outputs = [out.logits]
+        for layer in out.past_key_values.layers[: self.num_layers]:
+            outputs += [layer.keys, layer.values]
+        return tuple(outputs)

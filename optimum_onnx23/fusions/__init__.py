@@ -1,0 +1,64 @@
+"""Stage 2 of the data flow: fuse the exported graph into the standard opset-23 ops.
+
+`fuse(model)` runs onnxscript's opset-23 fusions (RMSNormalization, RotaryEmbedding, GQA into
+Attention) and optimum_onnx23's own rules where onnxscript's miss, and reports what each fused
+together with the resulting count of every standard op in the graph.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx_ir as ir
+from onnxscript.rewriter.rules.fusion import _gqa, _rms_normalization, _rotary_embedding
+
+from .rules import fuse_softcap_attention
+
+__all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
+
+STANDARD_OPS = ("Attention", "RMSNormalization", "LayerNormalization", "RotaryEmbedding")
+MIN_FUSION_OPSET = 23
+
+# (who, name, function) in the order they must run: our attention rule must see the graph before
+# onnxscript's GQA rule folds cache concatenation into Attention nodes.
+FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
+    ("onnxscript", "RMSNormalization", _rms_normalization.fuse_rms_normalization),
+    ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
+    ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),
+    ("onnxscript", "GQA", _gqa.fuse_gqa),
+)
+
+
+@dataclass
+class FusionReport:
+    opset: int
+    applied: dict[str, dict[str, int]] = field(default_factory=dict)  # who -> rule -> matches
+    op_counts: dict[str, int] = field(default_factory=dict)  # standard op -> nodes after fusion
+    skipped_reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"opset": self.opset, "applied": self.applied, "op_counts": self.op_counts, "skipped": self.skipped_reason}
+
+
+def count_ops(model: ir.Model) -> collections.Counter:
+    """Op histogram of the main graph, `domain::op` for non-default domains."""
+    return collections.Counter(
+        (f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type)
+        for node in model.graph.all_nodes()
+    )
+
+
+def fuse(model: ir.Model) -> FusionReport:
+    """Fuse in place; a no-op (with the reason recorded) below opset 23, where the ops do not exist."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    report = FusionReport(opset=opset)
+    if opset < MIN_FUSION_OPSET:
+        report.skipped_reason = f"opset {opset} < {MIN_FUSION_OPSET}: Attention, RMSNormalization and RotaryEmbedding do not exist"
+    else:
+        for who, name, step in FUSION_STEPS:
+            report.applied.setdefault(who, {})[name] = step(model)
+    counts = count_ops(model)
+    report.op_counts = {op: counts.get(op, 0) for op in STANDARD_OPS}
+    return report

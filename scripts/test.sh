@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the test suite in the repo's own environment (created on first use).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/env.sh" || exit 1
+cd "$ROOT"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python -m pytest -n 2 --dist loadfile "$@"
+rc=$?
+# pytest's 5 means it collected no test: that is a failure here, never a pass.
+if [ $rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi
+exit $rc
