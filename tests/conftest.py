@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny models and their exports, built once per test session.
+
+With pytest-xdist each worker is a separate process; the folders live under the session's shared
+base temp dir and are guarded by file locks, so an export is done once for the whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import ARCHITECTURES, BUNDLED, save_tiny_model  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder shared by all xdist workers of this run."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(shared_tmp):
+    """tiny_model_dir(model_type) -> folder with a seeded random model and the bundled tokenizer."""
+
+    def make(model_type: str) -> Path:
+        return save_tiny_model(model_type, shared_tmp / f"model-{model_type}")
+
+    return make
+
+
+def run_optimum_cli(*argv: str) -> int:
+    """Run `optimum-cli ARGV` in this process (the real entry point, plugin registration included)."""
+    from optimum.commands.optimum_cli import main
+
+    old = sys.argv
+    sys.argv = ["optimum-cli", *map(str, argv)]
+    try:
+        main()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
+@pytest.fixture(scope="session")
+def exported_dir(shared_tmp, tiny_model_dir):
+    """exported_dir(model_type, *extra_cli_args) -> folder made by `optimum-cli export onnx --dynamo`.
+
+    Exported once per run and shared by all tests. `model_type="bundled"` exports the committed
+    tiny Llama checkpoint.
+    """
+
+    def make(model_type: str, *cli_args: str) -> Path:
+        key = hashlib.sha1(json.dumps(cli_args).encode()).hexdigest()[:8]
+        out = shared_tmp / f"onnx-{model_type}-{key}"
+        source = BUNDLED if model_type == "bundled" else tiny_model_dir(model_type)
+        with FileLock(str(out) + ".lock"):
+            if not (out / "export_report.json").exists():
+                code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, *cli_args, out)
+                assert code == 0, f"export of {model_type} {cli_args} failed with exit code {code}"
+        return out
+
+    return make
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def model_type(request) -> str:
+    return request.param
