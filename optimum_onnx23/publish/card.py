@@ -1,0 +1,216 @@
+"""The repo's `README.md`: a `huggingface_hub.ModelCard` with validated metadata, the export report
+in short and copy-paste usage for this package, optimum-onnx, transformers.js and onnxruntime-genai."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .errors import ModelCardError
+
+__all__ = ["CardInputs", "build_model_card", "validate_model_card", "PACKAGE_TAG", "DEFAULT_LIBRARY_NAME"]
+
+PACKAGE_TAG = "optimum-onnx23"
+# The Hub lists a repo under one library; transformers.js is the one whose loader reads this exact
+# layout (onnx/ + config at the root) from the Hub, and its snippet/widget needs no custom code.
+DEFAULT_LIBRARY_NAME = "transformers.js"
+_VERSIONS_SHOWN = ("optimum-onnx23", "torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
+
+
+@dataclass
+class CardInputs:
+    """What the card is made of; `files` maps path in repo -> bytes."""
+
+    repo_id: str
+    report: dict[str, Any]
+    files: dict[str, int]
+    model_type: str
+    opset: int
+    variants: list[str] = field(default_factory=list)
+    base_model: str | None = None
+    library_name: str = DEFAULT_LIBRARY_NAME
+    license: str | None = None
+    has_genai_config: bool = True
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _report_section(report: dict[str, Any], opset: int) -> str:
+    lines = ["## Export report", ""]
+    lines.append(
+        f"Exported with `optimum-cli export onnx --dynamo` (torch.export), ONNX opset {opset}, "
+        f"dtype {report.get('dtype', 'unknown')}, task `{report.get('task', 'text-generation-with-past')}`."
+    )
+    versions = report.get("versions") or {}
+    if versions:
+        lines += ["", "| package | version |", "| --- | --- |"]
+        lines += [f"| {name} | {versions[name]} |" for name in _VERSIONS_SHOWN if name in versions]
+    op_counts = (report.get("fusions") or {}).get("op_counts") or {}
+    expected = report.get("expected_fusions") or {}
+    if op_counts:
+        lines += ["", "Fused standard ops (count in the graph / expected for the architecture):", ""]
+        lines += ["| op | fused | expected |", "| --- | --- | --- |"]
+        for op, count in op_counts.items():
+            lines.append(f"| {op} | {count} | {expected.get(op, '-')} |")
+    validation = report.get("validation") or {}
+    if validation:
+        worst = max((d for per_shape in validation.values() for d in per_shape.values()), default=0.0)
+        lines += [
+            "",
+            f"Parity with PyTorch: max |ONNX − PyTorch| = {worst:.2e} over {len(validation)} input shapes "
+            f"(tolerance {report.get('atol', 0):g}), every output checked:",
+            "",
+            "| shape | max abs diff |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {shape} | {max(d.values(), default=0.0):.2e} |" for shape, d in validation.items()]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["", "Export warnings:", ""] + [f"- {w}" for w in warnings]
+    return "\n".join(lines)
+
+
+def _usage_section(repo_id: str, has_genai_config: bool) -> str:
+    prompt = "Hello, my name is"
+    parts = [
+        "## Usage",
+        "",
+        "### optimum-onnx23",
+        "",
+        "```python",
+        "from optimum_onnx23 import pipeline",
+        "",
+        f'generator = pipeline("text-generation", model="{repo_id}", accelerator="ort")',
+        f'print(generator("{prompt}", max_new_tokens=32)[0]["generated_text"])',
+        "```",
+        "",
+        "### optimum-onnx (`ORTModelForCausalLM`)",
+        "",
+        "```python",
+        "from optimum.onnxruntime import ORTModelForCausalLM",
+        "from transformers import AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        f'model = ORTModelForCausalLM.from_pretrained("{repo_id}", subfolder="onnx", file_name="model.onnx")',
+        f'inputs = tokenizer("{prompt}", return_tensors="pt")',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))",
+        "```",
+        "",
+        "### transformers.js",
+        "",
+        "```js",
+        'import { pipeline } from "@huggingface/transformers";',
+        "",
+        f'const generator = await pipeline("text-generation", "{repo_id}", {{ dtype: "fp32" }});',
+        f'const output = await generator("{prompt}", {{ max_new_tokens: 32 }});',
+        "console.log(output[0].generated_text);",
+        "```",
+    ]
+    if has_genai_config:
+        parts += [
+            "",
+            "### onnxruntime-genai",
+            "",
+            "```python",
+            "import onnxruntime_genai as og",
+            "from huggingface_hub import snapshot_download",
+            "",
+            f'model = og.Model(snapshot_download("{repo_id}"))',
+            "tokenizer = og.Tokenizer(model)",
+            "params = og.GeneratorParams(model)",
+            "params.set_search_options(max_length=64)",
+            "generator = og.Generator(model, params)",
+            f'generator.append_tokens(tokenizer.encode("{prompt}"))',
+            "while not generator.is_done():",
+            "    generator.generate_next_token()",
+            "print(tokenizer.decode(generator.get_sequence(0)))",
+            "```",
+        ]
+    return "\n".join(parts)
+
+
+def build_model_card(inputs: CardInputs) -> ModelCard:
+    """The card for `inputs`; its metadata passes `validate_model_card`."""
+    tags = ["onnx", f"opset-{inputs.opset}", PACKAGE_TAG, "transformers.js", "onnxruntime-genai", inputs.model_type]
+    tags += [v for v in inputs.variants if v not in tags]
+    if not inputs.has_genai_config:
+        tags.remove("onnxruntime-genai")
+    data = ModelCardData(
+        base_model=inputs.base_model,
+        library_name=inputs.library_name,
+        pipeline_tag="text-generation",
+        license=inputs.license,
+        tags=tags,
+    )
+    source = f"[{inputs.base_model}](https://huggingface.co/{inputs.base_model})" if inputs.base_model else "a transformers checkpoint"
+    files = ["## Files", "", "| file | size |", "| --- | --- |"]
+    files += [f"| `{path}` | {_size(size)} |" for path, size in sorted(inputs.files.items())]
+    if inputs.variants:
+        files += ["", "Attached variants: " + ", ".join(f"`{v}`" for v in inputs.variants) + "."]
+    body = "\n\n".join(
+        [
+            f"# {inputs.repo_id.split('/')[-1]} (ONNX)",
+            f"ONNX export of {source} (`{inputs.model_type}`) for text generation with a KV cache, made with "
+            f"optimum-onnx23: standard opset-{inputs.opset} ops (Attention, RMSNormalization, RotaryEmbedding), "
+            "optimum's input and output names, weights in `onnx/model.onnx_data`. The same files run in onnxruntime "
+            "through optimum-onnx23 or optimum-onnx, in transformers.js, and in onnxruntime-genai (`genai_config.json`).",
+            _usage_section(inputs.repo_id, inputs.has_genai_config),
+            _report_section(inputs.report, inputs.opset),
+            "\n".join(files),
+        ]
+    )
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+    validate_model_card(card)
+    return card
+
+
+def _check_repo_ids(field_name: str, value: Any) -> None:
+    for repo_id in value if isinstance(value, list) else [value]:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as error:
+            raise ModelCardError(
+                f"Model card metadata `{field_name}: {repo_id}` is not a Hub model id ({str(error).splitlines()[0]}); "
+                "pass a Hub id such as `org/name`, or leave it out."
+            ) from None
+        if not isinstance(repo_id, str) or not repo_id:
+            raise ModelCardError(f"Model card metadata `{field_name}` must be a Hub model id, got {repo_id!r}.")
+
+
+def validate_model_card(card: ModelCard | str) -> ModelCard:
+    """Check the card's metadata offline, with huggingface_hub's parser and validators.
+
+    Guarantees: YAML metadata that parses to a mapping, a non-empty `library_name`, `pipeline_tag`
+    `text-generation`, tags that are a list of non-empty strings including `onnx`, and `base_model`
+    entries that are valid Hub ids. Raises `ModelCardError` (one line) otherwise.
+    """
+    try:
+        card = card if isinstance(card, ModelCard) else ModelCard(card)
+        # Round-trip through YAML: what the Hub parses is the text, not our objects.
+        card = ModelCard(str(card))
+    except ValueError as error:
+        raise ModelCardError(f"Model card metadata is not valid YAML ({str(error).splitlines()[0]}); fix README.md's header.") from None
+    meta = card.data.to_dict()
+    if not isinstance(meta.get("library_name"), str) or not meta["library_name"]:
+        raise ModelCardError("Model card metadata has no `library_name`; add `library_name: transformers.js` to README.md's header.")
+    if meta.get("pipeline_tag") != "text-generation":
+        raise ModelCardError(
+            f"Model card metadata `pipeline_tag: {meta.get('pipeline_tag')}` is wrong for a decoder LLM; set `pipeline_tag: text-generation`."
+        )
+    tags = meta.get("tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise ModelCardError(f"Model card metadata `tags` must be a list of non-empty strings, got {tags!r}.")
+    if "onnx" not in tags:
+        raise ModelCardError("Model card metadata `tags` lacks `onnx`; add it so the Hub lists the repo as an ONNX model.")
+    if meta.get("base_model") is not None:
+        _check_repo_ids("base_model", meta["base_model"])
+    return card

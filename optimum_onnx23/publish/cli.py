@@ -1,0 +1,70 @@
+"""The publishing flags of `optimum-cli export onnx --dynamo`, for the export command to wire in.
+
+    parser = ArgumentParser(); add_publish_arguments(parser)
+    check_publish_args(args)               # before the export: a bad repo id costs no export
+    publish_from_args(args, output_folder)  # after a successful export
+
+There is deliberately no --token flag: a token on the command line ends up in shell history and
+process listings; huggingface_hub reads HF_TOKEN or the login cache instead.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+
+from huggingface_hub import CommitInfo
+
+from ..errors import InvalidArgumentError
+from .layout import check_repo_id
+from .push import push_to_hub
+
+__all__ = ["add_publish_arguments", "check_publish_args", "publish_from_args"]
+
+
+def add_publish_arguments(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group("Publishing to the Hugging Face Hub")
+    group.add_argument(
+        "--push-to-hub",
+        dest="push_to_hub",
+        metavar="REPO_ID",
+        default=None,
+        help="After the export, upload the folder in the Hub layout (onnx/, model card, genai_config.json) to this "
+        "model repo (`namespace/name`). The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    group.add_argument("--private", action="store_true", help="Create the repo as private (an existing repo keeps its visibility).")
+    group.add_argument("--commit-message", dest="commit_message", default=None, help="Message of the upload commit.")
+    group.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="With --push-to-hub: print the files, their sizes and the model card, and upload nothing.",
+    )
+
+
+def check_publish_args(args: Namespace) -> None:
+    """Offline checks of the flags, one-line `OptimumOnnx23Error` on bad input."""
+    repo_id = getattr(args, "push_to_hub", None)
+    if repo_id is None:
+        for flag, name in (("private", "--private"), ("commit_message", "--commit-message"), ("dry_run", "--dry-run")):
+            if getattr(args, flag, None):
+                raise InvalidArgumentError(f"{name} only applies to an upload; add --push-to-hub <namespace/name>.")
+        return
+    check_repo_id(repo_id)
+
+
+def publish_from_args(args: Namespace, export_folder: Path) -> CommitInfo | None:
+    """Push (or dry-run) `export_folder` as the flags say; a no-op without --push-to-hub.
+
+    The card's `base_model` is the exported model when `--model` was a Hub id.
+    """
+    check_publish_args(args)
+    if args.push_to_hub is None:
+        return None
+    return push_to_hub(
+        export_folder,
+        args.push_to_hub,
+        private=bool(args.private),
+        commit_message=args.commit_message,
+        dry_run=bool(args.dry_run),
+    )

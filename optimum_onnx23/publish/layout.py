@@ -1,0 +1,268 @@
+"""The Hub layout of an exported folder, as transformers.js, optimum-onnx and onnxruntime-genai read it.
+
+    README.md               model card (generated unless the folder has one)
+    config.json             + "transformers.js_config": which graphs have external data
+    generation_config.json, tokenizer files, export_report.json (local paths removed)
+    genai_config.json       onnxruntime-genai's description of onnx/model.onnx
+    onnx/model.onnx         graph, opset 23
+    onnx/model.onnx_data    its external weights (the name transformers.js derives)
+    onnx/model_<variant>.onnx (+ _data)   variants, named by transformers.js' suffix convention
+
+`plan_hub_layout` reads the folder (flat, as the exporter writes it, or already in this layout)
+and returns the plan without writing anything; `save_pretrained` writes it to a new folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ..errors import ModelNotFoundError, OutputFolderError
+from ..exporters.output import check_output_folder, staged_output_folder
+from .card import DEFAULT_LIBRARY_NAME, CardInputs, build_model_card, validate_model_card
+from .errors import InvalidRepoIdError
+from .genai_config import GenaiConfigError, make_genai_config
+from .onnx_files import ONNX_SUBFOLDER, OnnxModelFiles, find_onnx_models
+
+__all__ = ["HubFile", "HubLayout", "plan_hub_layout", "save_pretrained", "check_repo_id", "GENERATED_FILES"]
+
+logger = logging.getLogger(__name__)
+
+CARD_NAME = "README.md"
+GENAI_CONFIG_NAME = "genai_config.json"
+GENERATED_FILES = (CARD_NAME, GENAI_CONFIG_NAME, "config.json", "export_report.json")
+_SKIPPED_SUFFIXES = (".lock", ".tmp", ".partial")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if huggingface_hub's validator accepts it, else `InvalidRepoIdError` in one line."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise InvalidRepoIdError(
+            f"Invalid Hub repo id {repo_id!r}: {reason} Pass `name` or `namespace/name` with letters, digits, '-', '_', '.'."
+        ) from None
+    if not repo_id:
+        raise InvalidRepoIdError("Empty Hub repo id; pass `name` or `namespace/name`.")
+    return repo_id
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of the repo: copied from `source`, or generated `content`."""
+
+    path_in_repo: str
+    source: Path | None = None
+    content: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.content) if self.content is not None else self.source.stat().st_size
+
+
+@dataclass
+class HubLayout:
+    repo_id: str
+    files: list[HubFile]
+    card: ModelCard
+    onnx_models: list[OnnxModelFiles]
+    variants: list[str]
+    genai_config: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, path_in_repo: str) -> HubFile:
+        for f in self.files:
+            if f.path_in_repo == path_in_repo:
+                return f
+        raise KeyError(path_in_repo)
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path_in_repo for f in self.files]
+
+    def write(self, directory: Path) -> None:
+        """Write every file under `directory`; big files are hard-linked when the filesystem allows."""
+        for f in self.files:
+            target = directory / f.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if f.content is not None:
+                target.write_bytes(f.content)
+                continue
+            try:
+                os.link(f.source, target)
+            except OSError:  # another filesystem, or links not allowed
+                shutil.copy2(f.source, target)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"{path} is not valid JSON ({type(error).__name__}); re-export the model.") from None
+    return data if isinstance(data, dict) else None
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _is_hub_id(name: str | None) -> bool:
+    if not name or Path(name).expanduser().exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _transformers_js_config(config: dict[str, Any], models: list[OnnxModelFiles], notes: list[str]) -> dict[str, Any]:
+    """config.json plus the external-data map transformers.js needs to fetch `<graph>_data`."""
+    external = {}
+    for model in models:
+        if not model.external_data:
+            continue
+        if [p.name for p in model.external_data] == [f"{model.name}_data"]:
+            external[model.name] = True
+        else:
+            notes.append(
+                f"transformers.js will not load {model.name}: its weights are in "
+                f"{', '.join(p.name for p in model.external_data)}, not {model.name}_data."
+            )
+    if not external:
+        return config
+    js_config = dict(config.get("transformers.js_config") or {})
+    declared = js_config.get("use_external_data_format")
+    declared = dict(declared) if isinstance(declared, dict) else {}
+    js_config["use_external_data_format"] = {**declared, **external}
+    return {**config, "transformers.js_config": js_config}
+
+
+def plan_hub_layout(
+    folder: str | os.PathLike,
+    repo_id: str | None = None,
+    *,
+    base_model: str | None = None,
+    library_name: str = DEFAULT_LIBRARY_NAME,
+    license: str | None = None,
+) -> HubLayout:
+    """Plan the Hub repo for the export `folder` (flat or Hub layout); reads, never writes.
+
+    Guarantees: at least one ONNX graph, each with its external data, under `onnx/`; config.json
+    at the root; a model card whose metadata passed `validate_model_card`; no hidden or lock file.
+    Raises `NoOnnxFilesError`, `ModelNotFoundError`, `InvalidRepoIdError` or `ModelCardError` (one line each).
+    """
+    folder = Path(folder)
+    models = find_onnx_models(folder)
+    config = _read_json(folder / "config.json")
+    if config is None:
+        raise ModelNotFoundError(f"{folder} has no config.json; export with `optimum-cli export onnx --dynamo`, which writes it.")
+    report = _read_json(folder / "export_report.json") or {}
+    if base_model is None and _is_hub_id(report.get("model")):
+        base_model = report["model"]
+    repo_id = check_repo_id(repo_id if repo_id is not None else folder.absolute().name)
+    already_hub = all(m.model.parent.name == ONNX_SUBFOLDER and m.model.parent.parent == folder for m in models)
+    notes: list[str] = []
+
+    files: list[HubFile] = []
+    moved = set()
+    for model in models:
+        for path in (model.model, *model.external_data):
+            if path not in moved:
+                moved.add(path)
+                files.append(HubFile(f"{ONNX_SUBFOLDER}/{path.name}", source=path))
+
+    root_files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIPPED_SUFFIXES) and p not in moved
+    )
+    for path in root_files:
+        if path.name in GENERATED_FILES or path.suffix == ".onnx":
+            continue
+        files.append(HubFile(path.name, source=path))
+
+    files.append(HubFile("config.json", content=_json_bytes(_transformers_js_config(config, models, notes))))
+    if report:
+        public_report = dict(report)
+        public_report.pop("output", None)  # the uploader's local path
+        if not _is_hub_id(public_report.get("model")):
+            public_report["model"] = base_model or Path(str(public_report.get("model", ""))).name
+        files.append(HubFile("export_report.json", content=_json_bytes(public_report)))
+
+    genai_config = _read_json(folder / GENAI_CONFIG_NAME) if already_hub else None
+    main = next((m for m in models if m.name == "model.onnx"), None)
+    if genai_config is None and main is not None:
+        try:
+            genai_config = make_genai_config(
+                main, f"{ONNX_SUBFOLDER}/{main.name}", config, _read_json(folder / "generation_config.json")
+            )
+        except GenaiConfigError as error:
+            notes.append(f"No {GENAI_CONFIG_NAME}: {error}; onnxruntime-genai needs the KV-cache graph.")
+    elif main is None:
+        notes.append(f"No {GENAI_CONFIG_NAME}: the folder has no onnx/model.onnx for onnxruntime-genai to run.")
+    if genai_config is not None:
+        files.append(HubFile(GENAI_CONFIG_NAME, content=_json_bytes(genai_config)))
+
+    variants = [m.variant for m in models if m.variant]
+    variants += [str(v) for v in (report.get("variants") or []) if str(v) not in variants]
+    opset = max(m.opset for m in models)
+    if (folder / CARD_NAME).is_file():
+        card = validate_model_card(ModelCard.load(folder / CARD_NAME))
+    else:
+        card = build_model_card(
+            CardInputs(
+                repo_id=repo_id,
+                report=report,
+                files={f.path_in_repo: f.size for f in files},
+                model_type=str(config.get("model_type", "unknown")),
+                opset=opset,
+                variants=variants,
+                base_model=base_model,
+                library_name=library_name,
+                license=license,
+                has_genai_config=genai_config is not None,
+            )
+        )
+    files.insert(0, HubFile(CARD_NAME, content=str(card).encode()))
+    for note in notes:
+        logger.warning(note)
+    return HubLayout(repo_id, files, card, models, variants, genai_config, notes)
+
+
+def save_pretrained(
+    folder: str | os.PathLike,
+    save_directory: str | os.PathLike,
+    repo_id: str | None = None,
+    *,
+    base_model: str | None = None,
+    library_name: str = DEFAULT_LIBRARY_NAME,
+    license: str | None = None,
+    overwrite: bool = False,
+) -> HubLayout:
+    """Write the Hub layout of the export `folder` into `save_directory`, ready to push as it is.
+
+    `save_directory` is refused if it exists and is not empty, unless `overwrite`; it is built
+    beside its final place and renamed only when complete. `repo_id` (default: the folder name)
+    only shapes the usage snippets of the card.
+    """
+    save_directory = Path(save_directory)
+    if save_directory.absolute() == Path(folder).absolute():
+        raise OutputFolderError(f"Cannot lay out {folder} into itself; pass another save_directory.")
+    layout = plan_hub_layout(
+        folder, repo_id or save_directory.absolute().name, base_model=base_model, library_name=library_name, license=license
+    )
+    check_output_folder(save_directory, overwrite)
+    with staged_output_folder(save_directory) as staging:
+        layout.write(staging)
+    return layout

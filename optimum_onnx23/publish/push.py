@@ -1,0 +1,138 @@
+"""Push an export folder to the Hugging Face Hub, in the Hub layout, with huggingface_hub.
+
+The token comes from huggingface_hub's own sources (an explicit `token=`, `HF_TOKEN`, the login
+cache) and goes nowhere but huggingface_hub's request headers: it is never printed, logged or
+written. Everything that can be checked offline (repo id, ONNX files, card metadata, a token
+being there) is checked before the first request; `dry_run` makes no request at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+
+from .. import __version__
+from .card import DEFAULT_LIBRARY_NAME
+from .errors import HubRequestError, MissingTokenError, ModelCardError
+from .layout import HubLayout, check_repo_id, plan_hub_layout
+
+__all__ = ["push_to_hub", "describe_dry_run", "default_commit_message"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_commit_message(layout: HubLayout) -> str:
+    opset = max(m.opset for m in layout.onnx_models)
+    return f"Upload ONNX opset-{opset} export made with optimum-onnx23 {__version__}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
+
+
+def describe_dry_run(layout: HubLayout, private: bool, commit_message: str, token_found: bool) -> str:
+    """What a push would do: the files with their sizes, and the model card. Contains no token."""
+    width = max(len(p) for p in layout.paths)
+    lines = [
+        f"Dry run: nothing was uploaded. A push would commit {len(layout.files)} files "
+        f"({_size(sum(f.size for f in layout.files))}) to the {'private' if private else 'public'} "
+        f"model repo {layout.repo_id}, with the message {commit_message!r}:",
+    ]
+    lines += [f"  {f.path_in_repo:<{width}}  {_size(f.size):>12}" for f in layout.files]
+    lines += [f"Note: {note}" for note in layout.notes]
+    lines.append(
+        "A Hugging Face token was found." if token_found
+        else "No Hugging Face token was found: set HF_TOKEN or run `hf auth login` before pushing."
+    )
+    lines += ["", "----- README.md -----", str(layout.card).rstrip(), "----- end of README.md -----"]
+    return "\n".join(lines)
+
+
+def _hub_error(action: str, repo_id: str, error: HfHubHTTPError) -> HubRequestError:
+    status = error.response.status_code if error.response is not None else None
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    fix = {
+        401: "check that your token is valid (`hf auth login` or HF_TOKEN)",
+        403: f"check that your token has write access to {repo_id.split('/')[0]}",
+        404: "check the repo id and the revision",
+    }.get(status, "retry later, or check the Hub's status")
+    return HubRequestError(f"Could not {action} {repo_id} on the Hub ({first_line}); {fix}.")
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    base_model: str | None = None,
+    library_name: str = DEFAULT_LIBRARY_NAME,
+    license: str | None = None,
+    dry_run: bool = False,
+    validate_card_on_hub: bool = True,
+    stdout: TextIO | None = None,
+) -> CommitInfo | None:
+    """Upload the export `folder` (flat or Hub layout) to the model repo `repo_id` in the Hub layout.
+
+    Creates the repo if needed (`HfApi.create_repo(exist_ok=True)`), then makes one commit
+    (`HfApi.create_commit`) with every file; huggingface_hub decides per file between a regular
+    blob and LFS/Xet storage, as the Hub asks. Returns the `CommitInfo`, or None for a `dry_run`,
+    which prints the plan and the card to `stdout` and makes no network call.
+
+    Raises (one line, nothing uploaded): `InvalidRepoIdError`, `NoOnnxFilesError`,
+    `ModelCardError` (offline checks, then the Hub's card validator), `MissingTokenError`;
+    `HubRequestError` when the Hub refuses a request.
+    """
+    check_repo_id(repo_id)
+    layout = plan_hub_layout(folder, repo_id, base_model=base_model, library_name=library_name, license=license)
+    commit_message = commit_message or default_commit_message(layout)
+    # Only whether a token exists is used here; its value stays with huggingface_hub.
+    token_found = bool(token) or get_token() is not None
+    if dry_run:
+        print(describe_dry_run(layout, bool(private), commit_message, token_found), file=stdout or sys.stdout)
+        return None
+    if not token_found:
+        raise MissingTokenError(
+            f"No Hugging Face token found to push to {repo_id}: set HF_TOKEN or run `hf auth login` (a token with write access)."
+        )
+
+    api = HfApi(token=token, library_name="optimum-onnx23", library_version=__version__)
+    if validate_card_on_hub:
+        try:
+            layout.card.validate()  # the Hub's own metadata checks, before anything is created
+        except ValueError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "rejected"
+            raise ModelCardError(f"The Hub rejected the model card metadata ({first_line}); fix README.md's header.") from None
+        except HfHubHTTPError as error:
+            raise _hub_error("validate the model card for", repo_id, error) from None
+    try:
+        repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    except HfHubHTTPError as error:
+        raise _hub_error("create the model repo", repo_id, error) from None
+    operations = [
+        CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.content if f.content is not None else str(f.source))
+        for f in layout.files
+    ]
+    logger.info("Uploading %d files to %s", len(operations), repo.repo_id)
+    try:
+        info = api.create_commit(
+            repo.repo_id,
+            operations,
+            commit_message=commit_message,
+            repo_type="model",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    except HfHubHTTPError as error:
+        raise _hub_error("upload to", repo.repo_id, error) from None
+    logger.info("Pushed to %s", info.commit_url)
+    return info
