@@ -1,0 +1,136 @@
+"""KV caches held as onnxruntime values on the session's device between decoding steps.
+
+`DynamicKVCache` feeds each step's `present.*` outputs back as the next `past_key_values.*`
+inputs without touching them. `StaticKVCache` allocates fixed `[batch, kv_heads, N, head_dim]`
+buffers once and binds each buffer as both the input and the output of its layer, so the graph's
+in-place scatter writes the new positions and no KV bytes are copied. Beam search reorders either
+cache with a small Gather graph run on the same provider: the cache never leaves the device.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from .io_spec import WRITE_INDICES, DecoderIO
+
+__all__ = ["DynamicKVCache", "StaticKVCache", "device_of"]
+
+_IR_TYPES = {np.float32: ir.DataType.FLOAT, np.float16: ir.DataType.FLOAT16, np.float64: ir.DataType.DOUBLE}
+_DEVICES = {"CUDAExecutionProvider": "cuda", "ROCMExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+
+
+def device_of(session: ort.InferenceSession) -> str:
+    """The OrtValue device type of the session's first provider."""
+    return _DEVICES.get(session.get_providers()[0], "cpu")
+
+
+@lru_cache(maxsize=8)
+def _gather_model(count: int, dtype: type) -> bytes:
+    """A graph with `count` tensors in and out: y_i = Gather(x_i, beam_idx, axis=0)."""
+    index = ir.Value(name="beam_idx", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["n"]))
+    inputs, outputs, nodes = [index], [], []
+    for i in range(count):
+        x = ir.Value(name=f"x{i}", type=ir.TensorType(_IR_TYPES[dtype]), shape=ir.Shape(["b", "h", "s", "d"]))
+        node = ir.node("Gather", [x, index], attributes={"axis": 0}, name=f"gather{i}")
+        node.outputs[0].name = f"y{i}"
+        node.outputs[0].type = x.type
+        node.outputs[0].shape = ir.Shape(["n", "h", "s", "d"])
+        inputs.append(x)
+        outputs.append(node.outputs[0])
+        nodes.append(node)
+    graph = ir.Graph(inputs, outputs, nodes=nodes, opset_imports={"": 21}, name="reorder_cache")
+    return ir.serde.serialize_model(ir.Model(graph, ir_version=10)).SerializeToString()
+
+
+class _Reorderer:
+    """Runs the Gather graph on the decoder's providers with IO binding, outputs left on the device."""
+
+    def __init__(self, session: ort.InferenceSession, count: int, dtype: type):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(_gather_model(count, dtype), options, providers=session.get_providers())
+        self.device = device_of(session)
+        self.count = count
+
+    def __call__(self, values: list[ort.OrtValue], beam_idx: np.ndarray) -> list[ort.OrtValue]:
+        binding = self.session.io_binding()
+        index = np.ascontiguousarray(beam_idx, dtype=np.int64)
+        binding.bind_cpu_input("beam_idx", index)
+        for i, value in enumerate(values):
+            binding.bind_ortvalue_input(f"x{i}", value)
+            binding.bind_output(f"y{i}", self.device)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+
+class _KVCacheBase:
+    def __init__(self, session: ort.InferenceSession, io: DecoderIO):
+        self.session = session
+        self.io = io
+        self.device = device_of(session)
+        self.values: list[ort.OrtValue] = []
+        self.length = 0  # positions filled so far (padding included), same for every row
+        self._reorderer: _Reorderer | None = None
+
+    def _zeros(self, shape: tuple[int, ...]) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=self.io.dtype), self.device, 0)
+
+    def reorder(self, beam_idx: np.ndarray) -> None:
+        """Row i of every cache tensor becomes row `beam_idx[i]`; `beam_idx` may change the batch size."""
+        beam_idx = np.asarray(beam_idx, dtype=np.int64)
+        if beam_idx.shape[0] == self.batch_size and np.array_equal(beam_idx, np.arange(self.batch_size)):
+            return
+        if self._reorderer is None:
+            self._reorderer = _Reorderer(self.session, len(self.values), self.io.dtype)
+        self.values = self._reorderer(self.values, beam_idx)
+        self.batch_size = int(beam_idx.shape[0])
+
+
+class DynamicKVCache(_KVCacheBase):
+    """Cache that grows by the step's length: presents are the next step's pasts."""
+
+    def __init__(self, session: ort.InferenceSession, io: DecoderIO, batch_size: int):
+        super().__init__(session, io)
+        self.batch_size = batch_size
+        empty = (batch_size, io.num_kv_heads, 0, io.head_dim)
+        self.values = [self._zeros(empty) for _ in range(2 * io.num_layers)]
+
+    def attention_mask_width(self, step_length: int) -> int:
+        return self.length + step_length
+
+    def bind(self, binding: ort.IOBinding, step_length: int) -> None:
+        for name, value in zip(self.io.past_names(), self.values):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.io.present_names():
+            binding.bind_output(name, self.device)
+
+    def update(self, presents: list[ort.OrtValue], step_length: int) -> None:
+        self.values = presents
+        self.length += step_length
+
+
+class StaticKVCache(_KVCacheBase):
+    """Fixed buffers of `max_cache_len` positions, each bound as input and output of its layer."""
+
+    def __init__(self, session: ort.InferenceSession, io: DecoderIO, batch_size: int):
+        super().__init__(session, io)
+        self.batch_size = batch_size
+        shape = (batch_size, io.num_kv_heads, io.max_cache_len, io.head_dim)
+        self.values = [self._zeros(shape) for _ in range(2 * io.num_layers)]
+
+    def attention_mask_width(self, step_length: int) -> int:
+        return self.io.max_cache_len
+
+    def bind(self, binding: ort.IOBinding, step_length: int) -> None:
+        self._write = np.full((self.batch_size,), self.length, dtype=np.int64)  # kept alive until the run
+        binding.bind_cpu_input(WRITE_INDICES, self._write)
+        for past, present, value in zip(self.io.past_names(), self.io.present_names(), self.values):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)  # same buffer: the scatter writes in place
+
+    def update(self, presents: list[ort.OrtValue], step_length: int) -> None:
+        self.length += step_length  # the buffers already hold the new positions
