@@ -1,0 +1,175 @@
+"""Export of every supported architecture through `optimum-cli export onnx --dynamo`.
+
+Each test checks the written folder against an independent PyTorch run on shapes the exporter
+never saw (neither at trace time nor in its own validation).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+# Standard-op counts for the 2-layer tiny models of tests/tiny_models.py, worked out per
+# architecture by hand (not read from the exporter's registry): one Attention per layer; RMSNorm
+# 2 per layer + final (gemma: 4 per layer; qwen3/olmo2: + q/k norms); RotaryEmbedding on q and k of
+# every layer that uses rope (smollm3's tiny config: layer 0 only).
+EXPECTED_OPS = {
+    "llama": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
+    "mistral": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
+    "qwen2": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
+    "qwen3": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4},
+    "phi3": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
+    "gemma2": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4},
+    "gemma3_text": {"Attention": 2, "RMSNormalization": 13, "RotaryEmbedding": 4},
+    "gpt2": {"Attention": 2, "LayerNormalization": 5, "RotaryEmbedding": 0},
+    "granite": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
+    "olmo2": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4},
+    "smollm3": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 2},
+}
+# Ops that must be gone once attention is fused (decomposed softmax attention, softcap included).
+UNFUSED_ATTENTION_OPS = ("Softmax",)
+
+
+def op_counts(path) -> collections.Counter:
+    model = onnx.load(str(path), load_external_data=False)
+    return collections.Counter(node.op_type for node in model.graph.node)
+
+
+def run_both(folder, model_dir, batch, seq, past, pad, seed):
+    """Feed the same random inputs to onnxruntime and to transformers (with a DynamicCache)."""
+    from transformers import DynamicCache
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    config = model.config
+    layers = config.num_hidden_layers
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    mask[-1, :pad] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+    pasts = [torch.randn(batch, kv_heads, past, head_dim, generator=g) for _ in range(2 * layers)]
+    cache = DynamicCache()
+    for i in range(layers):
+        cache.update(pasts[2 * i].clone(), pasts[2 * i + 1].clone(), i)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    expected = {"logits": out.logits.numpy()}
+    for i, layer in enumerate(out.past_key_values.layers[:layers]):
+        expected[f"present.{i}.key"] = layer.keys.numpy()
+        expected[f"present.{i}.value"] = layer.values.numpy()
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy()}
+    for i in range(layers):
+        feeds[f"past_key_values.{i}.key"] = pasts[2 * i].numpy()
+        feeds[f"past_key_values.{i}.value"] = pasts[2 * i + 1].numpy()
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    actual = dict(zip(names, session.run(names, feeds)))
+    valid_queries = mask[:, past:].bool().numpy()
+    return expected, actual, valid_queries
+
+
+def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir, tiny_model_dir):
+    folder = exported_dir(model_type)
+
+    for name in ("model.onnx", "model.onnx_data", "config.json", "generation_config.json", "tokenizer.json", "export_report.json"):
+        assert (folder / name).is_file(), f"{name} missing from the export"
+    # The weights live in the external data file, not in the graph proto.
+    assert (folder / "model.onnx_data").stat().st_size > 4 * (folder / "model.onnx").stat().st_size
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 23
+    counts = op_counts(folder / "model.onnx")
+    for op, expected in EXPECTED_OPS[model_type].items():
+        assert counts[op] == expected, f"{model_type}: {counts[op]} {op} nodes, expected {expected}"
+    for op in UNFUSED_ATTENTION_OPS:
+        assert counts[op] == 0, f"{model_type}: {counts[op]} leftover {op} nodes: attention not fully fused"
+
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers") or 2
+    assert inputs == ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")
+    ]
+    assert outputs == ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["fusions"]["op_counts"]["Attention"] == EXPECTED_OPS[model_type]["Attention"]
+    assert report["max_abs_diff"] <= 1e-4 and report["warnings"] == []
+    assert report["files"]["model.onnx_data"] == (folder / "model.onnx_data").stat().st_size
+
+    # Shapes unseen by the exporter: a long prefill from an empty cache, and a padded 2-token
+    # step on a long past (beyond the tiny sliding windows of 6).
+    for batch, seq, past, pad, seed in ((1, 13, 0, 0, 1), (2, 2, 11, 4, 2)):
+        expected, actual, valid = run_both(folder, tiny_model_dir(model_type), batch, seq, past, pad, seed)
+        for name, ref in expected.items():
+            got = actual[name]
+            assert got.shape == ref.shape, name
+            if name == "logits":
+                ref, got = ref[valid], got[valid]
+            np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0, err_msg=f"{model_type} {name} b={batch} s={seq} p={past}")
+
+
+def test_text_generation_task_without_past(exported_dir):
+    folder = exported_dir("llama", "--task", "text-generation")
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "position_ids"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert op_counts(folder / "model.onnx")["Attention"] == 2
+    assert json.loads((folder / "export_report.json").read_text())["task"] == "text-generation"
+
+
+def test_opset_18_exports_without_fused_ops(exported_dir, tiny_model_dir):
+    folder = exported_dir("llama", "--opset", "18")
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    counts = op_counts(folder / "model.onnx")
+    assert counts["Attention"] == counts["RMSNormalization"] == counts["RotaryEmbedding"] == 0
+    report = json.loads((folder / "export_report.json").read_text())
+    assert "opset 18" in report["fusions"]["skipped"]
+    expected, actual, valid = run_both(folder, tiny_model_dir("llama"), 2, 3, 5, 2, 3)
+    np.testing.assert_allclose(actual["logits"][valid], expected["logits"][valid], atol=1e-4, rtol=0)
+
+
+def test_opset_24_keeps_fusions(exported_dir, tiny_model_dir):
+    folder = exported_dir("gemma2", "--opset", "24")
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 24
+    counts = op_counts(folder / "model.onnx")
+    assert counts["Attention"] == 2 and counts["RMSNormalization"] == 9 and counts["RotaryEmbedding"] == 4
+    expected, actual, valid = run_both(folder, tiny_model_dir("gemma2"), 1, 4, 8, 0, 4)
+    np.testing.assert_allclose(actual["logits"][valid], expected["logits"][valid], atol=1e-4, rtol=0)
+
+
+def test_bundled_checkpoint_export_keeps_tokenizer_and_generation_config(exported_dir):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tiny_models import BUNDLED
+
+    folder = exported_dir("bundled")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer("ONNX is").input_ids == AutoTokenizer.from_pretrained(BUNDLED)("ONNX is").input_ids
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(BUNDLED).chat_template
+    assert GenerationConfig.from_pretrained(folder).max_new_tokens == GenerationConfig.from_pretrained(BUNDLED).max_new_tokens
+    assert oct(folder.stat().st_mode & 0o777) != oct(0o700), "staging folder permissions leaked into the output"
+
+
+def test_fusion_report_attributes_gemma2_softcap_attention_to_our_rule(exported_dir):
+    report = json.loads((exported_dir("gemma2") / "export_report.json").read_text())
+    applied = report["fusions"]["applied"]
+    # onnxscript's rules cannot fuse softcapped attention; ours turns each layer's into Attention,
+    # which onnxscript's GQA rule then merges with the cache concatenation.
+    assert applied["optimum_onnx23"]["SoftcapAttention"] == 2
+    assert applied["onnxscript"]["GQA"] == 2
+    model = onnx.load(str(exported_dir("gemma2") / "model.onnx"), load_external_data=False)
+    softcaps = [a.f for n in model.graph.node if n.op_type == "Attention" for a in n.attribute if a.name == "softcap"]
+    assert softcaps == [50.0, 50.0]
+    assert op_counts(exported_dir("gemma2") / "model.onnx")["Tanh"] == 1  # only the final logit softcap remains
