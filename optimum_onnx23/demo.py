@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(BUNDLED_MODEL), help="model folder or Hub id (default: the bundled tiny Llama)")
     parser.add_argument("--output", type=Path, default=Path("demo-output"))
     parser.add_argument("--prompt", default="ONNX is")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
