@@ -11,6 +11,8 @@ __all__ = [
     "OutputFolderError",
     "ValidationError",
     "UnsafeModelFileError",
+    "VariantFormatError",
+    "VariantNotFoundError",
 ]
 
 
@@ -40,3 +42,14 @@ class ValidationError(OptimumOnnx23Error, AssertionError):
 
 class UnsafeModelFileError(OptimumOnnx23Error, ValueError):
     """A model file points outside its folder (external data path traversal) or is corrupt."""
+
+
+class VariantFormatError(OptimumOnnx23Error, ValueError):
+    """A backend variant in a model file is malformed (missing values, a cycle, a bad hash or metadata)."""
+
+
+class VariantNotFoundError(OptimumOnnx23Error, KeyError):
+    """A variant was asked for by name and the model does not carry it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,55 @@
+"""Find the linear layers of a main graph: `MatMul(x, W)` with a constant 2-D weight, and the tied
+lm_head `MatMul(x, Transpose(E))` whose weight is the embedding matrix used transposed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["Linear", "find_linears"]
+
+
+@dataclass
+class Linear:
+    node: ir.Node  # the MatMul
+    activation: ir.Value
+    weight: ir.Value  # the initializer holding the weight
+    transposed: bool  # True when the initializer is [N, K] (torch layout) and reaches the MatMul through a Transpose
+
+    @property
+    def output(self) -> ir.Value:
+        return self.node.outputs[0]
+
+    def weight_kn(self) -> np.ndarray:
+        """The weight as a contiguous [K, N] float32 array (loads it from external data)."""
+        array = self.weight.const_value.numpy()
+        return np.ascontiguousarray(array.T if self.transposed else array)
+
+
+def _initializer(value: ir.Value | None) -> ir.Value | None:
+    if value is not None and value.is_initializer() and value.const_value is not None and len(value.shape or ()) == 2:
+        return value
+    return None
+
+
+def find_linears(graph: ir.Graph, include_lm_head: bool = True) -> list[Linear]:
+    """Linear layers in graph order. Only float32 weights (the quantizers' input)."""
+    found = []
+    for node in graph:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        activation, b = node.inputs
+        weight = _initializer(b)
+        transposed = False
+        if weight is None and include_lm_head and b is not None and b.producer() is not None:
+            producer = b.producer()
+            perm = producer.attributes.get("perm")
+            if producer.op_type == "Transpose" and (perm is None or list(perm.as_ints()) == [1, 0]):
+                weight = _initializer(producer.inputs[0])
+                transposed = weight is not None
+        if weight is None or weight.const_value.dtype != ir.DataType.FLOAT:
+            continue
+        found.append(Linear(node, activation, weight, transposed))
+    return found

@@ -1,0 +1,60 @@
+"""`ort-cpu-int8`: every linear layer (the tied lm_head included) as onnxruntime's
+`DynamicQuantizeMatMul`: int8 weights quantized symmetrically per output column, activations
+quantized to uint8 per call. onnxruntime runs it as u8s8 integer GEMM (VNNI where the CPU has it).
+
+The int8 weights and per-column scales are the variant's own; all else is the main graph's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..format import owned_prefix
+from ._linear import find_linears
+from .spec import VariantSpec
+
+__all__ = ["NAME", "produce", "quantize_per_column"]
+
+NAME = "ort-cpu-int8"
+
+
+def quantize_per_column(weight_kn: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per column of a [K, N] weight: returns (int8 [K, N], float32 scales [N])."""
+    scales = np.abs(weight_kn).max(axis=0) / qmax
+    scales = np.where(scales == 0, 1.0, scales).astype(np.float32)
+    quantized = np.clip(np.rint(weight_kn / scales), -qmax, qmax).astype(np.int8)
+    return quantized, scales
+
+
+def produce(model: ir.Model, include_lm_head: bool = True, reduce_range: bool = False) -> VariantSpec:
+    """`reduce_range` uses 7-bit weights, onnxruntime's advice for AVX2 CPUs without VNNI where
+    the u8s8 dot product can saturate; measured on this machine's AVX2 the full range was kept
+    (see docs/variants.md)."""
+    prefix = owned_prefix(NAME)
+    qmax = 63 if reduce_range else 127
+    body_inputs: dict[str, ir.Value] = {}
+    owned: dict[str, ir.TensorProtocol] = {}
+    nodes = []
+    for linear in find_linears(model.graph, include_lm_head):
+        quantized, scales = quantize_per_column(linear.weight_kn(), qmax)
+        args = [body_inputs.setdefault(linear.activation.name, ir.Value(name=linear.activation.name))]
+        for suffix, array in (("int8", quantized), ("scales", scales)):
+            name = f"{prefix}{linear.weight.name}.{suffix}"
+            owned[name] = ir.tensor(array, name=name)
+            args.append(body_inputs.setdefault(name, ir.Value(name=name)))
+        node = ir.Node("com.microsoft", "DynamicQuantizeMatMul", args, name=f"{linear.node.name or linear.output.name}_q8")
+        node.outputs[0].name = linear.output.name
+        nodes.append(node)
+    body = ir.Graph(list(body_inputs.values()), [n.outputs[0] for n in nodes], nodes=nodes)
+    return VariantSpec(
+        name=NAME,
+        body=body,
+        providers=["CPUExecutionProvider"],
+        opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
+        owned=owned,
+        priority=20,
+        description=f"{len(nodes)} linear layers as com.microsoft::DynamicQuantizeMatMul, int8 per-column weights"
+        + (" (7-bit range)" if reduce_range else ""),
+        tolerance="dynamic int8: logits differ by the activation and weight quantization error; greedy tokens mostly agree",
+    )

@@ -1,0 +1,155 @@
+"""Session-creation helpers: pick the variant for a session's first provider and hand onnxruntime
+a plain model.
+
+`select_for_providers` writes the selected model *next to* the original, named after the original
+graph's hash and the variant (`model.variant-<name>-<hash12>.onnx`). It is a small graph file that
+references the same `model.onnx_data` (no weight is copied, so a 538 MB model costs a few hundred
+KB once, and later sessions reuse the file). A read-only folder gets a private temporary folder
+with a link to the data file instead, with a warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .folder import load_model
+from .format import read_info, variant_functions
+from .providers import check_provider_names, choose_variant
+from .select import MAIN, select_variant
+
+__all__ = ["select_for_providers", "missing_ops", "create_session", "selected_file_name"]
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> dict[str, set[tuple[str, str]]]:
+    """provider -> {(domain, op)} with a kernel in this onnxruntime build."""
+    import onnxruntime.capi._pybind_state as C
+
+    kernels: dict[str, set[tuple[str, str]]] = {}
+    for kernel in C.get_all_opkernel_def():
+        kernels.setdefault(kernel.provider, set()).add((kernel.domain or "", kernel.op_name))
+    return kernels
+
+
+def missing_ops(ops: Sequence[str], providers: Sequence[str]) -> list[str]:
+    """The ops (`domain::op`) this onnxruntime cannot run for `providers`: contrib/custom-domain ops
+    need a kernel in the *first* provider (the variant was built for it); standard ops may run on
+    any provider of the session, as onnxruntime's partitioner would place them."""
+    import onnxruntime as ort
+
+    kernels = _kernels()
+    available = set(ort.get_available_providers())
+    first = providers[0]
+    first_kernels = kernels.get(first, set()) if first in available else set()
+    any_kernels = set().union(*(kernels.get(p, set()) for p in providers if p in available))
+    missing = []
+    for op in ops:
+        domain, _, name = op.rpartition("::")
+        domain = "" if domain in ("", "ai.onnx") else domain
+        if (domain, name) not in (any_kernels if domain == "" else first_kernels):
+            missing.append(op)
+    return missing
+
+
+def selected_file_name(onnx_path: Path, variant: str) -> str:
+    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
+    return f"{Path(onnx_path).stem}.variant-{variant}-{digest}.onnx"
+
+
+def _write_selected(model, onnx_path: Path, name: str) -> Path:
+    import onnx_ir as ir
+
+    folder = onnx_path.parent
+    target = folder / name
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError:
+        private = Path(tempfile.mkdtemp(prefix="optimum-onnx23-variant-"))
+        for value in model.graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor) and not (private / value.const_value.location).exists():
+                os.symlink(folder.resolve() / value.const_value.location, private / value.const_value.location)
+        target = private / name
+        warnings.warn(f"{folder} is read-only: the selected model is written to {private} (linked to the weights).", stacklevel=3)
+        ir.save(model, target)
+        return target
+    os.close(fd)
+    try:
+        ir.save(model, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def select_for_providers(
+    onnx_path: str | os.PathLike, providers: Sequence, variant: str | None = None
+) -> tuple[Path, str | None]:
+    """What to give `onnxruntime.InferenceSession` for `providers`, and the variant chosen.
+
+    Returns `(onnx_path, None)` when the model has no variant for `providers[0]` (or `variant="main"`),
+    else the path of the plain selected model and the variant's name. When the variant needs ops
+    this onnxruntime lacks for those providers, warns and returns the main graph.
+    """
+    onnx_path = Path(onnx_path)
+    names = check_provider_names(providers)
+    model = load_model(onnx_path)
+    functions = variant_functions(model)
+    if not functions or variant == MAIN:
+        return onnx_path, None
+    infos = [read_info(model, f) for f in functions]
+    if variant is not None:
+        info = next((i for i in infos if i.name == variant), None)
+        if info is None:
+            from ..errors import VariantNotFoundError
+
+            raise VariantNotFoundError(f"{onnx_path} has no variant {variant!r}; it has: {', '.join(i.name for i in infos)}.")
+    else:
+        info = choose_variant(infos, names)
+    if info is None:
+        logger.info("No backend variant for %s in %s; using the main graph.", names[0], onnx_path.name)
+        return onnx_path, None
+    missing = missing_ops(info.ops, names)
+    if missing:
+        message = (
+            f"Variant {info.name} needs {', '.join(missing)}, which this onnxruntime lacks for {names[0]}; "
+            "using the main graph."
+        )
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
+        return onnx_path, None
+    name = selected_file_name(onnx_path, info.name)
+    cached = onnx_path.parent / name
+    if cached.is_file():
+        logger.info("Backend variant %s selected for %s (reusing %s).", info.name, names[0], name)
+        return cached, info.name
+    selected = select_variant(model, variant=info.name)
+    path = _write_selected(selected, onnx_path, name)
+    logger.info("Backend variant %s selected for %s (wrote %s).", info.name, names[0], path.name)
+    return path, info.name
+
+
+def create_session(onnx_path: str | os.PathLike, providers: Sequence, sess_options=None, variant: str | None = None):
+    """An `InferenceSession` on the selected variant; if onnxruntime refuses it, warns and opens the
+    main graph instead (a variant never leaves a caller without a session). Returns (session, variant)."""
+    import onnxruntime as ort
+
+    path, chosen = select_for_providers(onnx_path, providers, variant)
+    try:
+        return ort.InferenceSession(str(path), sess_options=sess_options, providers=list(providers)), chosen
+    except Exception as error:  # onnxruntime raises its own Fail/NotImplemented/InvalidGraph types
+        if chosen is None:
+            raise
+        message = f"onnxruntime could not load variant {chosen} ({str(error).splitlines()[0][:200]}); using the main graph."
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
+        return ort.InferenceSession(str(onnx_path), sess_options=sess_options, providers=list(providers)), None
