@@ -39,6 +39,20 @@ def parse_export_args(parser: ArgumentParser) -> None:
     optional.add_argument("--revision", type=str, default=None, help="Revision of the model repository (branch, tag or commit).")
     optional.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", type=str, default=None, help="Path indicating where to store cache.")
     optional.add_argument("--overwrite", action="store_true", help="Replace the output folder if it exists and is not empty.")
+    optional.add_argument(
+        "--cache",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="KV cache layout (--dynamo): `dynamic` grows past/present each step; `static` is a fixed buffer of "
+        "--max-cache-len positions updated in place by TensorScatter (opset 24) at the `write_indices` input.",
+    )
+    optional.add_argument("--max-cache-len", type=int, default=None, help="Static cache length N (prompt plus new tokens); needs --cache static.")
+    optional.add_argument(
+        "--logits",
+        choices=["all", "last"],
+        default="all",
+        help="`all` (default) outputs logits for every position; `last` for the last position only (faster prefill for generation).",
+    )
 
 
 def _log_progress_to_stderr() -> None:
@@ -87,6 +101,9 @@ def run_cli(args) -> int:
             revision=args.revision,
             cache_dir=args.cache_dir,
             overwrite=args.overwrite,
+            cache=args.cache,
+            max_cache_len=args.max_cache_len,
+            logits=args.logits,
         )
     except OptimumOnnx23Error as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,9 +20,10 @@ import onnx_ir as ir
 import torch
 
 from .. import fusions
-from ..errors import InvalidArgumentError, ModelNotFoundError
+from ..errors import InvalidArgumentError, ModelNotFoundError, UnsupportedArchitectureError
 from .configs import TASKS, DecoderExportConfig, get_export_config
 from .output import check_output_folder, staged_output_folder
+from . import static_cache
 from .report import ExportReport
 from .validate import validate_against_pytorch
 from .wrapper import DecoderWrapper
@@ -36,6 +37,7 @@ MIN_OPSET = 18
 ONNX_FILE_NAME = "model.onnx"
 ONNX_DATA_NAME = "model.onnx_data"  # optimum-onnx's and transformers.js' name for external weights
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+LOGITS_MODES = ("all", "last")
 
 
 def max_opset() -> int:
@@ -105,15 +107,24 @@ def _step(report: ExportReport, index: int, total: int, name: str):
     logger.info("[%d/%d] %s done in %.1f s", index, total, name, report.timings[name])
 
 
-def _trace(wrapper, export_config: DecoderExportConfig, config, with_past, opset, dtype, device) -> ir.Model:
-    args = tuple(t.to(device) for t in export_config.dummy_inputs(config, with_past, dtype=dtype))
+def _trace(
+    wrapper, export_config: DecoderExportConfig, config, with_past, opset, dtype, device, max_cache_len: int | None = None
+) -> ir.Model:
+    if max_cache_len is None:
+        args = tuple(t.to(device) for t in export_config.dummy_inputs(config, with_past, dtype=dtype))
+        dynamic_shapes = export_config.dynamic_shapes(config, with_past)
+        input_names = export_config.input_names(config, with_past)
+    else:  # static cache: fixed-length buffers plus write positions
+        args = tuple(t.to(device) for t in static_cache.static_dummy_inputs(export_config, config, max_cache_len, dtype=dtype))
+        dynamic_shapes = static_cache.static_dynamic_shapes(export_config, config)
+        input_names = static_cache.static_input_names(export_config, config)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not actionable by users
         program = torch.onnx.export(
             wrapper,
             args,
-            dynamic_shapes=export_config.dynamic_shapes(config, with_past),
-            input_names=export_config.input_names(config, with_past),
+            dynamic_shapes=dynamic_shapes,
+            input_names=input_names,
             output_names=export_config.output_names(config, with_past),
             opset_version=opset,
             dynamo=True,
@@ -164,6 +175,9 @@ def export(
     cache_dir: str | None = None,
     token: str | bool | None = None,
     overwrite: bool = False,
+    cache: str = "dynamic",
+    max_cache_len: int | None = None,
+    logits: str = "all",
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -175,6 +189,12 @@ def export(
         dtype: `fp32`, `fp16` or `bf16` weights and activations.
         fusions_enabled: run the fusion stage (standard Attention, RMSNormalization, RotaryEmbedding).
         atol: max |ONNX - PyTorch| allowed on every output; default 1e-4 for fp32.
+        cache: `dynamic` (default; past and present grow by the step's length) or `static`:
+            fixed `[batch, kv_heads, max_cache_len, head_dim]` buffers written in place by
+            TensorScatter (opset 24) at the `write_indices` input; see `exporters.static_cache`.
+        max_cache_len: the static buffer length N (prompt plus new tokens); static cache only.
+        logits: `all` (default: logits for every position) or `last` (the last position only,
+            all generation needs; a shorter prefill). Recorded in the ONNX metadata.
 
     Returns:
         The `ExportReport`, also written as `export_report.json` in `output`.
@@ -188,6 +208,11 @@ def export(
     export_config = get_export_config(config.model_type)
     task = task or "text-generation-with-past"
     with_past = task.endswith("-with-past")
+    static_cache.check_static_arguments(cache, max_cache_len, with_past, opset)
+    if logits not in LOGITS_MODES:
+        raise InvalidArgumentError(f"Unknown logits mode `{logits}`; pass --logits all or --logits last.")
+    static_len = max_cache_len if cache == "static" else None
+    logits_to_keep = 1 if logits == "last" else 0
     report = ExportReport(model=model_name, model_type=config.model_type, task=task, opset=opset, dtype=dtype, atol=atol)
     torch_dtype = DTYPES[dtype]
     torch_device = torch.device(device)
@@ -207,10 +232,13 @@ def export(
                 dtype=torch_dtype,
             )
             model = model.to(torch_device).eval()
-            wrapper = DecoderWrapper(model, export_config.num_layers(config), with_past)
+            if static_len is None:
+                wrapper = DecoderWrapper(model, export_config.num_layers(config), with_past, logits_to_keep)
+            else:
+                wrapper = static_cache.StaticCacheWrapper(model, export_config.num_layers(config), logits_to_keep)
 
         with _step(report, 2, total, f"Exporting with torch.export to ONNX opset {opset}"):
-            onnx_model = _trace(wrapper, export_config, config, with_past, opset, torch_dtype, torch_device)
+            onnx_model = _trace(wrapper, export_config, config, with_past, opset, torch_dtype, torch_device, static_len)
             import onnxscript.optimizer
 
             onnxscript.optimizer.optimize_ir(onnx_model)
@@ -233,6 +261,16 @@ def export(
                         logger.warning(message)
                         report.warnings.append(message)
             logger.info("  fused: %s", ", ".join(f"{k}={v}" for k, v in fusion_report.op_counts.items() if v))
+            if static_len is not None:
+                writes = static_cache.lower_kv_writes(onnx_model)
+                expected_writes = 2 * export_config.num_layers(config)
+                if writes != expected_writes:
+                    raise UnsupportedArchitectureError(
+                        f"Static cache: found {writes} KV writes to lower where the model has {expected_writes}; "
+                        "this architecture cannot be exported with --cache static yet."
+                    )
+                report.op_histogram = dict(sorted(fusions.count_ops(onnx_model).items()))
+            static_cache.record_variant(onnx_model, cache, static_len, logits)
 
         with _step(report, 4, total, "Saving ONNX with external data"):
             onnx_model.graph.name = f"{config.model_type}_{task.replace('-', '_')}"
@@ -242,10 +280,17 @@ def export(
         with _step(report, 5, total, f"Validating against PyTorch (atol={atol:g})"):
             import onnxruntime as ort
 
-            session = ort.InferenceSession(str(staging / ONNX_FILE_NAME), providers=["CPUExecutionProvider"])
-            report.validation = validate_against_pytorch(
-                session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device
-            )
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # validation runs without IO binding: TensorScatter's copy warning is expected
+            session = ort.InferenceSession(str(staging / ONNX_FILE_NAME), options, providers=["CPUExecutionProvider"])
+            if static_len is None and not logits_to_keep:
+                report.validation = validate_against_pytorch(
+                    session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device
+                )
+            else:
+                report.validation = static_cache.validate_variant_against_pytorch(
+                    session, wrapper, export_config, config, static_len, atol, torch_dtype, torch_device, with_past
+                )
             del session
 
         with _step(report, 6, total, "Saving config, generation config and tokenizer"):

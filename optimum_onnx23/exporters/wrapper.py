@@ -15,11 +15,14 @@ __all__ = ["DecoderWrapper"]
 
 
 class DecoderWrapper(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, num_layers: int, with_past: bool):
+    def __init__(self, model: torch.nn.Module, num_layers: int, with_past: bool, logits_to_keep: int = 0):
         super().__init__()
         self.model = model
         self.num_layers = num_layers
         self.with_past = with_past
+        # 0 = logits for every position (default, optimum-onnx's format); 1 = last position only,
+        # all generation needs: the prefill skips the lm_head on the rest of the prompt.
+        self.logits_to_keep = logits_to_keep
 
     def forward(self, input_ids, attention_mask, position_ids, *past_key_values):
         cache = None
@@ -36,6 +39,7 @@ class DecoderWrapper(torch.nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=self.with_past,
+            **({"logits_to_keep": self.logits_to_keep} if self.logits_to_keep else {}),
         )
         if not self.with_past:
             return (out.logits,)
