@@ -3,5 +3,6 @@
 from optimum.commands.export.base import ExportCommand
 
 from optimum_onnx23.cli.export import ONNXExportCommand
+from optimum_onnx23.cli.variants import ONNX23Command
 
-REGISTER_COMMANDS = [(ONNXExportCommand, ExportCommand)]
+REGISTER_COMMANDS = [(ONNXExportCommand, ExportCommand), ONNX23Command]

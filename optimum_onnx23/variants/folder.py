@@ -30,7 +30,7 @@ def external_files(model: ir.Model, folder: Path) -> dict[str, Path]:
     root = folder.resolve()
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
+        if isinstance(tensor, ir.ExternalTensor) and tensor.location not in files:
             location = tensor.location
             path = (folder / location).resolve()
             if Path(location).is_absolute() or ".." in Path(location).parts or root not in path.parents:

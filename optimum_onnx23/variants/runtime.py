@@ -132,7 +132,7 @@ def select_for_providers(
     if cached.is_file():
         logger.info("Backend variant %s selected for %s (reusing %s).", info.name, names[0], name)
         return cached, info.name
-    selected = select_variant(model, variant=info.name)
+    selected = select_variant(model, variant=info.name, copy=False)  # loaded for this call only
     path = _write_selected(selected, onnx_path, name)
     logger.info("Backend variant %s selected for %s (wrote %s).", info.name, names[0], path.name)
     return path, info.name

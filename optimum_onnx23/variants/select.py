@@ -88,17 +88,19 @@ def select_variant(
     *,
     variant: str | None = None,
     verify: bool = True,
+    copy: bool = True,
 ) -> AnyModel:
     """The model with the variant for `providers[0]` (or the one named `variant`; `"main"` for
     none) substituted and every variant stripped: a plain ONNX model any runtime can load.
 
-    The input model is not modified (weights are shared with it, not copied). With `verify`, the
+    The input model is not modified (weights are shared with it, not copied) unless `copy=False`
+    is passed for an `ir.Model` the caller no longer needs, which saves cloning it. With `verify`, the
     variant's content hash is checked first. The chosen name is recorded in the model metadata
     under `optimum_onnx23.selected_variant` (empty when the main graph was kept).
     """
     source = as_ir(model, copy=False)
     info = _pick(source, providers, variant)
-    m = as_ir(model, copy=True) if isinstance(model, ir.Model) else source
+    m = as_ir(model, copy=copy) if isinstance(model, ir.Model) else source
     functions = {f.metadata_props.get(KEYS.NAME): f for f in variant_functions(m)}
     if info is not None:
         function = functions[info.name]
