@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -173,13 +174,18 @@ def build_model_card(inputs: CardInputs) -> ModelCard:
     return card
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _check_repo_ids(field_name: str, value: Any) -> None:
     for repo_id in value if isinstance(value, list) else [value]:
         try:
             validate_repo_id(repo_id)
         except HFValidationError as error:
             raise ModelCardError(
-                f"Model card metadata `{field_name}: {repo_id}` is not a Hub model id ({str(error).splitlines()[0]}); "
+                f"Model card metadata `{field_name}: {repo_id}` is not a Hub model id ({_first_line(error)}); "
                 "pass a Hub id such as `org/name`, or leave it out."
             ) from None
         if not isinstance(repo_id, str) or not repo_id:
@@ -197,8 +203,8 @@ def validate_model_card(card: ModelCard | str) -> ModelCard:
         card = card if isinstance(card, ModelCard) else ModelCard(card)
         # Round-trip through YAML: what the Hub parses is the text, not our objects.
         card = ModelCard(str(card))
-    except ValueError as error:
-        raise ModelCardError(f"Model card metadata is not valid YAML ({str(error).splitlines()[0]}); fix README.md's header.") from None
+    except (ValueError, yaml.YAMLError) as error:
+        raise ModelCardError(f"Model card metadata is not valid YAML ({_first_line(error)}); fix README.md's header.") from None
     meta = card.data.to_dict()
     if not isinstance(meta.get("library_name"), str) or not meta["library_name"]:
         raise ModelCardError("Model card metadata has no `library_name`; add `library_name: transformers.js` to README.md's header.")

@@ -90,17 +90,15 @@ class HubLayout:
         return [f.path_in_repo for f in self.files]
 
     def write(self, directory: Path) -> None:
-        """Write every file under `directory`; big files are hard-linked when the filesystem allows."""
+        """Write every file under `directory`. Files are copied, never hard-linked: onnx refuses to
+        load external data that has several links (its guard against hardlink attacks)."""
         for f in self.files:
             target = directory / f.path_in_repo
             target.parent.mkdir(parents=True, exist_ok=True)
             if f.content is not None:
                 target.write_bytes(f.content)
                 continue
-            try:
-                os.link(f.source, target)
-            except OSError:  # another filesystem, or links not allowed
-                shutil.copy2(f.source, target)
+            shutil.copyfile(f.source, target)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -218,7 +216,7 @@ def plan_hub_layout(
     variants += [str(v) for v in (report.get("variants") or []) if str(v) not in variants]
     opset = max(m.opset for m in models)
     if (folder / CARD_NAME).is_file():
-        card = validate_model_card(ModelCard.load(folder / CARD_NAME))
+        card = validate_model_card((folder / CARD_NAME).read_text(encoding="utf-8"))
     else:
         card = build_model_card(
             CardInputs(

@@ -8,6 +8,7 @@ being there) is checked before the first request; `dry_run` makes no request at 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -65,6 +66,16 @@ def _hub_error(action: str, repo_id: str, error: HfHubHTTPError) -> HubRequestEr
     return HubRequestError(f"Could not {action} {repo_id} on the Hub ({first_line}); {fix}.")
 
 
+def _validator_message(error: ValueError) -> str:
+    """The Hub's validate-yaml answers `{"errors": [{"message": ...}]}`; `ModelCard.validate` raises its raw text."""
+    text = str(error).strip()
+    try:
+        messages = [e.get("message", "") for e in json.loads(text).get("errors", [])]
+    except (ValueError, AttributeError):
+        messages = text.splitlines()[:1]
+    return "; ".join(m for m in messages if m) or "no reason given"
+
+
 def push_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -110,8 +121,7 @@ def push_to_hub(
         try:
             layout.card.validate()  # the Hub's own metadata checks, before anything is created
         except ValueError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "rejected"
-            raise ModelCardError(f"The Hub rejected the model card metadata ({first_line}); fix README.md's header.") from None
+            raise ModelCardError(f"The Hub rejected the model card metadata ({_validator_message(error)}); fix README.md's header.") from None
         except HfHubHTTPError as error:
             raise _hub_error("validate the model card for", repo_id, error) from None
     try:

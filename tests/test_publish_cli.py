@@ -1,0 +1,76 @@
+"""The publishing flags, on a parser built here as the export command builds its own."""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from pathlib import Path
+
+import pytest
+
+from optimum_onnx23.errors import InvalidArgumentError
+from optimum_onnx23.publish import InvalidRepoIdError, add_publish_arguments, check_publish_args, publish_from_args
+from test_publish_hub import REPO_ID, fake_hub, no_network  # noqa: F401  (fixtures)
+
+
+def _parser() -> ArgumentParser:
+    from optimum_onnx23.cli.export import parse_export_args
+
+    parser = ArgumentParser(prog="optimum-cli export onnx")
+    parse_export_args(parser)  # the export command's own flags: ours must not clash with them
+    add_publish_arguments(parser)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def export_folder(exported_dir) -> Path:
+    return exported_dir("llama")
+
+
+def test_flags_parse():
+    args = _parser().parse_args(
+        ["--dynamo", "-m", "model", "out", "--push-to-hub", REPO_ID, "--private", "--commit-message", "first", "--dry-run"]
+    )
+    assert (args.push_to_hub, args.private, args.commit_message, args.dry_run) == (REPO_ID, True, "first", True)
+    defaults = _parser().parse_args(["-m", "model", "out"])
+    assert (defaults.push_to_hub, defaults.private, defaults.commit_message, defaults.dry_run) == (None, False, None, False)
+    publish_from_args(defaults, Path("does-not-matter"))  # no --push-to-hub: nothing to do, no error
+
+
+def test_there_is_no_token_flag(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["-m", "model", "out", "--push-to-hub", REPO_ID, "--token", "hf_x"])
+    assert "unrecognized arguments: --token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, error, message",
+    [
+        (["--push-to-hub", "bad repo"], InvalidRepoIdError, "Invalid Hub repo id 'bad repo'"),
+        (["--private"], InvalidArgumentError, "--private only applies to an upload; add --push-to-hub"),
+        (["--dry-run"], InvalidArgumentError, "--dry-run only applies to an upload"),
+    ],
+)
+def test_bad_flags_are_caught_before_the_export(argv, error, message):
+    args = _parser().parse_args(["-m", "model", "out", *argv])
+    with pytest.raises(error) as raised:
+        check_publish_args(args)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_dry_run_prints_the_plan_without_network(no_network, export_folder, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    args = _parser().parse_args(["-m", "model", str(export_folder), "--push-to-hub", REPO_ID, "--dry-run"])
+    assert publish_from_args(args, export_folder) is None
+    out = capsys.readouterr().out
+    assert no_network == []
+    assert f"public model repo {REPO_ID}" in out
+    assert "onnx/model.onnx_data" in out and "genai_config.json" in out and "pipeline_tag: text-generation" in out
+
+
+def test_push_from_args(fake_hub, export_folder):
+    args = _parser().parse_args(["-m", "model", str(export_folder), "--push-to-hub", REPO_ID, "--private", "--commit-message", "cli push"])
+    info = publish_from_args(args, export_folder)
+    assert fake_hub.repos[REPO_ID]["private"] is True
+    assert fake_hub.repos[REPO_ID]["commits"][-1] == (info.oid, "cli push")
+    assert json.loads(fake_hub.repos[REPO_ID]["files"]["genai_config.json"][0])["model"]["decoder"]["filename"] == "onnx/model.onnx"

@@ -1,0 +1,158 @@
+"""The Hub layout written by `save_pretrained`: files, bytes, configs, and that the graphs still load from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from optimum_onnx23.errors import OutputFolderError, UnsafeModelFileError
+from optimum_onnx23.publish import find_onnx_models, plan_hub_layout, save_pretrained
+
+REPO_ID = "onnx-community-test/tiny-llama-onnx23"
+
+
+@pytest.fixture(scope="module")
+def export_folder(exported_dir) -> Path:
+    return exported_dir("llama")
+
+
+@pytest.fixture(scope="module")
+def hub_folder(export_folder, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("hub") / "tiny-llama-onnx23"
+    save_pretrained(export_folder, target, REPO_ID)
+    return target
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_layout_onnx_under_onnx_and_configs_at_the_root(export_folder, hub_folder):
+    flat = _files(export_folder)
+    tokenizer_files = {f for f in flat if f.startswith("tokenizer") or f == "chat_template.jinja"}
+    assert tokenizer_files >= {"tokenizer.json", "tokenizer_config.json"}
+    assert _files(hub_folder) == {
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "export_report.json",
+        "genai_config.json",
+        "onnx/model.onnx",
+        "onnx/model.onnx_data",
+        *tokenizer_files,
+    }
+    for name in ("model.onnx", "model.onnx_data"):
+        assert (hub_folder / "onnx" / name).read_bytes() == (export_folder / name).read_bytes()
+    for name in ["generation_config.json", *tokenizer_files]:
+        assert (hub_folder / name).read_bytes() == (export_folder / name).read_bytes()
+    # The graph still finds its weights (transformers.js derives the same `<graph>_data` name).
+    proto = onnx.load(str(hub_folder / "onnx" / "model.onnx"), load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx_data"}
+
+
+def test_config_declares_external_data_for_transformers_js(export_folder, hub_folder):
+    original = json.loads((export_folder / "config.json").read_text())
+    written = json.loads((hub_folder / "config.json").read_text())
+    js_config = written.pop("transformers.js_config")
+    assert written == original
+    assert js_config == {"use_external_data_format": {"model.onnx": True}}
+
+
+def test_export_report_keeps_figures_and_drops_local_paths(export_folder, hub_folder):
+    original = json.loads((export_folder / "export_report.json").read_text())
+    public = json.loads((hub_folder / "export_report.json").read_text())
+    assert "output" not in public and str(export_folder) not in json.dumps(public)
+    assert public["model"] == Path(original["model"]).name  # a local folder: its name only
+    for key in ("versions", "fusions", "validation", "opset", "max_abs_diff"):
+        assert public[key] == original[key]
+
+
+def test_genai_config_describes_the_graph(export_folder, hub_folder):
+    genai = json.loads((hub_folder / "genai_config.json").read_text())
+    config = json.loads((export_folder / "config.json").read_text())
+    generation = json.loads((export_folder / "generation_config.json").read_text())
+    decoder = genai["model"]["decoder"]
+    session = ort.InferenceSession(str(hub_folder / decoder["filename"]), providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    layers = decoder["num_hidden_layers"]
+    assert layers == config["num_hidden_layers"]
+    for i in range(layers):
+        assert decoder["inputs"]["past_key_names"] % i in inputs and decoder["inputs"]["past_value_names"] % i in inputs
+        assert decoder["outputs"]["present_key_names"] % i in outputs and decoder["outputs"]["present_value_names"] % i in outputs
+    assert {decoder["inputs"][k] for k in ("input_ids", "attention_mask", "position_ids")} <= set(inputs)
+    past = session.get_inputs()[inputs.index("past_key_values.0.key")].shape
+    assert [decoder["num_key_value_heads"], decoder["head_size"]] == past[1::2]
+    assert decoder["num_attention_heads"] == config["num_attention_heads"]
+    assert genai["model"]["eos_token_id"] == generation["eos_token_id"]
+    assert genai["model"]["vocab_size"] == config["vocab_size"]
+    assert genai["model"]["type"] == "llama"
+    assert genai["search"]["past_present_share_buffer"] is False
+
+
+def test_our_loader_reads_both_layouts_alike(export_folder, hub_folder):
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
+    prompt = torch.tensor([[1, 45, 300, 12, 9]])
+    flat = ORTModelForCausalLM.from_pretrained(export_folder).generate(prompt, max_new_tokens=8, do_sample=False)
+    hub = ORTModelForCausalLM.from_pretrained(hub_folder).generate(prompt, max_new_tokens=8, do_sample=False)
+    assert np.asarray(hub).shape[1] > prompt.shape[1]
+    np.testing.assert_array_equal(np.asarray(hub), np.asarray(flat))
+
+
+def test_a_hub_layout_folder_is_planned_as_it_is(hub_folder):
+    layout = plan_hub_layout(hub_folder, REPO_ID)
+    assert sorted(layout.paths) == sorted(_files(hub_folder))
+    for f in layout.files:
+        assert f.size == (hub_folder / f.path_in_repo).stat().st_size, f.path_in_repo
+    assert layout["README.md"].content == (hub_folder / "README.md").read_bytes()
+    assert layout["genai_config.json"].content == (hub_folder / "genai_config.json").read_bytes()
+
+
+def test_save_pretrained_refuses_a_non_empty_folder(export_folder, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="exists and is not empty"):
+        save_pretrained(export_folder, tmp_path)
+    assert _files(tmp_path) == {"keep.txt"}
+
+
+def test_variants_are_named_by_transformers_js_conventions(export_folder, tmp_path):
+    folder = tmp_path / "with-variant"
+    folder.mkdir()
+    for p in export_folder.iterdir():
+        shutil.copy2(p, folder / p.name)
+    # A variant with its own external data, named like transformers.js' `dtype: "int8"` file.
+    proto = onnx.load(str(export_folder / "model.onnx"))
+    onnx.save_model(proto, str(folder / "model_int8.onnx"), save_as_external_data=True, location="model_int8.onnx_data")
+    target = tmp_path / "hub"
+    layout = save_pretrained(folder, target, REPO_ID)
+    assert {"onnx/model_int8.onnx", "onnx/model_int8.onnx_data", "onnx/model.onnx"} <= _files(target)
+    assert layout.variants == ["int8"]
+    js_config = json.loads((target / "config.json").read_text())["transformers.js_config"]
+    assert js_config["use_external_data_format"] == {"model.onnx": True, "model_int8.onnx": True}
+    assert "int8" in layout.card.data.tags and "Attached variants: `int8`." in layout.card.text
+    # genai_config.json stays on the main graph.
+    assert json.loads((target / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "onnx/model.onnx"
+    session = ort.InferenceSession(str(target / "onnx" / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()][0] == "logits"
+
+
+def test_external_data_outside_the_folder_is_refused(export_folder, tmp_path):
+    proto = onnx.load(str(export_folder / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in proto.graph.initializer if t.external_data)
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = "../outside.bin"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    onnx.save_model(proto, str(folder / "model.onnx"))
+    with pytest.raises(UnsafeModelFileError, match=r"references external data `\.\./outside\.bin` outside its folder"):
+        find_onnx_models(folder)
