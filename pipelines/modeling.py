@@ -218,7 +218,7 @@ class ORTModelForCausalLM:
                 encoder_input_ids=input_ids,
                 logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
                 device=torch.device("cpu"),
-                model_kwargs={"attention_mask": attention_mask},
+                model_kwargs={"attention_mask": attention_mask.repeat_interleave(expand_size, dim=0)},
             )
             criteria = logic._get_stopping_criteria(generation_config=gc, stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(), tokenizer=tokenizer)
         except ValueError as error:
