@@ -51,6 +51,7 @@ def substitute(model: ir.Model, function: ir.Function) -> None:
         if old.producer() is None:
             raise VariantFormatError(f"Variant {name} replaces `{old.name}`, which no main-graph node computes.")
         value_name = old.name
+        new.type, new.shape = old.type, old.shape  # what the main graph declared stays declared
         old.name = f"{value_name}__replaced_by_variant"
         old.replace_all_uses_with(new, replace_graph_outputs=True)
         new.name = value_name

@@ -1,5 +1,5 @@
 """`ort-cpu-int8`: every linear layer (the tied lm_head included) as onnxruntime's
-`DynamicQuantizeMatMul`: int8 weights quantized symmetrically per output column, activations
+`DynamicQuantizeMatMul`: int8 weights quantized symmetrically per output column (7-bit range by default), activations
 quantized to uint8 per call. onnxruntime runs it as u8s8 integer GEMM (VNNI where the CPU has it).
 
 The int8 weights and per-column scales are the variant's own; all else is the main graph's.
@@ -27,10 +27,11 @@ def quantize_per_column(weight_kn: np.ndarray, qmax: int) -> tuple[np.ndarray, n
     return quantized, scales
 
 
-def produce(model: ir.Model, include_lm_head: bool = True, reduce_range: bool = False) -> VariantSpec:
-    """`reduce_range` uses 7-bit weights, onnxruntime's advice for AVX2 CPUs without VNNI where
-    the u8s8 dot product can saturate; measured on this machine's AVX2 the full range was kept
-    (see docs/variants.md)."""
+def produce(model: ir.Model, include_lm_head: bool = True, reduce_range: bool = True) -> VariantSpec:
+    """`reduce_range` (default) keeps weights in [-63, 63], onnxruntime's advice for x86 CPUs
+    without VNNI, whose u8s8 dot product (vpmaddubsw) saturates at int16: on this AVX2 machine the
+    full range gave 13.6% relative logits error and 56% greedy agreement on the tiny Llama, 7 bits
+    1.7% and 100%. The file is portable, so the range that is safe everywhere is the default."""
     prefix = owned_prefix(NAME)
     qmax = 63 if reduce_range else 127
     body_inputs: dict[str, ir.Value] = {}

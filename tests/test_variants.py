@@ -1,0 +1,296 @@
+"""Backend variants on the bundled tiny Llama: attach leaves the main graph alone, select matches it,
+strip restores the bytes, malformed variants get one-line errors or a warned fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from optimum_onnx23.errors import InvalidArgumentError, UnsafeModelFileError, VariantFormatError, VariantNotFoundError
+from optimum_onnx23.variants import (
+    attach_builtin_variants,
+    attach_variant,
+    list_variants,
+    select_for_providers,
+    select_variant,
+    strip_variants,
+)
+from optimum_onnx23.variants.folder import load_model, save_model, strip_folder
+from optimum_onnx23.variants.producers._linear import find_linears
+from optimum_onnx23.variants.runtime import create_session
+
+ort.set_default_logger_severity(3)  # a variant-unaware session logs each variant-owned initializer it drops
+CPU = ["CPUExecutionProvider"]
+ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy_folder(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest)
+    return dest
+
+
+def feeds_for(session: ort.InferenceSession, ids: np.ndarray) -> dict:
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None].repeat(ids.shape[0], 0)}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values"):
+            feeds[i.name] = np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32)
+    return {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}}
+
+
+def run(path: Path | str, ids: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=CPU)
+    return session.run(None, feeds_for(session, ids))
+
+
+IDS = np.array([[1, 17, 43, 99, 250, 7, 8, 12], [1, 5, 6, 7, 300, 301, 2, 9]], np.int64)
+
+
+@pytest.fixture(scope="module")
+def base(exported_dir) -> Path:
+    return exported_dir("bundled")
+
+
+@pytest.fixture(scope="module")
+def with_all(base, tmp_path_factory) -> tuple[Path, dict]:
+    folder = copy_folder(base, tmp_path_factory.mktemp("variants") / "all")
+    return folder, attach_builtin_variants(folder, ALL)
+
+
+def test_attach_leaves_main_graph_bit_identical_and_checker_green(base, with_all):
+    folder, report = with_all
+    onnx.checker.check_model(str(folder / "model.onnx"), full_check=True)
+    before = onnx.load(str(base / "model.onnx"), load_external_data=False)
+    after = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert list(after.graph.node) == list(before.graph.node)
+    assert list(after.graph.input) == list(before.graph.input) and list(after.graph.output) == list(before.graph.output)
+    assert list(after.graph.initializer)[: len(before.graph.initializer)] == list(before.graph.initializer)
+    for want, got in zip(run(base / "model.onnx", IDS), run(folder / "model.onnx", IDS)):
+        assert np.array_equal(want, got)
+    assert [i.name for i in list_variants(load_model(folder / "model.onnx"))] == ALL
+    assert set(report["variants"]) == set(ALL)
+
+
+@pytest.mark.parametrize("name", ["ort-cpu", "backend-context"])
+def test_select_fp32_variants_match_main_graph(base, with_all, name, tmp_path):
+    folder, _ = with_all
+    selected = select_variant(load_model(folder / "model.onnx"), variant=name)
+    assert not [n for n in selected.graph.initializers if n.startswith("variants/")]
+    ir.save(selected, folder / f"test-{name}.onnx")  # same folder: references model.onnx_data
+    onnx.checker.check_model(str(folder / f"test-{name}.onnx"), full_check=True)
+    for want, got in zip(run(base / "model.onnx", IDS), run(folder / f"test-{name}.onnx", IDS)):
+        assert np.abs(want - got).max() <= 1e-4
+    ops = [n.op_type for n in selected.graph]
+    if name == "ort-cpu":
+        assert ops.count("SkipSimplifiedLayerNormalization") == 4  # 2 layers x 2 residual norms
+    else:
+        assert ops.count("BackendContext") == 1 and "RMSNormalization" in ops
+
+
+def greedy_agreement(main: list[np.ndarray], variant: list[np.ndarray]) -> float:
+    return float(np.mean(main[0].argmax(-1) == variant[0].argmax(-1)))
+
+
+# Documented in docs/variants.md: logits error relative to the largest main-graph logit, and the
+# share of teacher-forced greedy tokens equal to the main graph's, on the bundled tiny Llama.
+QUANTIZED = {"ort-cpu-int8": (0.05, 0.9), "ort-cpu-int4": (0.15, 0.75)}  # measured: 1.7%/100%, 6.7%/81%
+
+
+@pytest.mark.parametrize("name", list(QUANTIZED))
+def test_select_quantized_variants_within_documented_tolerance(base, with_all, name):
+    folder, report = with_all
+    model = load_model(folder / "model.onnx")
+    linears = len(find_linears(model.graph))
+    selected = select_variant(model, variant=name)
+    op = "MatMulNBits" if name == "ort-cpu-int4" else "DynamicQuantizeMatMul"
+    ops = [n.op_type for n in selected.graph]
+    assert ops.count(op) == linears == report["variants"][name]["nodes"]
+    assert "MatMul" not in ops  # every linear, the tied lm_head included
+    path = folder / f"test-{name}.onnx"
+    ir.save(selected, path)
+    main, got = run(base / "model.onnx", IDS), run(path, IDS)
+    relative = np.abs(main[0] - got[0]).max() / np.abs(main[0]).max()
+    agreement = greedy_agreement(main, got)
+    max_rel, min_agree = QUANTIZED[name]
+    assert relative < max_rel and agreement >= min_agree, f"{name}: rel. logits error {relative:.3f}, greedy agreement {agreement:.0%}"
+
+
+def test_quantized_variants_add_only_their_packed_weights_and_fp32_rewrites_under_one_percent(base, with_all):
+    _, report = with_all
+    total = sum((base / n).stat().st_size for n in ("model.onnx", "model.onnx_data"))
+    for name in ("ort-cpu-int4", "ort-cpu-int8"):
+        entry = report["variants"][name]
+        # weights of 256 bytes or more go to model.onnx_data (64-byte aligned), smaller scales stay in model.onnx
+        assert entry["data_bytes_added"] <= entry["owned_bytes"] + 64 * 3 * entry["nodes"]
+        assert entry["data_bytes_added"] + entry["graph_bytes_added"] >= entry["owned_bytes"]
+        assert entry["graph_bytes_added"] < 0.05 * total  # node and metadata protos, no weights
+    for name in ("ort-cpu", "backend-context"):
+        entry = report["variants"][name]
+        assert entry["data_bytes_added"] == 0 and entry["graph_bytes_added"] < 0.01 * total
+    int4, int8 = report["variants"]["ort-cpu-int4"], report["variants"]["ort-cpu-int8"]
+    assert int4["owned_bytes"] < int8["owned_bytes"]
+
+
+def test_strip_restores_original_bytes(base, tmp_path):
+    folder = copy_folder(base, tmp_path / "m")
+    original = {p.name: sha(p) for p in folder.glob("model.onnx*")}
+    attach_builtin_variants(folder, ["ort-cpu-int8", "ort-cpu", "backend-context"])
+    select_for_providers(folder / "model.onnx", CPU)  # leaves a selected file behind, strip removes it
+    assert {p.name: sha(p) for p in folder.glob("model.onnx*")} != original
+    assert strip_folder(folder / "model.onnx") == ["ort-cpu-int8", "ort-cpu", "backend-context"]
+    assert {p.name: sha(p) for p in folder.glob("model.onnx*")} == original
+    assert not list(folder.glob("model.variant-*"))
+
+
+def test_strip_in_memory_restores_graph_bytes(base):
+    model = load_model(base / "model.onnx")
+    before = ir.to_proto(model).SerializeToString()
+    from optimum_onnx23.variants.producers import produce
+
+    produce("ort-cpu", model).attach_to(model)
+    produce("ort-cpu-int8", model).attach_to(model)
+    assert ir.to_proto(model).SerializeToString() != before
+    strip_variants(model)
+    assert ir.to_proto(model).SerializeToString() == before
+
+
+def test_overlapping_variants_coexist_and_priority_decides(with_all):
+    folder, _ = with_all
+    infos = {i.name: i for i in list_variants(load_model(folder / "model.onnx"))}
+    assert "ort-cpu-int8" in infos["ort-cpu-int4"].overlaps and "ort-cpu" not in infos["ort-cpu-int4"].overlaps
+    selected = select_variant(load_model(folder / "model.onnx"), CPU)
+    assert selected.metadata_props["optimum_onnx23.selected_variant"] == "ort-cpu-int4"
+    assert not selected.functions  # other variants stripped
+
+
+def _first_two_chained_linears(graph: ir.Graph) -> tuple[str, str]:
+    linears = find_linears(graph)
+    return linears[0].output.name, linears[-1].output.name  # the lm_head depends on the first layer
+
+
+def test_malformed_variants_get_one_line_errors(base):
+    model = load_model(base / "model.onnx")
+    early, late = _first_two_chained_linears(model.graph)
+
+    def body(input_name: str, output_name: str) -> ir.Graph:
+        x = ir.Value(name=input_name)
+        node = ir.node("Identity", [x])
+        node.outputs[0].name = output_name
+        return ir.Graph([x], node.outputs, nodes=[node])
+
+    with pytest.raises(VariantFormatError, match="consumes `nowhere`"):
+        attach_variant(model, "bad", body("nowhere", early), CPU)
+    with pytest.raises(VariantFormatError, match="produces `nothing`"):
+        attach_variant(model, "bad", body(early, "nothing"), CPU)
+    with pytest.raises(VariantFormatError, match="cycle"):
+        attach_variant(model, "bad", body(late, early), CPU)  # early := late, but late is computed from early
+    with pytest.raises(InvalidArgumentError, match="Unknown execution provider 'FooExecutionProvider'"):
+        attach_variant(model, "bad", body(early, late), ["FooExecutionProvider"])
+    with pytest.raises(InvalidArgumentError, match="Invalid variant name"):
+        attach_variant(model, "Bad Name", body(early, late), CPU)
+    assert not list_variants(model) and "optimum_onnx23.variants" not in model.metadata_props  # nothing half-attached
+    with pytest.raises(InvalidArgumentError, match="Unknown execution provider"):
+        select_variant(model, ["FooExecutionProvider"])
+    with pytest.raises(VariantNotFoundError, match="no variant 'ort-cpu'"):
+        select_variant(model, variant="ort-cpu")
+    for error in (VariantFormatError, InvalidArgumentError, VariantNotFoundError):
+        assert "\n" not in str(error("x"))
+
+
+def test_tampered_variant_fails_its_content_hash(base):
+    model = load_model(base / "model.onnx")
+    from optimum_onnx23.variants.producers import produce
+
+    produce("ort-cpu-int8", model).attach_to(model)
+    owned = list_variants(model)[0].owned_initializers[0]
+    tensor = model.graph.initializers[owned].const_value
+    model.graph.initializers[owned].const_value = ir.tensor(np.zeros(tensor.shape.numpy(), tensor.dtype.numpy()), name=owned)
+    with pytest.raises(VariantFormatError, match="content hash"):
+        select_variant(model, CPU)
+
+
+def _attach_matmul_variant(folder: Path, providers: list[str], domain: str, op: str) -> None:
+    model = load_model(folder / "model.onnx")
+    linear = find_linears(model.graph)[0]
+    x, w = ir.Value(name=linear.activation.name), ir.Value(name=linear.weight.name)
+    node = ir.Node(domain, op, [x, w], name="fast")
+    node.outputs[0].name = linear.output.name
+    attach_variant(model, "fast-matmul", ir.Graph([x, w], node.outputs, nodes=[node]), providers,
+                   opset_imports={"": 23, domain: 1}, priority=99)
+    save_model(model, folder / "model.onnx")
+
+
+def test_variant_with_ops_the_provider_lacks_falls_back_with_warning(base, tmp_path):
+    folder = copy_folder(base, tmp_path / "m")
+    _attach_matmul_variant(folder, CPU, "com.example", "FastMatMul")
+    with pytest.warns(UserWarning, match=r"needs com.example::FastMatMul.*using the main graph"):
+        path, chosen = select_for_providers(folder / "model.onnx", CPU)
+    assert (path, chosen) == (folder / "model.onnx", None)
+    with pytest.warns(UserWarning, match="using the main graph"):
+        session, chosen = create_session(folder / "model.onnx", CPU)
+    assert chosen is None
+    assert np.array_equal(session.run(None, feeds_for(session, IDS))[0], run(base / "model.onnx", IDS)[0])
+
+
+def test_variant_for_a_provider_this_build_lacks_falls_back(base, tmp_path):
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    folder = copy_folder(base, tmp_path / "m")
+    _attach_matmul_variant(folder, ["CUDAExecutionProvider"], "com.microsoft", "FusedMatMul")  # a CPU kernel exists
+    with pytest.warns(UserWarning, match="lacks for CUDAExecutionProvider"):
+        path, chosen = select_for_providers(folder / "model.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert chosen is None and path == folder / "model.onnx"
+    assert select_for_providers(folder / "model.onnx", CPU) == (folder / "model.onnx", None)  # not a CPU variant
+
+
+def test_backend_context_runs_its_fallback_without_the_backend(base, with_all, caplog):
+    folder, _ = with_all
+    assert "QNNExecutionProvider" not in ort.get_available_providers()
+    with caplog.at_level("INFO", logger="optimum_onnx23.variants"):
+        path, chosen = select_for_providers(folder / "model.onnx", ["QNNExecutionProvider", "CPUExecutionProvider"])
+    assert chosen == "backend-context" and "Backend variant backend-context selected" in caplog.text
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    (context,) = [n for n in model.graph.node if n.op_type == "BackendContext"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in context.attribute}
+    assert attrs["source"] == b"QNNExecutionProvider" and attrs["embed_mode"] == 1 and attrs["main_context"] == 1
+    assert b"region_sha256" in attrs["ep_cache_context"] and attrs["compatibility"].startswith(b"optimum-onnx23-stand-in")
+    assert [f.name for f in model.functions] == ["BackendContext"]  # the fallback travels with the plain model
+    for want, got in zip(run(base / "model.onnx", IDS), run(path, IDS)):
+        assert np.array_equal(want, got)
+
+
+def test_select_for_providers_writes_once_and_reuses(with_all, caplog):
+    folder, _ = with_all
+    for stale in folder.glob("model.variant-*"):
+        stale.unlink()
+    path, chosen = select_for_providers(folder / "model.onnx", CPU)
+    assert chosen == "ort-cpu-int4" and path.parent == folder and path.name.startswith("model.variant-ort-cpu-int4-")
+    assert path.stat().st_size < (folder / "model.onnx").stat().st_size  # a graph file, the weights stay in model.onnx_data
+    mtime = path.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="optimum_onnx23.variants"):
+        again, _ = select_for_providers(folder / "model.onnx", [("CPUExecutionProvider", {})])
+    assert again == path and path.stat().st_mtime_ns == mtime and "reusing" in caplog.text
+    assert select_for_providers(folder / "model.onnx", CPU, variant="main") == (folder / "model.onnx", None)
+
+
+def test_external_data_outside_the_folder_is_refused(base, tmp_path):
+    folder = copy_folder(base, tmp_path / "m")
+    model = ir.load(folder / "model.onnx")
+    value = next(v for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor))
+    t = value.const_value
+    value.const_value = ir.ExternalTensor("../outside.bin", t.offset, t.length, t.dtype, shape=t.shape, name=t.name, base_dir=folder)
+    ir.save(model, folder / "model.onnx")
+    with pytest.raises(UnsafeModelFileError, match="outside the model folder"):
+        select_for_providers(folder / "model.onnx", CPU)
