@@ -18,7 +18,7 @@ import onnx_ir as ir
 from ..errors import ModelNotFoundError, UnsafeModelFileError
 from .format import VARIANT_DOMAIN, function_id, variant_functions
 
-__all__ = ["load_model", "save_model", "attach_builtin_variants", "strip_folder", "external_files", "remove_selected_files"]
+__all__ = ["load_model", "save_model", "attach_builtin_variants", "strip_folder", "external_files", "remove_selected_files", "check_external_locations"]
 
 logger = logging.getLogger(__name__)
 ALIGNMENT = 64  # appended tensors start on 64-byte boundaries (aligned loads, mmap-friendly)
@@ -40,6 +40,23 @@ def external_files(model: ir.Model, folder: Path) -> dict[str, Path]:
                 )
             files[location] = path
     return files
+
+
+def check_external_locations(proto, folder: Path) -> None:
+    """`external_files` for an `onnx.ModelProto` loaded without its weights."""
+    root = folder.resolve()
+    seen: set[str] = set()
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key != "location" or entry.value in seen:
+                continue
+            seen.add(entry.value)
+            path = (folder / entry.value).resolve()
+            if Path(entry.value).is_absolute() or ".." in Path(entry.value).parts or root not in path.parents:
+                raise UnsafeModelFileError(
+                    f"Initializer {tensor.name} points to external data {entry.value!r} outside the model folder; "
+                    "refusing to read it (re-export the model)."
+                )
 
 
 def load_model(onnx_path: Path) -> ir.Model:

@@ -34,6 +34,7 @@ __all__ = [
     "owned_prefix",
     "variant_functions",
     "read_info",
+    "info_from_metadata",
     "content_hash",
     "ops_used",
 ]
@@ -112,45 +113,55 @@ def variant_functions(model: ir.Model) -> list[ir.Function]:
     return [f for f in model.functions.values() if f.domain == VARIANT_DOMAIN]
 
 
-def _json(function: ir.Function, key: str, default):
-    raw = function.metadata_props.get(key)
+def _json(meta: dict, key: str, default, where: str):
+    raw = meta.get(key)
     if raw is None:
         return default
     try:
         return json.loads(raw)
     except json.JSONDecodeError as error:
-        raise VariantFormatError(
-            f"Variant function {function.name}: metadata {key} is not JSON ({error.msg}); re-attach the variant."
-        ) from None
+        raise VariantFormatError(f"Variant {where}: metadata {key} is not JSON ({error.msg}); re-attach the variant.") from None
 
 
-def read_info(model: ir.Model, function: ir.Function) -> VariantInfo:
-    meta = function.metadata_props
+def info_from_metadata(meta: dict, where: str, consumes: list[str], produces: list[str]) -> VariantInfo:
+    """A `VariantInfo` from a variant function's metadata (owned bytes and helpers left empty)."""
     name = meta.get(KEYS.NAME)
     if name is None or meta.get(KEYS.FORMAT) != FORMAT_VERSION:
         raise VariantFormatError(
-            f"Function {function.domain}::{function.name} has no variant metadata of format {FORMAT_VERSION}; "
+            f"Function {where} has no variant metadata of format {FORMAT_VERSION}; "
             "strip it with `optimum-cli onnx23 variants strip` and attach it again."
         )
-    owned = _json(function, KEYS.OWNED, [])
-    inits = model.graph.initializers
-    owned_bytes = sum(inits[n].const_value.nbytes for n in owned if n in inits and inits[n].const_value is not None)
-    helpers = [f.name for f in model.functions.values() if f.domain == helper_domain(name)]
+    try:
+        priority = int(meta.get(KEYS.PRIORITY, "0"))
+    except ValueError:
+        raise VariantFormatError(f"Variant {name}: priority {meta[KEYS.PRIORITY]!r} is not an integer; re-attach it.") from None
     return VariantInfo(
         name=name,
-        providers=_json(function, KEYS.PROVIDERS, []),
-        consumes=[v.name for v in function.inputs],
-        produces=[v.name for v in function.outputs],
-        ops=_json(function, KEYS.OPS, []),
-        opsets=_json(function, KEYS.OPSETS, {}),
-        owned_initializers=owned,
-        owned_bytes=owned_bytes,
-        priority=int(meta.get(KEYS.PRIORITY, "0")),
+        providers=_json(meta, KEYS.PROVIDERS, [], name),
+        consumes=consumes,
+        produces=produces,
+        ops=_json(meta, KEYS.OPS, [], name),
+        opsets=_json(meta, KEYS.OPSETS, {}, name),
+        owned_initializers=_json(meta, KEYS.OWNED, [], name),
+        owned_bytes=0,
+        priority=priority,
         sha256=meta.get(KEYS.SHA256, ""),
         description=meta.get(KEYS.DESCRIPTION, ""),
         tolerance=meta.get(KEYS.TOLERANCE, ""),
-        helpers=helpers,
     )
+
+
+def read_info(model: ir.Model, function: ir.Function) -> VariantInfo:
+    info = info_from_metadata(
+        dict(function.metadata_props), f"{function.domain}::{function.name}",
+        [v.name for v in function.inputs], [v.name for v in function.outputs],
+    )
+    inits = model.graph.initializers
+    info.owned_bytes = sum(
+        inits[n].const_value.nbytes for n in info.owned_initializers if n in inits and inits[n].const_value is not None
+    )
+    info.helpers = [f.name for f in model.functions.values() if f.domain == helper_domain(info.name)]
+    return info
 
 
 def ops_used(functions: list[ir.Function], model: ir.Model) -> tuple[list[str], dict[str, int]]:

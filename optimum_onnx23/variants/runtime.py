@@ -19,8 +19,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .folder import load_model
-from .format import read_info, variant_functions
+from ..errors import ModelNotFoundError, VariantNotFoundError
+from .folder import check_external_locations, load_model
+from .format import VARIANT_DOMAIN, info_from_metadata
 from .providers import check_provider_names, choose_variant
 from .select import MAIN, select_variant
 
@@ -100,18 +101,26 @@ def select_for_providers(
     else the path of the plain selected model and the variant's name. When the variant needs ops
     this onnxruntime lacks for those providers, warns and returns the main graph.
     """
+    import onnx
+
     onnx_path = Path(onnx_path)
     names = check_provider_names(providers)
-    model = load_model(onnx_path)
-    functions = variant_functions(model)
+    if not onnx_path.is_file():
+        raise ModelNotFoundError(f"{onnx_path} does not exist; pass the model.onnx of an exported folder.")
+    # Fast path on the proto alone (no weights, no IR): most models carry no variant, and a cached
+    # selection only needs the metadata.
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    check_external_locations(proto, onnx_path.parent)
+    functions = [f for f in proto.functions if f.domain == VARIANT_DOMAIN]
     if not functions or variant == MAIN:
         return onnx_path, None
-    infos = [read_info(model, f) for f in functions]
+    infos = [
+        info_from_metadata({p.key: p.value for p in f.metadata_props}, f"{f.domain}::{f.name}", list(f.input), list(f.output))
+        for f in functions
+    ]
     if variant is not None:
         info = next((i for i in infos if i.name == variant), None)
         if info is None:
-            from ..errors import VariantNotFoundError
-
             raise VariantNotFoundError(f"{onnx_path} has no variant {variant!r}; it has: {', '.join(i.name for i in infos)}.")
     else:
         info = choose_variant(infos, names)
@@ -132,6 +141,7 @@ def select_for_providers(
     if cached.is_file():
         logger.info("Backend variant %s selected for %s (reusing %s).", info.name, names[0], name)
         return cached, info.name
+    model = load_model(onnx_path)
     selected = select_variant(model, variant=info.name, copy=False)  # loaded for this call only
     path = _write_selected(selected, onnx_path, name)
     logger.info("Backend variant %s selected for %s (wrote %s).", info.name, names[0], path.name)
