@@ -1,4 +1,4 @@
-"""onnxruntime-genai runs the pushed folder (Hub layout + genai_config.json) as it is, token for token."""
+"""onnxruntime-genai runs the pushed repo (Hub layout + genai_config.json), as `snapshot_download` leaves it, token for token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from optimum_onnx23.publish import save_pretrained
+from huggingface_hub import snapshot_download
+
+from optimum_onnx23.publish import push_to_hub
+from test_publish_hub import REPO_ID, fake_hub  # noqa: F401  (fixture)
 
 og = pytest.importorskip(
     "onnxruntime_genai",
@@ -18,11 +21,11 @@ og = pytest.importorskip(
 NEW_TOKENS = 16
 
 
-@pytest.fixture(scope="module")
-def hub_folder(exported_dir, tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("genai") / "tiny-llama-onnx23"
-    save_pretrained(exported_dir("llama"), target, "onnx-community-test/tiny-llama-onnx23")
-    return target
+@pytest.fixture
+def hub_folder(fake_hub, exported_dir, tmp_path) -> Path:
+    """The repo pushed to the in-memory Hub and downloaded back into a Hub cache (symlinks to blobs)."""
+    push_to_hub(exported_dir("llama"), REPO_ID)
+    return Path(snapshot_download(REPO_ID, cache_dir=tmp_path / "cache"))
 
 
 def _og_greedy(folder: Path, prompt: list[int]) -> list[int]:
@@ -41,24 +44,35 @@ def test_version():
     assert og.__version__.startswith("0.18"), og.__version__
 
 
-def test_greedy_ids_match_our_pipeline_and_transformers(hub_folder, tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _prompt(tiny_model_dir) -> list[int]:
+    from transformers import AutoTokenizer
 
-    from optimum_onnx23.pipelines import ORTModelForCausalLM
+    return AutoTokenizer.from_pretrained(tiny_model_dir("llama"))("Hello world, this is a test").input_ids
 
-    source = tiny_model_dir("llama")
-    prompt = AutoTokenizer.from_pretrained(source)("Hello world, this is a test").input_ids
+
+_GREEDY = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+
+
+def test_greedy_ids_match_transformers(hub_folder, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    prompt = _prompt(tiny_model_dir)
     got = _og_greedy(hub_folder, prompt)
-
     ids = torch.tensor([prompt])
-    kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    ours = ORTModelForCausalLM.from_pretrained(hub_folder).generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    reference = AutoModelForCausalLM.from_pretrained(source).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
     with torch.no_grad():
-        expected = reference.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        expected = reference.generate(ids, attention_mask=torch.ones_like(ids), **_GREEDY)
     assert len(got) == len(prompt) + NEW_TOKENS
     assert got == expected[0].tolist()
-    assert got == np.asarray(ours)[0].tolist()
+
+
+def test_greedy_ids_match_our_pipeline(hub_folder, tiny_model_dir):
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
+    prompt = _prompt(tiny_model_dir)
+    ids = torch.tensor([prompt])
+    ours = ORTModelForCausalLM.from_pretrained(hub_folder).generate(ids, attention_mask=torch.ones_like(ids), **_GREEDY)
+    assert _og_greedy(hub_folder, prompt) == np.asarray(ours)[0].tolist()
 
 
 def test_genai_tokenizer_reads_the_root_tokenizer_files(hub_folder, tiny_model_dir):

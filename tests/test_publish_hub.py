@@ -48,7 +48,8 @@ class FakeHub:
     """The Hub's HTTP API for one process, in memory. `requests` records (method, path, body) of each call."""
 
     def __init__(self):
-        self.repos: dict[str, dict] = {}  # repo_id -> {"private", "commits": [(oid, message)], "files": {path: (bytes, lfs)}}
+        # repo_id -> {"private", "commits": [(oid, message)], "trees": {oid: {path: (bytes, lfs sha256 or None)}}, "files": head tree}
+        self.repos: dict[str, dict] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[tuple[str, str, bytes]] = []
         self.authorization: list[str | None] = []
@@ -69,6 +70,11 @@ class FakeHub:
     def _repo(self, match: re.Match) -> tuple[str, dict] | tuple[None, None]:
         repo_id = f"{match.group('org')}/{match.group('name')}"
         return repo_id, self.repos.get(repo_id)
+
+    def _resolve_revision(self, repo_id: str, revision: str) -> str | None:
+        if revision == "main":
+            return self.head(repo_id)
+        return revision if revision in self.repos[repo_id]["trees"] else None
 
     # -- the endpoints --------------------------------------------------------------------
     def handle(self, request: httpx2.Request) -> httpx2.Response:
@@ -112,9 +118,11 @@ class FakeHub:
         if repo_id in self.repos:
             return self._json({"error": "You already created this model repo", "url": url}, 409)
         initial = {".gitattributes": (b"*.onnx filter=lfs diff=lfs merge=lfs -text\n", None)}
+        oid = hashlib.sha1(repo_id.encode()).hexdigest()
         self.repos[repo_id] = {
             "private": payload.get("visibility") == "private",
-            "commits": [(hashlib.sha1(repo_id.encode()).hexdigest(), "initial commit")],
+            "commits": [(oid, "initial commit")],
+            "trees": {oid: initial},
             "files": initial,
         }
         return self._json({"url": url, "name": repo_id})
@@ -164,28 +172,34 @@ class FakeHub:
                 return self._json({"error": f"unexpected commit line {line['key']}"}, 400)
         oid = hashlib.sha1(json.dumps(sorted(files)).encode() + str(len(repo["commits"])).encode()).hexdigest()
         repo["commits"].append((oid, header["value"]["summary"]))
-        repo["files"] = files
+        repo["trees"][oid] = repo["files"] = files
         return self._json({"success": True, "commitOid": oid, "commitUrl": f"{ENDPOINT}/{repo_id}/commit/{oid}"})
 
     def _revision(self, request, match, body):
         repo_id, repo = self._repo(match)
         if repo is None:
             return self._json({"error": "Repository not found"}, 404)
+        commit = self._resolve_revision(repo_id, match.group("rev"))
+        if commit is None:
+            return self._json({"error": "Invalid rev id"}, 404)
         return self._json(
             {
                 "id": repo_id,
                 "modelId": repo_id,
-                "sha": self.head(repo_id),
+                "sha": commit,
                 "private": repo["private"],
-                "siblings": [{"rfilename": p} for p in sorted(repo["files"])],
+                "siblings": [{"rfilename": p} for p in sorted(repo["trees"][commit])],
                 "tags": [],
             }
         )
 
     def _tree(self, request, match, body):
         repo_id, repo = self._repo(match)
+        commit = self._resolve_revision(repo_id, match.group("rev")) if repo else None
+        if commit is None:
+            return self._json({"error": "Invalid rev id"}, 404)
         entries = []
-        for path, (content, lfs) in sorted(repo["files"].items()):
+        for path, (content, lfs) in sorted(repo["trees"][commit].items()):
             entry = {"type": "file", "path": path, "size": len(content), "oid": _git_blob_sha1(content)}
             if lfs:
                 entry["lfs"] = {"oid": lfs, "size": len(content), "pointerSize": 134}
@@ -194,12 +208,13 @@ class FakeHub:
 
     def _resolve(self, request, match, body):
         repo_id, repo = self._repo(match)
-        found = repo["files"].get(match.group("file")) if repo else None
+        commit = self._resolve_revision(repo_id, match.group("rev")) if repo else None
+        found = repo["trees"][commit].get(match.group("file")) if commit else None
         if found is None:
             return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"})
         content, lfs = found
         headers = {
-            "X-Repo-Commit": self.head(repo_id),
+            "X-Repo-Commit": commit,
             "ETag": f'"{lfs or _git_blob_sha1(content)}"',
             "Content-Length": str(len(content)),
         }
@@ -374,6 +389,20 @@ def test_pipeline_from_the_hub_cache_offline(fake_hub, export_folder, tiny_model
     expected = reference(text, max_new_tokens=10, do_sample=False)
     assert got[0]["generated_text"] == expected[0]["generated_text"]
     assert len(got[0]["generated_text"]) > len(text)
+
+
+def test_from_pretrained_downloads_only_what_generation_needs(fake_hub, export_folder, tmp_path):
+    first = push_to_hub(export_folder, REPO_ID)
+    push_to_hub(export_folder, REPO_ID, commit_message="second")
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(REPO_ID, cache_dir=tmp_path / "cache", revision=first.oid)
+    downloaded = {p.split(f"/resolve/{first.oid}/", 1)[1] for p in fake_hub.paths("GET") if "/resolve/" in p}
+    assert {"onnx/model.onnx", "onnx/model.onnx_data", "config.json", "tokenizer.json"} <= downloaded
+    assert not downloaded & {"README.md", "genai_config.json", ".gitattributes"}
+    assert (tmp_path / "cache" / "models--onnx-community-test--tiny-llama-onnx23" / "snapshots" / first.oid).is_dir()
+    prompt = torch.tensor([[1, 17, 205]])
+    assert np.asarray(model.generate(prompt, max_new_tokens=4, do_sample=False)).shape == (1, 7)
 
 
 @pytest.mark.parametrize(
