@@ -28,6 +28,7 @@ from huggingface_hub import constants, snapshot_download
 from huggingface_hub.utils import _http
 
 from optimum_onnx23.publish import (
+    HubRequestError,
     InvalidRepoIdError,
     MissingTokenError,
     ModelCardError,
@@ -54,6 +55,7 @@ class FakeHub:
         self.requests: list[tuple[str, str, bytes]] = []
         self.authorization: list[str | None] = []
         self.reject_card = False
+        self.reject_token = False
         self.user = "fake-user"
 
     # -- helpers ------------------------------------------------------------------------
@@ -85,6 +87,8 @@ class FakeHub:
             return self._json({"error": "not served by FakeHub"}, 404)
         self.requests.append((request.method, path, body))
         self.authorization.append(request.headers.get("authorization"))
+        if self.reject_token and request.headers.get("authorization"):
+            return self._json({"error": "Invalid credentials in Authorization header"}, 401)
         repo = r"(?P<org>[\w.-]+)/(?P<name>[\w.-]+)"
         routes = [
             ("POST", r"/api/validate-yaml", self._validate_yaml),
@@ -468,6 +472,23 @@ def test_card_rejected_by_the_hub_creates_nothing(fake_hub, export_folder):
         push_to_hub(export_folder, REPO_ID)
     assert fake_hub.paths() == ["/api/validate-yaml"]
     assert fake_hub.repos == {}
+
+
+def test_refused_token_is_one_line_without_the_token(fake_hub, export_folder):
+    fake_hub.reject_token = True
+    with pytest.raises(HubRequestError) as error:
+        push_to_hub(export_folder, REPO_ID)
+    message = str(error.value)
+    assert "Could not create the model repo onnx-community-test/tiny-llama-onnx23 on the Hub" in message
+    assert "check that your token is valid" in message and "\n" not in message and "hf_FakeToken" not in message
+    assert not [p for p in fake_hub.paths() if "/commit/" in p or "/preupload/" in p]
+
+
+def test_push_while_offline_is_one_line_and_sends_nothing(fake_hub, export_folder, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubRequestError, match=r"HF_HUB_OFFLINE is set; unset it to push, or pass --dry-run\.$"):
+        push_to_hub(export_folder, REPO_ID)
+    assert fake_hub.requests == []
 
 
 def test_dry_run_makes_no_network_call(no_network, export_folder, capsys, monkeypatch):

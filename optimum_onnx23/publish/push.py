@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError
+import httpx2
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from .. import __version__
 from .card import DEFAULT_LIBRARY_NAME
@@ -55,15 +57,26 @@ def describe_dry_run(layout: HubLayout, private: bool, commit_message: str, toke
     return "\n".join(lines)
 
 
-def _hub_error(action: str, repo_id: str, error: HfHubHTTPError) -> HubRequestError:
-    status = error.response.status_code if error.response is not None else None
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    fix = {
-        401: "check that your token is valid (`hf auth login` or HF_TOKEN)",
-        403: f"check that your token has write access to {repo_id.split('/')[0]}",
-        404: "check the repo id and the revision",
-    }.get(status, "retry later, or check the Hub's status")
-    return HubRequestError(f"Could not {action} {repo_id} on the Hub ({first_line}); {fix}.")
+@contextmanager
+def _hub_errors(action: str, repo_id: str) -> Iterator[None]:
+    """Turn what the Hub or the network answers into one `HubRequestError` line (no header, no token)."""
+    try:
+        yield
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        fix = {
+            401: "check that your token is valid (`hf auth login` or HF_TOKEN)",
+            403: f"check that your token has write access to {repo_id.split('/')[0]}",
+            404: "check the repo id and the revision",
+        }.get(status, "retry later, or check the Hub's status")
+        raise HubRequestError(f"Could not {action} {repo_id} on the Hub ({first_line}); {fix}.") from None
+    except OfflineModeIsEnabled:
+        raise HubRequestError(f"Cannot {action} {repo_id}: HF_HUB_OFFLINE is set; unset it to push, or pass --dry-run.") from None
+    except httpx2.TransportError as error:
+        raise HubRequestError(
+            f"Could not {action} {repo_id}: the Hub is unreachable ({type(error).__name__}); check the network or HF_ENDPOINT."
+        ) from None
 
 
 def _validator_message(error: ValueError) -> str:
@@ -118,22 +131,21 @@ def push_to_hub(
 
     api = HfApi(token=token, library_name="optimum-onnx23", library_version=__version__)
     if validate_card_on_hub:
-        try:
-            layout.card.validate()  # the Hub's own metadata checks, before anything is created
-        except ValueError as error:
-            raise ModelCardError(f"The Hub rejected the model card metadata ({_validator_message(error)}); fix README.md's header.") from None
-        except HfHubHTTPError as error:
-            raise _hub_error("validate the model card for", repo_id, error) from None
-    try:
+        with _hub_errors("validate the model card for", repo_id):
+            try:
+                layout.card.validate()  # the Hub's own metadata checks, before anything is created
+            except ValueError as error:
+                raise ModelCardError(
+                    f"The Hub rejected the model card metadata ({_validator_message(error)}); fix README.md's header."
+                ) from None
+    with _hub_errors("create the model repo", repo_id):
         repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    except HfHubHTTPError as error:
-        raise _hub_error("create the model repo", repo_id, error) from None
     operations = [
         CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.content if f.content is not None else str(f.source))
         for f in layout.files
     ]
     logger.info("Uploading %d files to %s", len(operations), repo.repo_id)
-    try:
+    with _hub_errors("upload to", repo.repo_id):
         info = api.create_commit(
             repo.repo_id,
             operations,
@@ -142,7 +154,5 @@ def push_to_hub(
             revision=revision,
             create_pr=create_pr,
         )
-    except HfHubHTTPError as error:
-        raise _hub_error("upload to", repo.repo_id, error) from None
     logger.info("Pushed to %s", info.commit_url)
     return info
