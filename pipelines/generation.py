@@ -26,6 +26,13 @@ class TransformersLogic(GenerationMixin):
         self.device = torch.device("cpu")
 
 
+def _apply(processors: LogitsProcessorList, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """`LogitsProcessorList.__call__` without its per-call signature inspection (no extra kwargs here)."""
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    return scores
+
+
 def decode_greedy_or_sample(
     state: DecoderState,
     input_ids: torch.LongTensor,
@@ -41,7 +48,7 @@ def decode_greedy_or_sample(
     do_sample = generation_config.do_sample
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long)
     while True:
-        scores = logits_processor(input_ids, logits) if logits_processor else logits
+        scores = _apply(logits_processor, input_ids, logits)
         if do_sample:
             next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
@@ -103,7 +110,7 @@ def decode_beam_search(
 
     while True:
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
-        log_probs = logits_processor(flat_running_sequences, log_probs)
+        log_probs = _apply(logits_processor, flat_running_sequences, log_probs)
         log_probs = logic._unflatten_beam_dim(log_probs, batch_size, num_beams)
         log_probs = log_probs + running_beam_scores[:, :, None]
         log_probs = torch.reshape(log_probs, (batch_size, -1))

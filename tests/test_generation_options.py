@@ -206,3 +206,24 @@ def test_hub_layout_folder(tmp_path, folder, model, tokenizer):
     assert hub_model.model_path == tmp_path / "onnx" / "model.onnx"
     inputs = _batch(tokenizer)
     assert torch.equal(hub_model.generate(**inputs, max_new_tokens=6), model.generate(**inputs, max_new_tokens=6))
+
+
+def test_hub_id_from_local_cache(tmp_path, folder, model, tokenizer):
+    """A Hub id resolves through huggingface_hub's cache (Hub layout, no network)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--acme--tiny-onnx"
+    snapshot = repo / "snapshots" / commit
+    (snapshot / "onnx").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for path in folder.iterdir():
+        shutil.copy(path, (snapshot / "onnx" if path.name.startswith("model.onnx") else snapshot) / path.name)
+    hub_model = ORTModelForCausalLM.from_pretrained("acme/tiny-onnx", cache_dir=tmp_path, local_files_only=True)
+    assert hub_model.model_path.parent.name == "onnx"
+    inputs = _batch(tokenizer)
+    assert torch.equal(hub_model.generate(**inputs, max_new_tokens=6), model.generate(**inputs, max_new_tokens=6))
+    with pytest.raises(ModelNotFoundError, match="acme/missing") as info:
+        ORTModelForCausalLM.from_pretrained("acme/missing", cache_dir=tmp_path, local_files_only=True)
+    assert "\n" not in str(info.value)
