@@ -22,10 +22,20 @@ NEW_TOKENS = 16
 
 
 @pytest.fixture
-def hub_folder(fake_hub, exported_dir, tmp_path) -> Path:
-    """The repo pushed to the in-memory Hub and downloaded back into a Hub cache (symlinks to blobs)."""
-    push_to_hub(exported_dir("llama"), REPO_ID)
-    return Path(snapshot_download(REPO_ID, cache_dir=tmp_path / "cache"))
+def pushed(fake_hub, exported_dir, tmp_path):
+    """pushed(model_type) -> the repo pushed to the in-memory Hub and downloaded back into a Hub cache (symlinks to blobs)."""
+
+    def make(model_type: str) -> Path:
+        repo_id = f"{REPO_ID}-{model_type}"
+        push_to_hub(exported_dir(model_type), repo_id)
+        return Path(snapshot_download(repo_id, cache_dir=tmp_path / "cache"))
+
+    return make
+
+
+@pytest.fixture
+def hub_folder(pushed) -> Path:
+    return pushed("llama")
 
 
 def _og_greedy(folder: Path, prompt: list[int]) -> list[int]:
@@ -44,22 +54,24 @@ def test_version():
     assert og.__version__.startswith("0.18"), og.__version__
 
 
-def _prompt(tiny_model_dir) -> list[int]:
+def _prompt(tiny_model_dir, model_type: str = "llama") -> list[int]:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tiny_model_dir("llama"))("Hello world, this is a test").input_ids
+    return AutoTokenizer.from_pretrained(tiny_model_dir(model_type))("Hello world, this is a test").input_ids
 
 
 _GREEDY = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
 
-def test_greedy_ids_match_transformers(hub_folder, tiny_model_dir):
+# llama: rotary positions, GQA; gpt2: learned positions, and a model type 0.18 must not be told.
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_greedy_ids_match_transformers(pushed, tiny_model_dir, model_type):
     from transformers import AutoModelForCausalLM
 
-    prompt = _prompt(tiny_model_dir)
-    got = _og_greedy(hub_folder, prompt)
+    prompt = _prompt(tiny_model_dir, model_type)
+    got = _og_greedy(pushed(model_type), prompt)
     ids = torch.tensor([prompt])
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir(model_type)).eval()
     with torch.no_grad():
         expected = reference.generate(ids, attention_mask=torch.ones_like(ids), **_GREEDY)
     assert len(got) == len(prompt) + NEW_TOKENS

@@ -15,10 +15,12 @@ from .onnx_files import OnnxModelFiles
 
 __all__ = ["make_genai_config", "GENAI_MODEL_TYPES", "GenaiConfigError"]
 
-# Model types onnxruntime-genai 0.18 runs with its plain decoder-only pipeline; anything else is
-# declared as `llama`, which for a graph with standard I/O differs only in the name.
+# Model types onnxruntime-genai 0.18 runs with its plain decoder-only pipeline on our I/O (checked
+# token for token on each tiny architecture); anything else is declared as `llama`, which for a
+# graph with standard I/O differs only in the name. Not `gpt2`: 0.18 maps it to its legacy GPT-2
+# class, which wants a combined `past_%d` tensor and fails with "Model input was not found".
 GENAI_MODEL_TYPES = frozenset(
-    {"gemma", "gemma2", "gemma3_text", "gpt2", "granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}
+    {"gemma", "gemma2", "gemma3_text", "granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}
 )
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
