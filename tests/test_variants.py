@@ -94,6 +94,8 @@ def test_select_fp32_variants_match_main_graph(base, with_all, name, tmp_path):
     ops = [n.op_type for n in selected.graph]
     if name == "ort-cpu":
         assert ops.count("SkipSimplifiedLayerNormalization") == 4  # 2 layers x 2 residual norms
+        main_ops = [n.op_type for n in load_model(base / "model.onnx").graph]
+        assert ops.count("Expand") == main_ops.count("Expand") - 4  # repeat_kv of K and V, 2 layers
     else:
         assert ops.count("BackendContext") == 1 and "RMSNormalization" in ops
 
@@ -115,8 +117,13 @@ def test_select_quantized_variants_within_documented_tolerance(base, with_all, n
     selected = select_variant(model, variant=name)
     op = "MatMulNBits" if name == "ort-cpu-int4" else "DynamicQuantizeMatMul"
     ops = [n.op_type for n in selected.graph]
-    assert ops.count(op) == linears == report["variants"][name]["nodes"]
+    assert ops.count(op) == linears
     assert "MatMul" not in ops  # every linear, the tied lm_head included
+    # the ort-cpu rewrites ride along: 2 layers x 2 residual norms, and no repeat_kv before Attention
+    assert ops.count("SkipSimplifiedLayerNormalization") == 4
+    assert report["variants"][name]["nodes"] == linears + 4 + ops.count("Attention")
+    main_ops = [n.op_type for n in model.graph]
+    assert ops.count("Expand") == main_ops.count("Expand") - 2 * main_ops.count("Attention")
     path = folder / f"test-{name}.onnx"
     ir.save(selected, path)
     main, got = run(base / "model.onnx", IDS), run(path, IDS)
@@ -168,7 +175,9 @@ def test_strip_in_memory_restores_graph_bytes(base):
 def test_overlapping_variants_coexist_and_priority_decides(with_all):
     folder, _ = with_all
     infos = {i.name: i for i in list_variants(load_model(folder / "model.onnx"))}
-    assert "ort-cpu-int8" in infos["ort-cpu-int4"].overlaps and "ort-cpu" not in infos["ort-cpu-int4"].overlaps
+    # int4/int8 replace every linear (logits included) and carry the ort-cpu rewrites: all overlap
+    assert set(infos["ort-cpu-int4"].overlaps) == {"ort-cpu-int8", "ort-cpu", "backend-context"}
+    assert infos["ort-cpu"].overlaps == ["ort-cpu-int4", "ort-cpu-int8"]
     selected = select_variant(load_model(folder / "model.onnx"), CPU)
     assert selected.metadata_props["optimum_onnx23.selected_variant"] == "ort-cpu-int4"
     assert not selected.functions  # other variants stripped

@@ -1,10 +1,13 @@
-"""`ort-cpu`: fp32 regions rewritten to onnxruntime contrib ops, weights untouched.
+"""`ort-cpu`: fp32 regions rewritten for onnxruntime's CPU kernels, weights untouched.
 
-Each residual `Add` feeding an opset-23 `RMSNormalization` becomes one
-`com.microsoft::SkipSimplifiedLayerNormalization` (the sum and the norm in one pass over the
-hidden state). The body only rewires: it owns no weights. Whether it pays is measured by
-benchmarks/variants_bench.py; fp32 decode of these models is bound by reading the weights, which
-this variant does not change (see docs/variants.md for the figures).
+- Each residual `Add` feeding an opset-23 `RMSNormalization` becomes one
+  `com.microsoft::SkipSimplifiedLayerNormalization` (sum and norm in one pass).
+- `Attention` reads the grouped KV heads directly instead of `repeat_kv`'s
+  Unsqueeze/Expand/Reshape copies (see `_gqa_rule`): bit-identical in onnxruntime, and the copies
+  it removes grow with the context (30 layers x 2 x a full-size cache per decode step).
+
+The body only rewires: it owns no weights. The int4 and int8 variants carry the same rewrites
+(`ort_cpu_region`). Measured by benchmarks/variants_bench.py; see docs/variants.md.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ._diff import region_from_rewrite
+from ._gqa_rule import GroupedKvAttention
 from .spec import VariantSpec
 
-__all__ = ["NAME", "produce", "SkipRmsNormalizationToOrt"]
+__all__ = ["NAME", "produce", "ort_cpu_region", "SkipRmsNormalizationToOrt"]
 
 NAME = "ort-cpu"
 
@@ -46,20 +50,29 @@ class SkipRmsNormalizationToOrt(pattern.RewriteRuleClassBase):
         return y, total
 
 
+def ort_cpu_region(model: ir.Model, tag: str = NAME) -> tuple[ir.Graph | None, dict[str, int]]:
+    """The rewritten region (None if nothing matched) and how many times each rule applied."""
+    rewritten = model.clone()
+    counts = {}
+    for rule in (SkipRmsNormalizationToOrt, GroupedKvAttention):
+        counts[rule.__name__] = pattern.RewriteRuleSet([rule.rule()]).apply_to_model(rewritten)
+    body = region_from_rewrite(model, rewritten, tag) if any(counts.values()) else None
+    return body, counts
+
+
 def produce(model: ir.Model) -> VariantSpec:
     from ...errors import VariantFormatError
 
-    rewritten = model.clone()
-    count = pattern.RewriteRuleSet([SkipRmsNormalizationToOrt.rule()]).apply_to_model(rewritten)
-    body = region_from_rewrite(model, rewritten, NAME) if count else None
+    body, counts = ort_cpu_region(model)
     if body is None:
-        raise VariantFormatError("ort-cpu: no Add + RMSNormalization pair to fuse in this graph; nothing to attach.")
+        raise VariantFormatError("ort-cpu: nothing to rewrite in this graph (no Add + RMSNormalization, no repeated KV).")
     return VariantSpec(
         name=NAME,
         body=body,
         providers=["CPUExecutionProvider"],
         opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
         priority=10,
-        description=f"{count} Add + RMSNormalization pairs as com.microsoft::SkipSimplifiedLayerNormalization",
+        description=f"{counts['SkipRmsNormalizationToOrt']} Add + RMSNormalization as com.microsoft::SkipSimplifiedLayerNormalization, "
+        f"{counts['GroupedKvAttention']} Attention on grouped KV heads",
         tolerance="fp32: within 1e-4 of the main graph",
     )

@@ -14,6 +14,8 @@ import onnx_ir as ir
 
 from ..format import owned_prefix
 from ._linear import find_linears
+from ._merge import merge_bodies
+from .ort_cpu import ort_cpu_region
 from .spec import VariantSpec
 
 __all__ = ["NAME", "produce"]
@@ -45,7 +47,14 @@ def _quantize(model: ir.Model, block_size: int, accuracy_level: int, symmetric: 
     return linears, result.graph
 
 
-def produce(model: ir.Model, block_size: int = 32, accuracy_level: int = 4, symmetric: bool = True, include_lm_head: bool = True) -> VariantSpec:
+def produce(
+    model: ir.Model,
+    block_size: int = 32,
+    accuracy_level: int = 4,
+    symmetric: bool = True,
+    include_lm_head: bool = True,
+    fusions: bool = True,
+) -> VariantSpec:
     linears, quantized = _quantize(model, block_size, accuracy_level, symmetric, include_lm_head)
     prefix = owned_prefix(NAME)
     by_output = {node.outputs[0].name: node for node in quantized if node.op_type == "MatMulNBits"}
@@ -66,6 +75,8 @@ def produce(model: ir.Model, block_size: int = 32, accuracy_level: int = 4, symm
         node.outputs[0].name = linear.output.name
         nodes.append(node)
     body = ir.Graph(list(body_inputs.values()), [n.outputs[0] for n in nodes], nodes=nodes)
+    if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
+        body = merge_bodies(body, ort_cpu_region(model, NAME)[0])
     return VariantSpec(
         name=NAME,
         body=body,
