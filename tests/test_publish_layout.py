@@ -50,7 +50,7 @@ def test_layout_onnx_under_onnx_and_configs_at_the_root(export_folder, hub_folde
     }
     for name in ("model.onnx", "model.onnx_data"):
         assert (hub_folder / "onnx" / name).read_bytes() == (export_folder / name).read_bytes()
-    for name in ["generation_config.json", *tokenizer_files]:
+    for name in ["generation_config.json", *tokenizer_files - {"tokenizer_config.json"}]:
         assert (hub_folder / name).read_bytes() == (export_folder / name).read_bytes()
     # The graph still finds its weights (transformers.js derives the same `<graph>_data` name).
     proto = onnx.load(str(hub_folder / "onnx" / "model.onnx"), load_external_data=False)
@@ -64,6 +64,20 @@ def test_config_declares_external_data_for_transformers_js(export_folder, hub_fo
     js_config = written.pop("transformers.js_config")
     assert written == original
     assert js_config == {"use_external_data_format": {"model.onnx": True}}
+
+
+def test_tokenizer_config_states_the_bos_that_tokenizer_json_adds(export_folder, hub_folder):
+    from transformers import AutoTokenizer
+
+    original = json.loads((export_folder / "tokenizer_config.json").read_text())
+    written = json.loads((hub_folder / "tokenizer_config.json").read_text())
+    assert "add_bos_token" not in original  # transformers 5 keeps it in tokenizer.json only
+    assert written == {**original, "add_bos_token": True}
+    # transformers reads the written folder exactly as the exported one.
+    text = "Hello, my name is"
+    ids = AutoTokenizer.from_pretrained(hub_folder)(text).input_ids
+    assert ids == AutoTokenizer.from_pretrained(export_folder)(text).input_ids
+    assert ids[0] == json.loads((export_folder / "config.json").read_text())["bos_token_id"]
 
 
 def test_export_report_keeps_figures_and_drops_local_paths(export_folder, hub_folder):

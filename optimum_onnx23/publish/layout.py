@@ -2,6 +2,7 @@
 
     README.md               model card (generated unless the folder has one)
     config.json             + "transformers.js_config": which graphs have external data
+    tokenizer_config.json   + add_bos_token/add_eos_token when only tokenizer.json has them
     generation_config.json, tokenizer files, export_report.json (local paths removed)
     genai_config.json       onnxruntime-genai's description of onnx/model.onnx
     onnx/model.onnx         graph, opset 23
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
 GENAI_CONFIG_NAME = "genai_config.json"
-GENERATED_FILES = (CARD_NAME, GENAI_CONFIG_NAME, "config.json", "export_report.json")
+GENERATED_FILES = (CARD_NAME, GENAI_CONFIG_NAME, "config.json", "export_report.json", "tokenizer_config.json")
 _SKIPPED_SUFFIXES = (".lock", ".tmp", ".partial")
 
 
@@ -147,6 +148,33 @@ def _transformers_js_config(config: dict[str, Any], models: list[OnnxModelFiles]
     return {**config, "transformers.js_config": js_config}
 
 
+def _template_special_tokens(tokenizer_json: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The special tokens that tokenizer.json's post-processor puts first and last around one sequence."""
+    processor = (tokenizer_json or {}).get("post_processor") or {}
+    if processor.get("type") == "Sequence":
+        processor = next((p for p in processor.get("processors", []) if p.get("type") == "TemplateProcessing"), {})
+    single = processor.get("single") or []
+    first = single[0].get("SpecialToken", {}).get("id") if single else None
+    last = single[-1].get("SpecialToken", {}).get("id") if len(single) > 1 else None
+    return first, last
+
+
+def _tokenizer_config_for_transformers_js(tokenizer_config: dict[str, Any], tokenizer_json: dict[str, Any] | None) -> dict[str, Any]:
+    """tokenizer_config.json plus `add_bos_token`/`add_eos_token` when only tokenizer.json says so.
+
+    transformers 5 keeps these in tokenizer.json's post-processor; transformers.js' text-generation
+    pipeline reads the flags from tokenizer_config.json and, without them, drops the BOS that
+    transformers adds, so the two would generate from different prompts.
+    """
+    first, last = _template_special_tokens(tokenizer_json)
+    updated = dict(tokenizer_config)
+    if "add_bos_token" not in updated and first is not None and first == updated.get("bos_token"):
+        updated["add_bos_token"] = True
+    if "add_eos_token" not in updated and last is not None and last == updated.get("eos_token"):
+        updated["add_eos_token"] = True
+    return updated
+
+
 def plan_hub_layout(
     folder: str | os.PathLike,
     repo_id: str | None = None,
@@ -191,6 +219,10 @@ def plan_hub_layout(
         files.append(HubFile(path.name, source=path))
 
     files.append(HubFile("config.json", content=_json_bytes(_transformers_js_config(config, models, notes))))
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    if tokenizer_config is not None:
+        tokenizer_config = _tokenizer_config_for_transformers_js(tokenizer_config, _read_json(folder / "tokenizer.json"))
+        files.append(HubFile("tokenizer_config.json", content=_json_bytes(tokenizer_config)))
     if report:
         public_report = dict(report)
         public_report.pop("output", None)  # the uploader's local path

@@ -1,0 +1,57 @@
+"""The card's transformers.js snippet, run as written (node + @huggingface/transformers) on the Hub layout.
+
+transformers.js is an npm package: set OPTIMUM_ONNX23_TRANSFORMERS_JS to a folder where
+`npm install --ignore-scripts @huggingface/transformers@4` was run (it brings onnxruntime-node's
+CPU binaries in the tarball; --ignore-scripts skips its optional GPU download).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from optimum_onnx23.publish import save_pretrained
+
+REPO_ID = "onnx-community-test/tiny-llama-onnx23"
+JS_ROOT = os.environ.get("OPTIMUM_ONNX23_TRANSFORMERS_JS", "")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("node") or not (Path(JS_ROOT) / "node_modules" / "@huggingface" / "transformers").is_dir(),
+    reason="transformers.js is not installed: set OPTIMUM_ONNX23_TRANSFORMERS_JS to a folder with "
+    "`npm install --ignore-scripts @huggingface/transformers@4` done (needs node)",
+)
+
+
+def _run_card_snippet(card_text: str, models_root: Path) -> str:
+    snippet = re.search(r"```js\n(.*?)```", card_text, re.S).group(1)
+    # Local files only: the repo id resolves under models_root, as it would on the Hub.
+    code = snippet.replace(
+        'import { pipeline } from "@huggingface/transformers";',
+        'import { env, pipeline } from "@huggingface/transformers";\n'
+        "env.allowRemoteModels = false;\nenv.localModelPath = process.argv.at(-1);",
+    )
+    code += '\nconsole.log("OUT " + JSON.stringify(output[0].generated_text));\n'
+    # --eval resolves the package from the working directory, where node_modules is.
+    run = subprocess.run(
+        ["node", "--input-type=module", "-e", code, str(models_root)], cwd=JS_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(next(line for line in reversed(run.stdout.splitlines()) if line.startswith("OUT "))[4:])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_card_snippet_generates_like_transformers(exported_dir, tiny_model_dir, tmp_path, model_type):
+    import transformers
+
+    layout = save_pretrained(exported_dir(model_type), tmp_path / REPO_ID, REPO_ID)
+    got = _run_card_snippet(layout.card.text, tmp_path)
+    prompt = re.search(r'await generator\("([^"]+)", \{ max_new_tokens: (\d+) \}\)', layout.card.text)
+    reference = transformers.pipeline("text-generation", model=str(tiny_model_dir(model_type)))
+    expected = reference(prompt.group(1), max_new_tokens=int(prompt.group(2)), do_sample=False)[0]["generated_text"]
+    assert got == expected
+    assert len(got) > len(prompt.group(1))
