@@ -229,6 +229,17 @@ def test_tampered_variant_fails_its_content_hash(base):
         select_variant(model, CPU)
 
 
+def is_plain_main_graph(path: Path, folder: Path) -> bool:
+    """`path` is the stripped main graph beside the model: same nodes, no variant functions or weights."""
+    plain = onnx.load(str(path), load_external_data=False)
+    main = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return (
+        path.parent == folder and path.name.startswith("model.variant-main-") and not plain.functions
+        and list(plain.graph.node) == list(main.graph.node)
+        and not [i for i in plain.graph.initializer if i.name.startswith("variants/")]
+    )
+
+
 def _attach_matmul_variant(folder: Path, providers: list[str], domain: str, op: str) -> None:
     model = load_model(folder / "model.onnx")
     linear = find_linears(model.graph)[0]
@@ -245,7 +256,7 @@ def test_variant_with_ops_the_provider_lacks_falls_back_with_warning(base, tmp_p
     _attach_matmul_variant(folder, CPU, "com.example", "FastMatMul")
     with pytest.warns(UserWarning, match=r"needs com.example::FastMatMul.*using the main graph"):
         path, chosen = select_for_providers(folder / "model.onnx", CPU)
-    assert (path, chosen) == (folder / "model.onnx", None)
+    assert chosen is None and is_plain_main_graph(path, folder)
     with pytest.warns(UserWarning, match="using the main graph"):
         session, chosen = create_session(folder / "model.onnx", CPU)
     assert chosen is None
@@ -259,8 +270,8 @@ def test_variant_for_a_provider_this_build_lacks_falls_back(base, tmp_path):
     _attach_matmul_variant(folder, ["CUDAExecutionProvider"], "com.microsoft", "FusedMatMul")  # a CPU kernel exists
     with pytest.warns(UserWarning, match="lacks for CUDAExecutionProvider"):
         path, chosen = select_for_providers(folder / "model.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert chosen is None and path == folder / "model.onnx"
-    assert select_for_providers(folder / "model.onnx", CPU) == (folder / "model.onnx", None)  # not a CPU variant
+    assert chosen is None and is_plain_main_graph(path, folder)
+    assert select_for_providers(folder / "model.onnx", CPU)[1] is None  # not a CPU variant
 
 
 def test_backend_context_runs_its_fallback_without_the_backend(base, with_all, caplog):
@@ -268,7 +279,7 @@ def test_backend_context_runs_its_fallback_without_the_backend(base, with_all, c
     assert "QNNExecutionProvider" not in ort.get_available_providers()
     with caplog.at_level("INFO", logger="optimum_onnx23.variants"):
         path, chosen = select_for_providers(folder / "model.onnx", ["QNNExecutionProvider", "CPUExecutionProvider"])
-    assert chosen == "backend-context" and "Backend variant backend-context selected" in caplog.text
+    assert chosen == "backend-context" and "Using backend variant backend-context for QNNExecutionProvider" in caplog.text
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     (context,) = [n for n in model.graph.node if n.op_type == "BackendContext"]
@@ -280,7 +291,7 @@ def test_backend_context_runs_its_fallback_without_the_backend(base, with_all, c
         assert np.array_equal(want, got)
 
 
-def test_select_for_providers_writes_once_and_reuses(with_all, caplog):
+def test_select_for_providers_writes_once_and_reuses(base, with_all, caplog):
     folder, _ = with_all
     for stale in folder.glob("model.variant-*"):
         stale.unlink()
@@ -291,7 +302,9 @@ def test_select_for_providers_writes_once_and_reuses(with_all, caplog):
     with caplog.at_level("INFO", logger="optimum_onnx23.variants"):
         again, _ = select_for_providers(folder / "model.onnx", [("CPUExecutionProvider", {})])
     assert again == path and path.stat().st_mtime_ns == mtime and "reusing" in caplog.text
-    assert select_for_providers(folder / "model.onnx", CPU, variant="main") == (folder / "model.onnx", None)
+    path, chosen = select_for_providers(folder / "model.onnx", CPU, variant="main")
+    assert chosen is None and is_plain_main_graph(path, folder)
+    assert select_for_providers(base / "model.onnx", CPU) == (base / "model.onnx", None)  # no variants: the file itself
 
 
 def test_external_data_outside_the_folder_is_refused(base, tmp_path):

@@ -97,9 +97,10 @@ def select_for_providers(
 ) -> tuple[Path, str | None]:
     """What to give `onnxruntime.InferenceSession` for `providers`, and the variant chosen.
 
-    Returns `(onnx_path, None)` when the model has no variant for `providers[0]` (or `variant="main"`),
-    else the path of the plain selected model and the variant's name. When the variant needs ops
-    this onnxruntime lacks for those providers, warns and returns the main graph.
+    Returns `(onnx_path, None)` for a model without variants. Otherwise the path of a plain model
+    beside it and the variant's name, or None with the main graph (variants stripped) when no
+    variant targets `providers[0]`, `variant="main"` is asked for, or the variant needs ops this
+    onnxruntime lacks for those providers (then with a warning).
     """
     import onnx
 
@@ -112,8 +113,10 @@ def select_for_providers(
     proto = onnx.load(str(onnx_path), load_external_data=False)
     check_external_locations(proto, onnx_path.parent)
     functions = [f for f in proto.functions if f.domain == VARIANT_DOMAIN]
-    if not functions or variant == MAIN:
+    if not functions:
         return onnx_path, None
+    if variant == MAIN:
+        return _materialize(onnx_path, MAIN, names[0]), None
     infos = [
         info_from_metadata({p.key: p.value for p in f.metadata_props}, f"{f.domain}::{f.name}", list(f.input), list(f.output))
         for f in functions
@@ -126,7 +129,7 @@ def select_for_providers(
         info = choose_variant(infos, names)
     if info is None:
         logger.info("No backend variant for %s in %s; using the main graph.", names[0], onnx_path.name)
-        return onnx_path, None
+        return _materialize(onnx_path, MAIN, names[0]), None
     missing = missing_ops(info.ops, names)
     if missing:
         message = (
@@ -135,17 +138,24 @@ def select_for_providers(
         )
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-        return onnx_path, None
-    name = selected_file_name(onnx_path, info.name)
+        return _materialize(onnx_path, MAIN, names[0]), None
+    return _materialize(onnx_path, info.name, names[0]), info.name
+
+
+def _materialize(onnx_path: Path, variant: str, provider: str) -> Path:
+    """The plain model for `variant` (MAIN: the main graph with every variant stripped, so that
+    onnxruntime neither reads nor logs the variants' weights), written once and then reused."""
+    name = selected_file_name(onnx_path, variant)
     cached = onnx_path.parent / name
+    label = "the main graph" if variant == MAIN else f"backend variant {variant}"
     if cached.is_file():
-        logger.info("Backend variant %s selected for %s (reusing %s).", info.name, names[0], name)
-        return cached, info.name
+        logger.info("Using %s for %s (reusing %s).", label, provider, name)
+        return cached
     model = load_model(onnx_path)
-    selected = select_variant(model, variant=info.name, copy=False)  # loaded for this call only
+    selected = select_variant(model, variant=variant, copy=False)  # loaded for this call only
     path = _write_selected(selected, onnx_path, name)
-    logger.info("Backend variant %s selected for %s (wrote %s).", info.name, names[0], path.name)
-    return path, info.name
+    logger.info("Using %s for %s (wrote %s).", label, provider, path.name)
+    return path
 
 
 def create_session(onnx_path: str | os.PathLike, providers: Sequence, sess_options=None, variant: str | None = None):
@@ -162,4 +172,5 @@ def create_session(onnx_path: str | os.PathLike, providers: Sequence, sess_optio
         message = f"onnxruntime could not load variant {chosen} ({str(error).splitlines()[0][:200]}); using the main graph."
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-        return ort.InferenceSession(str(onnx_path), sess_options=sess_options, providers=list(providers)), None
+        main = _materialize(Path(onnx_path), MAIN, check_provider_names(providers)[0])
+        return ort.InferenceSession(str(main), sess_options=sess_options, providers=list(providers)), None
