@@ -170,3 +170,19 @@ def test_external_data_outside_the_folder_is_refused(export_folder, tmp_path):
     onnx.save_model(proto, str(folder / "model.onnx"))
     with pytest.raises(UnsafeModelFileError, match=r"references external data `\.\./outside\.bin` outside its folder"):
         find_onnx_models(folder)
+
+
+def test_attached_backend_variants_are_tagged_and_selection_caches_left_out(export_folder, tmp_path):
+    from optimum_onnx23.variants import attach_builtin_variants, list_variants
+
+    folder = tmp_path / "with-backend-variant"
+    shutil.copytree(export_folder, folder)
+    attach_builtin_variants(folder, ["ort-cpu"])
+    attached = [v.name for v in list_variants(onnx.load(str(folder / "model.onnx"), load_external_data=False))]
+    assert attached == ["ort-cpu"]
+    # A selected-variant cache, as optimum_onnx23.variants writes it beside the model at session creation.
+    shutil.copyfile(folder / "model.onnx", folder / "model.variant-ort-cpu.onnx")
+    layout = plan_hub_layout(folder, REPO_ID)
+    assert layout.variants == attached
+    assert [p for p in layout.paths if p.endswith(".onnx")] == ["onnx/model.onnx"]
+    assert "ort-cpu" in layout.card.data.tags and "Attached variants: `ort-cpu`." in layout.card.text

@@ -214,7 +214,7 @@ def plan_hub_layout(
         if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIPPED_SUFFIXES) and p not in moved
     )
     for path in root_files:
-        if path.name in GENERATED_FILES or path.suffix == ".onnx":
+        if path.name in GENERATED_FILES or path.suffix == ".onnx" or ".variant-" in path.name:
             continue
         files.append(HubFile(path.name, source=path))
 
@@ -244,8 +244,11 @@ def plan_hub_layout(
     if genai_config is not None:
         files.append(HubFile(GENAI_CONFIG_NAME, content=_json_bytes(genai_config)))
 
+    # transformers.js precision files (model_q4.onnx -> q4), then backend variants attached inside graphs.
     variants = [m.variant for m in models if m.variant]
-    variants += [str(v) for v in (report.get("variants") or []) if str(v) not in variants]
+    for name in [v for m in models for v in m.attached_variants]:
+        if name not in variants:
+            variants.append(name)
     opset = max(m.opset for m in models)
     if (folder / CARD_NAME).is_file():
         card = validate_model_card((folder / CARD_NAME).read_text(encoding="utf-8"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -12,13 +13,18 @@ from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from ..errors import UnsafeModelFileError
 from .errors import NoOnnxFilesError
 
-__all__ = ["OnnxModelFiles", "find_onnx_models", "ONNX_SUBFOLDER", "TRANSFORMERS_JS_SUFFIXES"]
+__all__ = ["OnnxModelFiles", "find_onnx_models", "ONNX_SUBFOLDER", "TRANSFORMERS_JS_SUFFIXES", "ATTACHED_VARIANTS_KEY"]
 
 ONNX_SUBFOLDER = "onnx"  # where transformers.js looks for the graphs of a Hub repo
 
 # transformers.js picks `onnx/model{suffix}.onnx` by the `dtype` it is given.
 TRANSFORMERS_JS_SUFFIXES = ("fp16", "quantized", "int8", "uint8", "q4", "q4f16", "bnb4")
 _VARIANT = re.compile(r"^model_(?P<variant>[A-Za-z0-9][A-Za-z0-9_.-]*)\.onnx$")
+# `model.variant-<name>.onnx`: what optimum_onnx23.variants writes beside a model when it selects a
+# backend variant at session creation; a local cache derived from model.onnx, never published.
+_SELECTED_CACHE = re.compile(r"\.variant-[^/]*\.onnx$")
+# Model metadata where optimum_onnx23.variants lists the backend variants attached inside a graph.
+ATTACHED_VARIANTS_KEY = "optimum_onnx23.variants"
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class OnnxModelFiles:
     graph_inputs: tuple[str, ...]
     graph_outputs: tuple[str, ...]
     opset: int
+    attached_variants: tuple[str, ...] = ()  # backend variants carried inside the graph (optimum_onnx23.variants)
 
     @property
     def name(self) -> str:
@@ -42,9 +49,27 @@ class OnnxModelFiles:
         return match.group("variant") if match else None
 
 
+def _all_tensors(model: onnx.ModelProto):
+    yield from _get_all_tensors(model)
+    for function in model.functions:  # variant functions may carry constants of their own
+        for node in function.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.TENSOR:
+                    yield attribute.t
+
+
+def _attached_variants(model: onnx.ModelProto) -> tuple[str, ...]:
+    raw = next((p.value for p in model.metadata_props if p.key == ATTACHED_VARIANTS_KEY), "")
+    try:
+        names = json.loads(raw) if raw else []
+    except ValueError:
+        return ()
+    return tuple(str(n) for n in names) if isinstance(names, list) else ()
+
+
 def _external_locations(model: onnx.ModelProto) -> list[str]:
     locations = []
-    for tensor in _get_all_tensors(model):
+    for tensor in _all_tensors(model):
         if uses_external_data(tensor):
             location = next((e.value for e in tensor.external_data if e.key == "location"), None)
             if location and location not in locations:
@@ -78,18 +103,22 @@ def _read_model(path: Path) -> OnnxModelFiles:
         graph_inputs=tuple(i.name for i in proto.graph.input),
         graph_outputs=tuple(o.name for o in proto.graph.output),
         opset=opset,
+        attached_variants=_attached_variants(proto),
     )
 
 
 def find_onnx_models(folder: Path) -> list[OnnxModelFiles]:
     """The `.onnx` files at the root of `folder` (the exporter's flat layout) or under `folder/onnx/`
-    (the Hub layout), main `model.onnx` first. Raises `NoOnnxFilesError` when there is none."""
+    (the Hub layout), main `model.onnx` first; selected-variant caches (`*.variant-*.onnx`) are
+    left out. Raises `NoOnnxFilesError` when there is none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NoOnnxFilesError(f"{folder} is not a folder; pass the folder written by `optimum-cli export onnx --dynamo`.")
     found: dict[str, OnnxModelFiles] = {}
     for directory in (folder, folder / ONNX_SUBFOLDER):
         for path in sorted(directory.glob("*.onnx")) if directory.is_dir() else []:
+            if _SELECTED_CACHE.search(path.name):
+                continue
             if path.name in found:
                 raise NoOnnxFilesError(
                     f"{path.name} is both at the root of {folder} and in {ONNX_SUBFOLDER}/; keep one of them."
