@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,25 @@ def test_attached_backend_variants_are_tagged_and_selection_caches_left_out(expo
     assert layout.variants == attached
     assert [p for p in layout.paths if p.endswith(".onnx")] == ["onnx/model.onnx"]
     assert "ort-cpu" in layout.card.data.tags and "Attached variants: `ort-cpu`." in layout.card.text
+
+
+@pytest.mark.parametrize(
+    "inputs, reason",
+    [
+        (("input_ids", "attention_mask", "position_ids"), "has no past_key_values inputs"),
+        (
+            ("input_ids", "attention_mask", "position_ids", "write_indices", "past_key_values.0.key", "past_key_values.0.value"),
+            "has inputs onnxruntime-genai cannot feed (write_indices)",
+        ),
+    ],
+)
+def test_no_genai_config_for_graphs_genai_cannot_drive(export_folder, inputs, reason):
+    from optimum_onnx23.publish import make_genai_config
+    from optimum_onnx23.publish.genai_config import GenaiConfigError
+
+    main = find_onnx_models(export_folder)[0]
+    graph = type(main)(main.model, main.external_data, inputs, main.graph_outputs, main.opset)
+    config = json.loads((export_folder / "config.json").read_text())
+    with pytest.raises(GenaiConfigError, match=re.escape(reason)):
+        make_genai_config(graph, "onnx/model.onnx", config)
+    assert make_genai_config(main, "onnx/model.onnx", config)["model"]["decoder"]["filename"] == "onnx/model.onnx"

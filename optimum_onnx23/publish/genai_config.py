@@ -24,6 +24,7 @@ GENAI_MODEL_TYPES = frozenset(
 )
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_KNOWN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 class GenaiConfigError(ValueError):
@@ -43,12 +44,17 @@ def make_genai_config(
     """Build the `genai_config.json` dict for `onnx_model`, stored at `filename` relative to the repo root.
 
     Raises `GenaiConfigError` for a graph exported without the KV cache (`--task text-generation`):
-    onnxruntime-genai's decoder loop needs `past_key_values.*` inputs.
+    onnxruntime-genai's decoder loop needs `past_key_values.*` inputs; and for a graph with inputs
+    it cannot feed (the static cache's `write_indices`).
     """
     generation_config = generation_config or {}
     layers = sorted({int(m.group(1)) for name in onnx_model.graph_inputs if (m := _PAST.match(name))})
     if not layers:
         raise GenaiConfigError(f"{onnx_model.name} has no past_key_values inputs (exported without the KV cache)")
+    unknown = [n for n in onnx_model.graph_inputs if n not in _KNOWN_INPUTS and not _PAST.match(n)]
+    if unknown:
+        # e.g. the static cache's `write_indices`: onnxruntime-genai has no way to feed it.
+        raise GenaiConfigError(f"{onnx_model.name} has inputs onnxruntime-genai cannot feed ({', '.join(unknown)})")
     text_config = config.get("text_config", config)
     heads = text_config.get("num_attention_heads") or text_config.get("n_head")
     hidden = text_config.get("hidden_size") or text_config.get("n_embd")
