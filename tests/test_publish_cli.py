@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from argparse import ArgumentParser
 from pathlib import Path
 
@@ -74,3 +76,16 @@ def test_push_from_args(fake_hub, export_folder):
     assert fake_hub.repos[REPO_ID]["private"] is True
     assert fake_hub.repos[REPO_ID]["commits"][-1] == (info.oid, "cli push")
     assert json.loads(fake_hub.repos[REPO_ID]["files"]["genai_config.json"][0])["model"]["decoder"]["filename"] == "onnx/model.onnx"
+
+
+def test_adding_the_flags_imports_nothing_heavy():
+    # optimum-cli imports every command module at start-up: the flags must cost no torch/onnx/hub import.
+    code = (
+        "import sys; from argparse import ArgumentParser; "
+        "from optimum_onnx23.publish import add_publish_arguments, check_publish_args; "
+        "p = ArgumentParser(); add_publish_arguments(p); check_publish_args(p.parse_args([])); "
+        "print([m for m in ('torch', 'onnx', 'onnxruntime', 'transformers', 'huggingface_hub') if m in sys.modules])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -1,34 +1,42 @@
-"""Stage 5 of the data flow: a Hub-ready ONNX repo (layout, model card, genai_config.json) pushed with huggingface_hub."""
+"""Stage 5 of the data flow: a Hub-ready ONNX repo (layout, model card, genai_config.json) pushed with huggingface_hub.
 
-from .card import CardInputs, build_model_card, validate_model_card
-from .cli import add_publish_arguments, check_publish_args, publish_from_args
-from .errors import HubRequestError, InvalidRepoIdError, MissingTokenError, ModelCardError, NoOnnxFilesError, PublishError
-from .genai_config import make_genai_config
-from .layout import HubFile, HubLayout, check_repo_id, plan_hub_layout, save_pretrained
-from .onnx_files import OnnxModelFiles, find_onnx_models
-from .push import describe_dry_run, push_to_hub
+Attributes load on first use, so that the export command can add the publishing flags
+(`add_publish_arguments`) without importing huggingface_hub, onnx or torch at start-up.
+"""
 
-__all__ = [
-    "CardInputs",
-    "HubFile",
-    "HubLayout",
-    "HubRequestError",
-    "InvalidRepoIdError",
-    "MissingTokenError",
-    "ModelCardError",
-    "NoOnnxFilesError",
-    "OnnxModelFiles",
-    "PublishError",
-    "add_publish_arguments",
-    "build_model_card",
-    "check_publish_args",
-    "check_repo_id",
-    "describe_dry_run",
-    "find_onnx_models",
-    "make_genai_config",
-    "plan_hub_layout",
-    "publish_from_args",
-    "push_to_hub",
-    "save_pretrained",
-    "validate_model_card",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "CardInputs": "card",
+    "build_model_card": "card",
+    "validate_model_card": "card",
+    "add_publish_arguments": "cli",
+    "check_publish_args": "cli",
+    "publish_from_args": "cli",
+    "HubRequestError": "errors",
+    "InvalidRepoIdError": "errors",
+    "MissingTokenError": "errors",
+    "ModelCardError": "errors",
+    "NoOnnxFilesError": "errors",
+    "PublishError": "errors",
+    "make_genai_config": "genai_config",
+    "HubFile": "layout",
+    "HubLayout": "layout",
+    "check_repo_id": "layout",
+    "plan_hub_layout": "layout",
+    "save_pretrained": "layout",
+    "OnnxModelFiles": "onnx_files",
+    "find_onnx_models": "onnx_files",
+    "describe_dry_run": "push",
+    "push_to_hub": "push",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'optimum_onnx23.publish' has no attribute {name!r}")

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
-
-from huggingface_hub import CommitInfo
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
-from .layout import check_repo_id
-from .push import push_to_hub
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
+# Only argparse at import time: optimum-cli imports every command module on start-up.
 
 __all__ = ["add_publish_arguments", "check_publish_args", "publish_from_args"]
 
@@ -50,10 +52,12 @@ def check_publish_args(args: Namespace) -> None:
             if getattr(args, flag, None):
                 raise InvalidArgumentError(f"{name} only applies to an upload; add --push-to-hub <namespace/name>.")
         return
+    from .layout import check_repo_id
+
     check_repo_id(repo_id)
 
 
-def publish_from_args(args: Namespace, export_folder: Path) -> CommitInfo | None:
+def publish_from_args(args: Namespace, export_folder: Path) -> "CommitInfo | None":
     """Push (or dry-run) `export_folder` as the flags say; a no-op without --push-to-hub.
 
     The card's `base_model` is the exported model when `--model` was a Hub id.
@@ -61,6 +65,8 @@ def publish_from_args(args: Namespace, export_folder: Path) -> CommitInfo | None
     check_publish_args(args)
     if args.push_to_hub is None:
         return None
+    from .push import push_to_hub
+
     return push_to_hub(
         export_folder,
         args.push_to_hub,
