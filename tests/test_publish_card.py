@@ -54,6 +54,8 @@ def test_text_summarizes_the_export_report(card, report):
     for shape, diffs in report["validation"].items():
         assert f"| {shape} | {max(diffs.values()):.2e} |" in text
     assert f"ONNX opset {report['opset']}, dtype {report['dtype']}" in text
+    assert "for text generation with the KV cache as graph inputs and outputs" in text
+    assert "weights in `onnx/model.onnx_data`" in text
 
 
 def test_usage_for_each_runtime(card):

@@ -139,6 +139,21 @@ def _usage_section(repo_id: str, has_genai_config: bool) -> str:
     return "\n".join(parts)
 
 
+def _summary(inputs: CardInputs, source: str) -> str:
+    task = inputs.report.get("task", "text-generation-with-past")
+    cache = "with the KV cache as graph inputs and outputs" if task.endswith("-with-past") else "without a KV cache"
+    data = sorted(p for p in inputs.files if p.startswith("onnx/") and not p.endswith(".onnx"))
+    weights = "weights in " + ", ".join(f"`{p}`" for p in data) if data else "weights inside the graph"
+    runtimes = "optimum-onnx23 or optimum-onnx, and in transformers.js"
+    if inputs.has_genai_config:
+        runtimes = "optimum-onnx23 or optimum-onnx, in transformers.js, and in onnxruntime-genai (`genai_config.json`)"
+    return (
+        f"ONNX export of {source} (`{inputs.model_type}`) for text generation {cache}, made with optimum-onnx23: "
+        f"standard opset-{inputs.opset} ops, optimum's input and output names, {weights}. "
+        f"The same files run in onnxruntime through {runtimes}."
+    )
+
+
 def build_model_card(inputs: CardInputs) -> ModelCard:
     """The card for `inputs`; its metadata passes `validate_model_card`."""
     tags = ["onnx", f"opset-{inputs.opset}", PACKAGE_TAG, "transformers.js", "onnxruntime-genai", inputs.model_type]
@@ -160,10 +175,7 @@ def build_model_card(inputs: CardInputs) -> ModelCard:
     body = "\n\n".join(
         [
             f"# {inputs.repo_id.split('/')[-1]} (ONNX)",
-            f"ONNX export of {source} (`{inputs.model_type}`) for text generation with a KV cache, made with "
-            f"optimum-onnx23: standard opset-{inputs.opset} ops (Attention, RMSNormalization, RotaryEmbedding), "
-            "optimum's input and output names, weights in `onnx/model.onnx_data`. The same files run in onnxruntime "
-            "through optimum-onnx23 or optimum-onnx, in transformers.js, and in onnxruntime-genai (`genai_config.json`).",
+            _summary(inputs, source),
             _usage_section(inputs.repo_id, inputs.has_genai_config),
             _report_section(inputs.report, inputs.opset),
             "\n".join(files),
