@@ -209,3 +209,12 @@ def test_no_genai_config_for_graphs_genai_cannot_drive(export_folder, inputs, re
     with pytest.raises(GenaiConfigError, match=re.escape(reason)):
         make_genai_config(graph, "onnx/model.onnx", config)
     assert make_genai_config(main, "onnx/model.onnx", config)["model"]["decoder"]["filename"] == "onnx/model.onnx"
+
+
+def test_genai_config_leaves_out_token_ids_the_model_does_not_have(export_folder, tmp_path):
+    from optimum_onnx23.publish import make_genai_config
+
+    config = {**json.loads((export_folder / "config.json").read_text()), "bos_token_id": None, "pad_token_id": None}
+    genai = make_genai_config(find_onnx_models(export_folder)[0], "onnx/model.onnx", config, {"eos_token_id": [2, 5]})
+    assert "bos_token_id" not in genai["model"]  # onnxruntime-genai refuses null
+    assert genai["model"]["eos_token_id"] == [2, 5] and genai["model"]["pad_token_id"] == 2

@@ -80,7 +80,7 @@ def make_genai_config(
         value = generation_config.get(key)
         return default if value is None else value
 
-    return {
+    genai_config = {
         "model": {
             "bos_token_id": bos,
             "context_length": int(context),
@@ -119,3 +119,8 @@ def make_genai_config(
             "top_p": search_value("top_p", 1.0),
         },
     }
+    # onnxruntime-genai's parser rejects null ("Expected a number"); an absent token id is fine.
+    for key in ("bos_token_id", "pad_token_id"):
+        if genai_config["model"][key] is None:
+            del genai_config["model"][key]
+    return genai_config
