@@ -50,7 +50,9 @@ def make_genai_config(
     generation_config = generation_config or {}
     layers = sorted({int(m.group(1)) for name in onnx_model.graph_inputs if (m := _PAST.match(name))})
     if not layers:
-        raise GenaiConfigError(f"{onnx_model.name} has no past_key_values inputs (exported without the KV cache)")
+        raise GenaiConfigError(
+            f"{onnx_model.name} has no past_key_values inputs (exported without the KV cache), which onnxruntime-genai needs"
+        )
     unknown = [n for n in onnx_model.graph_inputs if n not in _KNOWN_INPUTS and not _PAST.match(n)]
     if unknown:
         # e.g. the static cache's `write_indices`: onnxruntime-genai has no way to feed it.

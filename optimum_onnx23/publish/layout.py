@@ -238,7 +238,7 @@ def plan_hub_layout(
                 main, f"{ONNX_SUBFOLDER}/{main.name}", config, _read_json(folder / "generation_config.json")
             )
         except GenaiConfigError as error:
-            notes.append(f"No {GENAI_CONFIG_NAME}: {error}; onnxruntime-genai needs the KV-cache graph.")
+            notes.append(f"No {GENAI_CONFIG_NAME}: {error}.")
     elif main is None:
         notes.append(f"No {GENAI_CONFIG_NAME}: the folder has no onnx/model.onnx for onnxruntime-genai to run.")
     if genai_config is not None:
