@@ -13,6 +13,7 @@ __all__ = [
     "UnsafeModelFileError",
     "VariantFormatError",
     "VariantNotFoundError",
+    "VariantNotApplicableError",
 ]
 
 
@@ -53,3 +54,7 @@ class VariantNotFoundError(OptimumOnnx23Error, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class VariantNotApplicableError(VariantFormatError):
+    """A built-in variant finds nothing to rewrite in this graph (e.g. no RMSNormalization in GPT-2)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from ..errors import ModelNotFoundError, UnsafeModelFileError
+from ..errors import ModelNotFoundError, UnsafeModelFileError, VariantNotApplicableError
 from .format import VARIANT_DOMAIN, function_id, variant_functions
 
 __all__ = ["load_model", "save_model", "attach_builtin_variants", "strip_folder", "external_files", "remove_selected_files", "check_external_locations"]
@@ -151,7 +151,8 @@ def attach_builtin_variants(model_folder: Path, names: list[str], options: dict 
     """Attach the built-in variants `names` to the exported folder, in place.
 
     Returns a report: per variant its bytes (owned weights added to the data file, graph bytes added
-    to model.onnx), the ops it uses and the seconds it took; and the files' sizes before and after.
+    to model.onnx), the ops it uses and the seconds it took; the files' sizes before and after; and
+    under `skipped`, with a logged warning, the variants that found nothing to rewrite in this graph.
     """
     from .listing import list_variants
     from .producers import BUILTIN, produce
@@ -167,11 +168,18 @@ def attach_builtin_variants(model_folder: Path, names: list[str], options: dict 
     data_path = folder / _data_file(model, onnx_path)
     report: dict = {"files_before": {onnx_path.name: onnx_path.stat().st_size, data_path.name: data_path.stat().st_size}}
     report["variants"] = {}
+    report["skipped"] = {}
     for name in names:
         start = time.perf_counter()
         size_graph = onnx_path.stat().st_size
         size_data = data_path.stat().st_size
-        produce(name, model, **(options or {}).get(name, {})).attach_to(model)
+        try:
+            spec = produce(name, model, **(options or {}).get(name, {}))
+        except VariantNotApplicableError as error:
+            logger.warning("Variant %s not attached: %s", name, error)
+            report["skipped"][name] = str(error)
+            continue
+        spec.attach_to(model)
         save_model(model, onnx_path)
         info = next(i for i in list_variants(model) if i.name == name)
         report["variants"][name] = {

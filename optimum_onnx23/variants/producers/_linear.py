@@ -1,5 +1,6 @@
-"""Find the linear layers of a main graph: `MatMul(x, W)` with a constant 2-D weight, and the tied
-lm_head `MatMul(x, Transpose(E))` whose weight is the embedding matrix used transposed."""
+"""Find the linear layers of a main graph: `MatMul(x, W)` with a constant 2-D weight, the tied
+lm_head `MatMul(x, Transpose(E))` whose weight is the embedding matrix used transposed, and plain
+`Gemm(x, W[, bias])` (GPT-2's Conv1D; no transA, alpha = beta = 1)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ class Linear:
     node: ir.Node  # the MatMul
     activation: ir.Value
     weight: ir.Value  # the initializer holding the weight
-    transposed: bool  # True when the initializer is [N, K] (torch layout) and reaches the MatMul through a Transpose
+    transposed: bool  # True when the initializer is [N, K] (torch layout): a Transpose before MatMul, or Gemm transB
+    bias: ir.Value | None = None  # Gemm's C, a 1-D [N] initializer
 
     @property
     def output(self) -> ir.Value:
@@ -34,11 +36,32 @@ def _initializer(value: ir.Value | None) -> ir.Value | None:
     return None
 
 
+def _gemm(node: ir.Node) -> Linear | None:
+    attrs = node.attributes
+    if attrs.get_int("transA", 0) != 0 or attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
+        return None
+    activation, b, *rest = node.inputs
+    weight = _initializer(b)
+    bias = rest[0] if rest else None
+    if bias is not None and not (bias.is_initializer() and bias.shape is not None and len(bias.shape) == 1):
+        return None
+    if weight is None or weight.const_value.dtype != ir.DataType.FLOAT:
+        return None
+    return Linear(node, activation, weight, attrs.get_int("transB", 0) == 1, bias)
+
+
 def find_linears(graph: ir.Graph, include_lm_head: bool = True) -> list[Linear]:
     """Linear layers in graph order. Only float32 weights (the quantizers' input)."""
     found = []
     for node in graph:
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Gemm":
+            linear = _gemm(node)
+            if linear is not None:
+                found.append(linear)
+            continue
+        if node.op_type != "MatMul":
             continue
         activation, b = node.inputs
         weight = _initializer(b)

@@ -29,20 +29,26 @@ ATTRIBUTES = ("source", "embed_mode", "ep_cache_context", "main_context", "ep_sd
 
 
 def region_nodes(graph: ir.Graph, inputs: list[ir.Value], outputs: list[ir.Value]) -> list[ir.Node]:
-    """The nodes computing `outputs` from `inputs` and constants, in graph order; every value they
-    compute that other nodes read must be among `outputs` (the region is closed)."""
-    stop = set(inputs) | set(graph.inputs)
+    """The nodes on a path from `inputs` to `outputs`, in graph order. Values they read from
+    elsewhere (weights, shapes computed from the graph inputs) become inputs of the region; every
+    value they compute that other nodes read must be among `outputs` (the region is closed)."""
+    downstream: set[ir.Node] = set()
+    stack = list(inputs)
+    while stack:
+        for use in stack.pop().uses():
+            if use.node not in downstream:
+                downstream.add(use.node)
+                stack.extend(use.node.outputs)
     nodes: set[ir.Node] = set()
     stack = list(outputs)
     while stack:
-        value = stack.pop()
-        if value in stop or value.is_initializer():
-            continue
-        node = value.producer()
-        if node is None or node in nodes:
+        node = stack.pop().producer()
+        if node is None or node in nodes or node not in downstream:
             continue
         nodes.add(node)
         stack.extend(v for v in node.inputs if v is not None)
+    if not nodes:
+        raise VariantFormatError("backend-context region is empty: the outputs do not depend on the inputs.")
     for node in nodes:
         for value in node.outputs:
             if value not in outputs and (value.is_graph_output() or any(u.node not in nodes for u in value.uses())):

@@ -61,11 +61,11 @@ def ort_cpu_region(model: ir.Model, tag: str = NAME) -> tuple[ir.Graph | None, d
 
 
 def produce(model: ir.Model) -> VariantSpec:
-    from ...errors import VariantFormatError
+    from ...errors import VariantNotApplicableError
 
     body, counts = ort_cpu_region(model)
     if body is None:
-        raise VariantFormatError("ort-cpu: nothing to rewrite in this graph (no Add + RMSNormalization, no repeated KV).")
+        raise VariantNotApplicableError("ort-cpu: nothing to rewrite in this graph (no Add + RMSNormalization, no repeated KV).")
     return VariantSpec(
         name=NAME,
         body=body,

@@ -71,6 +71,8 @@ def produce(
             name = f"{prefix}{linear.weight.name}.{suffix}"
             owned[name] = ir.tensor(value.const_value.numpy(), name=name)
             args.append(body_inputs.setdefault(name, ir.Value(name=name)))
+        if linear.bias is not None:  # MatMulNBits inputs: A, B, scales, zero_points, g_idx, bias
+            args += [None] * (5 - len(args)) + [body_inputs.setdefault(linear.bias.name, ir.Value(name=linear.bias.name))]
         node = ir.Node("com.microsoft", "MatMulNBits", args, attributes=list(qnode.attributes.values()), name=f"{linear.node.name or linear.output.name}_q4")
         node.outputs[0].name = linear.output.name
         nodes.append(node)

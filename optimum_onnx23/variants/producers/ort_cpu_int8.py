@@ -46,6 +46,8 @@ def produce(model: ir.Model, include_lm_head: bool = True, reduce_range: bool = 
             name = f"{prefix}{linear.weight.name}.{suffix}"
             owned[name] = ir.tensor(array, name=name)
             args.append(body_inputs.setdefault(name, ir.Value(name=name)))
+        if linear.bias is not None:  # DynamicQuantizeMatMul inputs: A, B, b_scale, b_zero_point, bias
+            args += [None, body_inputs.setdefault(linear.bias.name, ir.Value(name=linear.bias.name))]
         node = ir.Node("com.microsoft", "DynamicQuantizeMatMul", args, name=f"{linear.node.name or linear.output.name}_q8")
         node.outputs[0].name = linear.output.name
         nodes.append(node)
