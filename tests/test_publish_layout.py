@@ -218,3 +218,18 @@ def test_genai_config_leaves_out_token_ids_the_model_does_not_have(export_folder
     genai = make_genai_config(find_onnx_models(export_folder)[0], "onnx/model.onnx", config, {"eos_token_id": [2, 5]})
     assert "bos_token_id" not in genai["model"]  # onnxruntime-genai refuses null
     assert genai["model"]["eos_token_id"] == [2, 5] and genai["model"]["pad_token_id"] == 2
+
+
+@pytest.mark.parametrize(
+    "model_type, cli_args, note",
+    [
+        ("llama", ("--task", "text-generation"), "has no past_key_values inputs"),
+        ("gpt2", ("--cache", "static", "--max-cache-len", "48"), "has inputs onnxruntime-genai cannot feed (write_indices)"),
+    ],
+)
+def test_exports_genai_cannot_run_get_no_genai_config(exported_dir, model_type, cli_args, note):
+    layout = plan_hub_layout(exported_dir(model_type, *cli_args), REPO_ID)
+    assert "genai_config.json" not in layout.paths and layout.genai_config is None
+    assert [n for n in layout.notes if note in n]
+    assert "onnxruntime-genai" not in layout.card.data.tags and "og.Model(" not in layout.card.text
+    assert "onnx/model.onnx" in layout.paths
