@@ -85,6 +85,8 @@ class VariantsAttachCommand(BaseOptimumCLICommand):
             for name, entry in report["variants"].items():
                 print(f"attached {name}: {entry['nodes']} nodes, +{entry['data_bytes_added'] / 1e6:.2f} MB weights, "
                       f"+{entry['graph_bytes_added'] / 1e3:.1f} KB graph, {entry['seconds']:.1f} s")
+            for name, reason in report["skipped"].items():
+                print(f"skipped {name}: {reason}")
             return 0
 
         _run(go)
