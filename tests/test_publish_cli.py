@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from optimum_onnx23.errors import InvalidArgumentError
-from optimum_onnx23.publish import InvalidRepoIdError, add_publish_arguments, check_publish_args, publish_from_args
+from optimum_onnx23.publish import InvalidRepoIdError, MissingTokenError, add_publish_arguments, check_publish_args, publish_from_args
 from test_publish_hub import REPO_ID, fake_hub, no_network  # noqa: F401  (fixtures)
 
 
@@ -58,6 +58,17 @@ def test_bad_flags_are_caught_before_the_export(argv, error, message):
     with pytest.raises(error) as raised:
         check_publish_args(args)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_missing_token_is_caught_before_the_export(fake_hub, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    push = _parser().parse_args(["-m", "model", "out", "--push-to-hub", REPO_ID])
+    with pytest.raises(MissingTokenError, match="set HF_TOKEN or run `hf auth login`"):
+        check_publish_args(push)
+    check_publish_args(_parser().parse_args(["-m", "model", "out", "--push-to-hub", REPO_ID, "--dry-run"]))
+    monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenForTests0123456789abcdef")
+    check_publish_args(push)
+    assert fake_hub.requests == []
 
 
 def test_dry_run_prints_the_plan_without_network(no_network, export_folder, capsys, monkeypatch):

@@ -45,7 +45,9 @@ def add_publish_arguments(parser: ArgumentParser) -> None:
 
 
 def check_publish_args(args: Namespace) -> None:
-    """Offline checks of the flags, one-line `OptimumOnnx23Error` on bad input."""
+    """Offline checks of the flags, one-line `OptimumOnnx23Error` on bad input: a malformed repo
+    id, publishing flags without --push-to-hub, and no token for a real push. Meant to run before
+    the export, so that none of these costs an export."""
     repo_id = getattr(args, "push_to_hub", None)
     if repo_id is None:
         for flag, name in (("private", "--private"), ("commit_message", "--commit-message"), ("dry_run", "--dry-run")):
@@ -55,6 +57,16 @@ def check_publish_args(args: Namespace) -> None:
     from .layout import check_repo_id
 
     check_repo_id(repo_id)
+    if not getattr(args, "dry_run", False):
+        from huggingface_hub import get_token
+
+        from .errors import MissingTokenError
+
+        if get_token() is None:  # whether there is one; the value is not kept
+            raise MissingTokenError(
+                f"No Hugging Face token found to push to {repo_id}: set HF_TOKEN or run `hf auth login` "
+                "(a token with write access), or add --dry-run."
+            )
 
 
 def publish_from_args(args: Namespace, export_folder: Path) -> "CommitInfo | None":
