@@ -268,6 +268,8 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-login" / "stored_tokens"))
+    for other_source in ("HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_OIDC_ID_TOKEN"):
+        monkeypatch.delenv(other_source, raising=False)
     monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenForTests0123456789abcdef")
     _install_transport(hub.handle)
     yield hub
@@ -493,6 +495,7 @@ def test_push_while_offline_is_one_line_and_sends_nothing(fake_hub, export_folde
 
 def test_dry_run_makes_no_network_call(no_network, export_folder, capsys, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenForTests0123456789abcdef")
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "model:onnx-community-test/tiny-llama-onnx23")  # would exchange a token online
     assert push_to_hub(export_folder, REPO_ID, private=True, dry_run=True) is None
     out = capsys.readouterr().out
     assert no_network == []

@@ -119,8 +119,10 @@ def push_to_hub(
     check_repo_id(repo_id)
     layout = plan_hub_layout(folder, repo_id, base_model=base_model, library_name=library_name, license=license)
     commit_message = commit_message or default_commit_message(layout)
-    # Only whether a token exists is used here; its value stays with huggingface_hub.
-    token_found = bool(token) or get_token() is not None
+    # Only whether a token exists is used here; its value stays with huggingface_hub. With
+    # HF_OIDC_RESOURCE set, get_token() would exchange one over the network: not in a dry run.
+    oidc = bool(os.environ.get("HF_OIDC_RESOURCE"))
+    token_found = bool(token) or (oidc if dry_run else get_token() is not None)
     if dry_run:
         print(describe_dry_run(layout, bool(private), commit_message, token_found), file=stdout or sys.stdout)
         return None
