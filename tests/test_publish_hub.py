@@ -49,7 +49,8 @@ class FakeHub:
     """The Hub's HTTP API for one process, in memory. `requests` records (method, path, body) of each call."""
 
     def __init__(self):
-        # repo_id -> {"private", "commits": [(oid, message)], "trees": {oid: {path: (bytes, lfs sha256 or None)}}, "files": head tree}
+        # repo_id -> {"private", "commits": [(oid, message)], "refs": {branch: oid},
+        #             "trees": {oid: {path: (bytes, lfs sha256 or None)}}, "files": main's tree}
         self.repos: dict[str, dict] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[tuple[str, str, bytes]] = []
@@ -66,17 +67,18 @@ class FakeHub:
     def paths(self, method: str | None = None) -> list[str]:
         return [path for m, path, _ in self.requests if method is None or m == method]
 
-    def head(self, repo_id: str) -> str:
-        return self.repos[repo_id]["commits"][-1][0]
+    def head(self, repo_id: str, branch: str = "main") -> str:
+        return self.repos[repo_id]["refs"][branch]
 
     def _repo(self, match: re.Match) -> tuple[str, dict] | tuple[None, None]:
         repo_id = f"{match.group('org')}/{match.group('name')}"
         return repo_id, self.repos.get(repo_id)
 
     def _resolve_revision(self, repo_id: str, revision: str) -> str | None:
-        if revision == "main":
-            return self.head(repo_id)
-        return revision if revision in self.repos[repo_id]["trees"] else None
+        repo = self.repos[repo_id]
+        if revision in repo["refs"]:
+            return repo["refs"][revision]
+        return revision if revision in repo["trees"] else None
 
     # -- the endpoints --------------------------------------------------------------------
     def handle(self, request: httpx2.Request) -> httpx2.Response:
@@ -97,6 +99,7 @@ class FakeHub:
             ("POST", rf"/{repo}\.git/info/lfs/objects/batch", self._lfs_batch),
             ("PUT", r"/__lfs__/(?P<oid>[0-9a-f]{64})", self._lfs_put),
             ("POST", rf"/api/models/{repo}/commit/(?P<rev>[^/]+)", self._commit),
+            ("POST", rf"/api/models/{repo}/branch/(?P<branch>[^/]+)", self._create_branch),
             ("GET", rf"/api/models/{repo}/revision/(?P<rev>[^/]+)", self._revision),
             ("GET", rf"/api/models/{repo}/tree/(?P<rev>[^/]+)(?P<sub>/.*)?", self._tree),
             ("HEAD", rf"/{repo}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
@@ -126,6 +129,7 @@ class FakeHub:
         self.repos[repo_id] = {
             "private": payload.get("visibility") == "private",
             "commits": [(oid, "initial commit")],
+            "refs": {"main": oid},
             "trees": {oid: initial},
             "files": initial,
         }
@@ -138,7 +142,10 @@ class FakeHub:
             # The Hub stores binary files and the patterns of its default .gitattributes in LFS.
             lfs = b"\0" in sample or f["path"].endswith((".onnx", ".onnx_data"))
             files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False})
-        return self._json({"files": files, "commitOid": self.head(self._repo(match)[0])})
+        repo_id, repo = self._repo(match)
+        if repo is None or match.group("rev") not in repo["refs"]:
+            return self._json({"error": "Invalid rev id"}, 404)
+        return self._json({"files": files, "commitOid": self.head(repo_id, match.group("rev"))})
 
     def _lfs_batch(self, request, match, body):
         objects = []
@@ -159,10 +166,13 @@ class FakeHub:
         repo_id, repo = self._repo(match)
         if repo is None:
             return self._json({"error": "Repository not found"}, 404)
+        branch = match.group("rev")
+        if branch not in repo["refs"]:
+            return self._json({"error": "Invalid rev id"}, 404)
         lines = [json.loads(line) for line in body.decode().splitlines() if line]
         header = lines[0]
         assert header["key"] == "header", header
-        files = dict(repo["files"])
+        files = dict(repo["trees"][repo["refs"][branch]])
         for line in lines[1:]:
             value = line["value"]
             if line["key"] == "file":
@@ -176,8 +186,21 @@ class FakeHub:
                 return self._json({"error": f"unexpected commit line {line['key']}"}, 400)
         oid = hashlib.sha1(json.dumps(sorted(files)).encode() + str(len(repo["commits"])).encode()).hexdigest()
         repo["commits"].append((oid, header["value"]["summary"]))
-        repo["trees"][oid] = repo["files"] = files
+        repo["trees"][oid] = files
+        repo["refs"][branch] = oid
+        if branch == "main":
+            repo["files"] = files
         return self._json({"success": True, "commitOid": oid, "commitUrl": f"{ENDPOINT}/{repo_id}/commit/{oid}"})
+
+    def _create_branch(self, request, match, body):
+        repo_id, repo = self._repo(match)
+        if repo is None:
+            return self._json({"error": "Repository not found"}, 404)
+        if match.group("branch") in repo["refs"]:
+            return self._json({"error": "Reference already exists"}, 409)
+        start = json.loads(body or b"{}").get("startingPoint", "main")
+        repo["refs"][match.group("branch")] = self._resolve_revision(repo_id, start)
+        return self._json({})
 
     def _revision(self, request, match, body):
         repo_id, repo = self._repo(match)
@@ -320,6 +343,17 @@ def test_push_to_an_existing_repo_adds_a_commit(fake_hub, export_folder):
     assert [m for _, m in fake_hub.repos[REPO_ID]["commits"][1:]] == [first.commit_message, "again"]
     # Same content: the second push finds the LFS objects on the Hub and uploads no bytes again.
     assert len(fake_hub.paths("PUT")) == 2
+
+
+def test_push_to_a_branch_creates_it_and_leaves_main_alone(fake_hub, export_folder, tmp_path):
+    info = push_to_hub(export_folder, REPO_ID, revision="onnx-fp32")
+    repo = fake_hub.repos[REPO_ID]
+    assert f"/api/models/{REPO_ID}/branch/onnx-fp32" in fake_hub.paths("POST")
+    assert repo["refs"]["onnx-fp32"] == info.oid
+    assert set(repo["files"]) == {".gitattributes"}  # main untouched
+    snapshot = Path(snapshot_download(REPO_ID, revision="onnx-fp32", cache_dir=tmp_path / "cache"))
+    assert (snapshot / "onnx" / "model.onnx_data").read_bytes() == (export_folder / "model.onnx_data").read_bytes()
+    assert push_to_hub(export_folder, REPO_ID, revision="onnx-fp32", commit_message="again").oid == repo["refs"]["onnx-fp32"]
 
 
 def test_token_is_never_printed_logged_or_written(fake_hub, export_folder, tmp_path, capfd, caplog, monkeypatch):

@@ -107,7 +107,8 @@ def push_to_hub(
 ) -> CommitInfo | None:
     """Upload the export `folder` (flat or Hub layout) to the model repo `repo_id` in the Hub layout.
 
-    Creates the repo if needed (`HfApi.create_repo(exist_ok=True)`), then makes one commit
+    Creates the repo if needed (`HfApi.create_repo(exist_ok=True)`) and the branch `revision` if
+    it is not there (`HfApi.create_branch(exist_ok=True)`), then makes one commit
     (`HfApi.create_commit`) with every file; huggingface_hub decides per file between a regular
     blob and LFS/Xet storage, as the Hub asks. Returns the `CommitInfo`, or None for a `dry_run`,
     which prints the plan and the card to `stdout` and makes no network call.
@@ -142,6 +143,9 @@ def push_to_hub(
                 ) from None
     with _hub_errors("create the model repo", repo_id):
         repo = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision is not None and revision != "main" and not create_pr:
+        with _hub_errors(f"create the branch {revision} of", repo.repo_id):
+            api.create_branch(repo.repo_id, branch=revision, repo_type="model", exist_ok=True)
     operations = [
         CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.content if f.content is not None else str(f.source))
         for f in layout.files
