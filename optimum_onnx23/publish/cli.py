@@ -75,14 +75,15 @@ def publish_from_args(args: Namespace, export_folder: Path) -> "CommitInfo | Non
     The card's `base_model` is the exported model when `--model` was a Hub id.
     """
     check_publish_args(args)
-    if args.push_to_hub is None:
+    repo_id = getattr(args, "push_to_hub", None)
+    if repo_id is None:
         return None
     from .push import push_to_hub
 
     return push_to_hub(
         export_folder,
-        args.push_to_hub,
-        private=bool(args.private),
-        commit_message=args.commit_message,
-        dry_run=bool(args.dry_run),
+        repo_id,
+        private=bool(getattr(args, "private", False)),
+        commit_message=getattr(args, "commit_message", None),
+        dry_run=bool(getattr(args, "dry_run", False)),
     )
