@@ -99,3 +99,12 @@ def test_invalid_metadata_is_one_line(metadata, message):
     with pytest.raises(ModelCardError) as error:
         validate_model_card(f"---\n{metadata}\n---\n\ntext\n")
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_folder_without_export_report_gets_a_card_that_claims_nothing_about_it(export_folder, tmp_path):
+    folder = tmp_path / "no-report"
+    shutil.copytree(export_folder, folder, ignore=shutil.ignore_patterns("export_report.json"))
+    card = plan_hub_layout(folder, REPO_ID).card
+    assert "no `export_report.json`, so versions, fusions and parity are unknown" in card.text
+    assert "made with optimum-onnx23" not in card.text and "| package | version |" not in card.text
+    validate_model_card(str(card))

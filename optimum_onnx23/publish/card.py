@@ -47,6 +47,8 @@ def _size(n: int) -> str:
 
 def _report_section(report: dict[str, Any], opset: int) -> str:
     lines = ["## Export report", ""]
+    if not report:
+        return "\n".join(lines + [f"ONNX opset {opset}. The folder had no `export_report.json`, so versions, fusions and parity are unknown."])
     lines.append(
         f"Exported with `optimum-cli export onnx --dynamo` (torch.export), ONNX opset {opset}, "
         f"dtype {report.get('dtype', 'unknown')}, task `{report.get('task', 'text-generation-with-past')}`."
@@ -147,9 +149,10 @@ def _summary(inputs: CardInputs, source: str) -> str:
     runtimes = "optimum-onnx23 or optimum-onnx, and in transformers.js"
     if inputs.has_genai_config:
         runtimes = "optimum-onnx23 or optimum-onnx, in transformers.js, and in onnxruntime-genai (`genai_config.json`)"
+    made_with = "made with optimum-onnx23: " if inputs.report else ""
     return (
-        f"ONNX export of {source} (`{inputs.model_type}`) for text generation {cache}, made with optimum-onnx23: "
-        f"standard opset-{inputs.opset} ops, optimum's input and output names, {weights}. "
+        f"ONNX export of {source} (`{inputs.model_type}`) for text generation {cache}, {made_with}"
+        f"opset-{inputs.opset} ops, optimum's input and output names, {weights}. "
         f"The same files run in onnxruntime through {runtimes}."
     )
 
