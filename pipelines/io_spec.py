@@ -66,7 +66,11 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
         raise UnsafeModelFileError(f"{where} declares an incomplete KV cache (past/present names do not pair up).")
     first = inputs["past_key_values.0.key"]
     if first.type not in _NUMPY_TYPES:
-        raise UnsafeModelFileError(f"{where} has a {first.type} KV cache; the runtime supports float32, float16 and float64.")
+        from optimum_onnx23.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"{where} has a {first.type} KV cache, which the runtime cannot feed; export with --dtype fp32 or fp16."
+        )
     heads_fallback = head_dim_fallback = None
     if config is not None:
         heads_fallback = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)

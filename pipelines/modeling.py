@@ -56,6 +56,8 @@ class ORTModelForCausalLM:
         self.config = config
         self.generation_config = generation_config or GenerationConfig.from_model_config(config)
         self.model_path = Path(model_path) if model_path is not None else None
+        # Where config and tokenizer live (the repo root in the Hub layout); from_pretrained sets it.
+        self.folder: Path | None = self.model_path.parent if self.model_path is not None else None
         self.io: DecoderIO = read_decoder_io(session, config, str(model_path or "model.onnx"))
 
     # ---- loading -----------------------------------------------------------------------------
@@ -99,8 +101,9 @@ class ORTModelForCausalLM:
         return DecoderState(self.session, self.io, batch_size)
 
     # ---- generation ----------------------------------------------------------------------------
-    def _validate(self, generation_config: GenerationConfig, input_ids: torch.Tensor) -> None:
-        gc = generation_config
+    @staticmethod
+    def _validate(gc: GenerationConfig) -> None:
+        """One-line errors for values transformers accepts silently or reports in several lines."""
         if gc.max_new_tokens is not None and gc.max_new_tokens <= 0:
             raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {gc.max_new_tokens}.")
         if gc.num_beams is None or gc.num_beams < 1:
@@ -112,10 +115,20 @@ class ORTModelForCausalLM:
         if gc.do_sample and gc.temperature is not None and not gc.temperature > 0:
             raise InvalidArgumentError(f"temperature must be > 0 when sampling, got {gc.temperature}.")
 
-    def _prepare_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> tuple[GenerationConfig, dict, bool, bool]:
+    def _prepare_config(
+        self, generation_config: GenerationConfig | None, kwargs: dict
+    ) -> tuple[GenerationConfig, dict, bool, bool]:
+        """transformers' precedence: kwargs > `generation_config` > the model's generation_config.json."""
         logic = TransformersLogic(self.config, self.generation_config)
-        has_default_max_length = kwargs.get("max_length") is None and (generation_config is None or generation_config.max_length is None) and self.generation_config.max_length is None
-        has_default_min_length = kwargs.get("min_length") is None and (generation_config is None or generation_config.min_length is None) and self.generation_config.min_length is None
+
+        def unset(name: str) -> bool:
+            return (
+                kwargs.get(name) is None
+                and (generation_config is None or getattr(generation_config, name) is None)
+                and getattr(self.generation_config, name) is None
+            )
+
+        has_default_max_length, has_default_min_length = unset("max_length"), unset("min_length")
         max_new = kwargs.get("max_new_tokens")
         if max_new is not None and (not isinstance(max_new, int) or max_new <= 0):
             raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new!r}.")
@@ -164,7 +177,7 @@ class ORTModelForCausalLM:
             raise InvalidArgumentError(
                 f"Unknown generate() argument(s): {', '.join(sorted(model_kwargs))}; pass GenerationConfig fields only."
             )
-        self._validate(gc, input_ids)
+        self._validate(gc)
         mode = gc.get_generation_mode()
         if mode not in _SUPPORTED_MODES:
             raise InvalidArgumentError(
