@@ -189,7 +189,7 @@ def run_genai(folder: Path, args) -> dict:
         generator.append_tokens(ids)
         while not generator.is_done():
             generator.generate_next_token()
-        out = list(generator.get_sequence(0))
+        out = [int(t) for t in generator.get_sequence(0)]
         tok.decode(out[len(ids):])
         return out
 
