@@ -270,7 +270,8 @@ def export(
                         "this architecture cannot be exported with --cache static yet."
                     )
                 report.op_histogram = dict(sorted(fusions.count_ops(onnx_model).items()))
-            static_cache.record_variant(onnx_model, cache, static_len, logits)
+            if static_len is not None or logits_to_keep:
+                static_cache.record_variant(onnx_model, cache, static_len, logits)
 
         with _step(report, 4, total, "Saving ONNX with external data"):
             onnx_model.graph.name = f"{config.model_type}_{task.replace('-', '_')}"
@@ -281,7 +282,8 @@ def export(
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.log_severity_level = 3  # validation runs without IO binding: TensorScatter's copy warning is expected
+            if static_len is not None:
+                options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
             session = ort.InferenceSession(str(staging / ONNX_FILE_NAME), options, providers=["CPUExecutionProvider"])
             if static_len is None and not logits_to_keep:
                 report.validation = validate_against_pytorch(
