@@ -24,7 +24,7 @@ from optimum_onnx23.variants import (
     strip_variants,
 )
 from optimum_onnx23.variants.folder import load_model, save_model, strip_folder
-from optimum_onnx23.variants.producers._linear import find_linears
+from optimum_onnx23.variants.producers._linear import find_linears, group_linears
 from optimum_onnx23.variants.runtime import create_session
 
 ort.set_default_logger_severity(3)  # a variant-unaware session logs each variant-owned initializer it drops
@@ -113,15 +113,18 @@ QUANTIZED = {"ort-cpu-int8": (0.05, 0.9), "ort-cpu-int4": (0.15, 0.75)}  # measu
 def test_select_quantized_variants_within_documented_tolerance(base, with_all, name):
     folder, report = with_all
     model = load_model(folder / "model.onnx")
-    linears = len(find_linears(model.graph))
+    linears = find_linears(model.graph)
     selected = select_variant(model, variant=name)
     op = "MatMulNBits" if name == "ort-cpu-int4" else "DynamicQuantizeMatMul"
     ops = [n.op_type for n in selected.graph]
-    assert ops.count(op) == linears
+    # int8 packs Q/K/V and gate/up (one matmul + Split each); int4 keeps one MatMulNBits per linear
+    groups = group_linears(linears, pack=name == "ort-cpu-int8")
+    assert ops.count(op) == len(groups) and ops.count("Split") == sum(len(g) > 1 for g in groups)
     assert "MatMul" not in ops  # every linear, the tied lm_head included
     # the ort-cpu rewrites ride along: 2 layers x 2 residual norms, and no repeat_kv before Attention
     assert ops.count("SkipSimplifiedLayerNormalization") == 4
-    assert report["variants"][name]["nodes"] == linears + 4 + ops.count("Attention")
+    body_nodes = len(groups) + 2 * ops.count("Split") + 4 + ops.count("Attention")  # + Constant sizes per Split
+    assert report["variants"][name]["nodes"] == body_nodes
     main_ops = [n.op_type for n in model.graph]
     assert ops.count("Expand") == main_ops.count("Expand") - 2 * main_ops.count("Attention")
     path = folder / f"test-{name}.onnx"
@@ -153,7 +156,7 @@ def test_strip_restores_original_bytes(base, tmp_path):
     folder = copy_folder(base, tmp_path / "m")
     original = {p.name: sha(p) for p in folder.glob("model.onnx*")}
     attach_builtin_variants(folder, ["ort-cpu-int8", "ort-cpu", "backend-context"])
-    select_for_providers(folder / "model.onnx", CPU)  # leaves a selected file behind, strip removes it
+    assert select_for_providers(folder / "model.onnx", CPU)[1] == "ort-cpu-int8"  # leaves a selected file, strip removes it
     assert {p.name: sha(p) for p in folder.glob("model.onnx*")} != original
     assert strip_folder(folder / "model.onnx") == ["ort-cpu-int8", "ort-cpu", "backend-context"]
     assert {p.name: sha(p) for p in folder.glob("model.onnx*")} == original
@@ -316,3 +319,13 @@ def test_external_data_outside_the_folder_is_refused(base, tmp_path):
     ir.save(model, folder / "model.onnx")
     with pytest.raises(UnsafeModelFileError, match="outside the model folder"):
         select_for_providers(folder / "model.onnx", CPU)
+
+
+def test_missing_ops_knows_what_onnxruntime_runs_without_a_kernel():
+    from optimum_onnx23.variants.runtime import missing_ops
+
+    ops = ["ai.onnx::Constant", "ai.onnx::Split", "com.microsoft::MatMulNBits", "com.example::FastMatMul"]
+    assert missing_ops(ops, CPU) == ["com.example::FastMatMul"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        # contrib ops need the first provider; standard ones may fall to the CPU provider
+        assert missing_ops(ops, ["CUDAExecutionProvider", *CPU]) == ["com.microsoft::MatMulNBits", "com.example::FastMatMul"]

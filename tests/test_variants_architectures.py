@@ -14,7 +14,7 @@ import pytest
 
 from optimum_onnx23.variants import attach_builtin_variants, select_variant
 from optimum_onnx23.variants.folder import load_model
-from optimum_onnx23.variants.producers._linear import find_linears
+from optimum_onnx23.variants.producers._linear import find_linears, group_linears
 
 ort.set_default_logger_severity(3)
 ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]
@@ -49,11 +49,12 @@ def test_builtin_variants_on_architecture(exported_dir, tmp_path, model_type):
     ids = np.array([[1, 17, 43, 99, 250, 7, 8, 12]], np.int64)
     main = _run(base / "model.onnx", ids)
     assert all(np.array_equal(a, b) for a, b in zip(main, _run(folder / "model.onnx", ids)))
-    linears = len(find_linears(load_model(base / "model.onnx").graph))
+    linears = find_linears(load_model(base / "model.onnx").graph)
     for name in report["variants"]:
         selected = select_variant(load_model(folder / "model.onnx"), variant=name)
         if name in QUANTIZED_OP:
-            assert [n.op_type for n in selected.graph].count(QUANTIZED_OP[name]) == linears
+            expected = len(group_linears(linears, pack=name == "ort-cpu-int8"))
+            assert [n.op_type for n in selected.graph].count(QUANTIZED_OP[name]) == expected
         path = folder / f"selected-{name}.onnx"
         ir.save(selected, path)
         got = _run(path, ids)

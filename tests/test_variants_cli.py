@@ -22,7 +22,7 @@ def test_cli_round_trip(exported_dir, tmp_path, capsys):
     original = _digest(folder)
 
     assert run_optimum_cli("onnx23", "variants", "attach", folder, "--variant", "ort-cpu-int8", "--variant", "ort-cpu") == 0
-    assert "attached ort-cpu-int8: 21 nodes" in capsys.readouterr().out
+    assert "attached ort-cpu-int8: " in capsys.readouterr().out
 
     assert run_optimum_cli("onnx23", "variants", "list", folder, "--json") == 0
     listed = json.loads(capsys.readouterr().out)

@@ -90,7 +90,7 @@ def attach_variant(
     `body` is the replacement region: its inputs are named after the main-graph values it consumes
     (or after entries of `owned`, the weights it owns, which must be named `variants/<name>/...`),
     its outputs after the main-graph values it replaces. `helpers` are model-local functions the
-    body calls; they are moved into the variant's own domain `helper_domain(name)`.
+    body calls; they must live in the variant's own domain `helper_domain(name)`.
 
     Guarantees: no main-graph node, input, output or existing initializer is changed (owned weights
     are appended after the existing initializers, so external-data offsets do not move); with

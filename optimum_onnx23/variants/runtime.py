@@ -56,9 +56,26 @@ def missing_ops(ops: Sequence[str], providers: Sequence[str]) -> list[str]:
     for op in ops:
         domain, _, name = op.rpartition("::")
         domain = "" if domain in ("", "ai.onnx") else domain
-        if (domain, name) not in (any_kernels if domain == "" else first_kernels):
-            missing.append(op)
+        if (domain, name) in (any_kernels if domain == "" else first_kernels):
+            continue
+        if domain == "" and _runs_without_kernel(name):
+            continue
+        missing.append(op)
     return missing
+
+
+def _runs_without_kernel(op: str) -> bool:
+    """Standard ops onnxruntime handles without a kernel: `Constant` (folded into an initializer)
+    and ops defined as ONNX functions (expanded when no kernel claims them)."""
+    import onnx
+
+    if op == "Constant":
+        return True
+    try:
+        schema = onnx.defs.get_schema(op)
+    except onnx.defs.SchemaError:
+        return False
+    return schema.has_function or schema.has_context_dependent_function
 
 
 def selected_file_name(onnx_path: Path, variant: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["Linear", "find_linears"]
+__all__ = ["Linear", "find_linears", "group_linears", "split_packed"]
 
 
 @dataclass
@@ -23,6 +23,10 @@ class Linear:
     @property
     def output(self) -> ir.Value:
         return self.node.outputs[0]
+
+    def weight_kn_shape(self) -> tuple[int, int]:
+        k, n = (int(d) for d in self.weight.const_value.shape)
+        return (n, k) if self.transposed else (k, n)
 
     def weight_kn(self) -> np.ndarray:
         """The weight as a contiguous [K, N] float32 array (loads it from external data)."""
@@ -76,3 +80,33 @@ def find_linears(graph: ir.Graph, include_lm_head: bool = True) -> list[Linear]:
             continue
         found.append(Linear(node, activation, weight, transposed))
     return found
+
+
+def group_linears(linears: list[Linear], pack: bool = True) -> list[list[Linear]]:
+    """Linears that read the same activation and have no bias (Q/K/V, gate/up) in one group, in
+    graph order; every other linear alone. One packed matmul per group reads the activation once
+    and gives the CPU kernel a wide N to split across threads (onnxruntime-genai packs QKV too)."""
+    if not pack:
+        return [[linear] for linear in linears]
+    groups: dict[ir.Value, list[Linear]] = {}
+    order: list[list[Linear]] = []
+    for linear in linears:
+        if linear.bias is not None:
+            order.append([linear])
+            continue
+        group = groups.get(linear.activation)
+        if group is None:
+            group = groups[linear.activation] = []
+            order.append(group)
+        group.append(linear)
+    return order
+
+
+def split_packed(packed: ir.Value, group: list[Linear], tag: str) -> list[ir.Node]:
+    """`Split(packed, [N1, N2, ...], axis=-1)` whose outputs carry the group's original output names."""
+    sizes = ir.node("Constant", [], attributes={"value": ir.tensor(np.array([g.weight_kn_shape()[1] for g in group], np.int64))})
+    sizes.outputs[0].name = f"{tag}.sizes"
+    split = ir.node("Split", [packed, sizes.outputs[0]], attributes={"axis": -1}, num_outputs=len(group), name=f"{tag}.split")
+    for value, linear in zip(split.outputs, group):
+        value.name = linear.output.name
+    return [sizes, split]
