@@ -227,3 +227,23 @@ def test_hub_id_from_local_cache(tmp_path, folder, model, tokenizer):
     with pytest.raises(ModelNotFoundError, match="acme/missing") as info:
         ORTModelForCausalLM.from_pretrained("acme/missing", cache_dir=tmp_path, local_files_only=True)
     assert "\n" not in str(info.value)
+
+
+def test_sampling_several_sequences_match_transformers(model, reference, tokenizer):
+    inputs = _batch(tokenizer)
+    kwargs = dict(max_new_tokens=8, do_sample=True, top_k=30, num_return_sequences=3)
+    torch.manual_seed(3)
+    expected = reference.generate(**inputs, **kwargs)
+    torch.manual_seed(3)
+    got = model.generate(**inputs, **kwargs)
+    assert got.shape[0] == 9 and torch.equal(got, expected)
+
+
+def test_text_streamer_prints_the_generated_text(model, tokenizer, capsys):
+    from transformers import TextStreamer
+
+    inputs = _batch(tokenizer, PROMPTS[:1])
+    ids = model.generate(**inputs, max_new_tokens=12, streamer=TextStreamer(tokenizer, skip_prompt=True))
+    printed = capsys.readouterr().out
+    new_text = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert printed.strip() == new_text.strip() and new_text.strip()
