@@ -329,3 +329,31 @@ def test_missing_ops_knows_what_onnxruntime_runs_without_a_kernel():
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         # contrib ops need the first provider; standard ones may fall to the CPU provider
         assert missing_ops(ops, ["CUDAExecutionProvider", *CPU]) == ["com.microsoft::MatMulNBits", "com.example::FastMatMul"]
+
+
+def test_create_session_falls_back_when_onnxruntime_refuses_the_variant(base, tmp_path):
+    folder = copy_folder(base, tmp_path / "m")
+    # DynamicQuantizeMatMul has a CPU kernel, so selection picks it, but its B must be int8: onnxruntime
+    # refuses the fp32 weight when the session is created.
+    _attach_matmul_variant(folder, CPU, "com.microsoft", "DynamicQuantizeMatMul")
+    assert select_for_providers(folder / "model.onnx", CPU)[1] == "fast-matmul"
+    with pytest.warns(UserWarning, match="could not load variant fast-matmul"):
+        session, chosen = create_session(folder / "model.onnx", CPU)
+    assert chosen is None
+    assert np.array_equal(session.run(None, feeds_for(session, IDS))[0], run(base / "model.onnx", IDS)[0])
+
+
+def test_model_proto_in_model_proto_out(base):
+    proto = onnx.load(str(base / "model.onnx"))  # weights loaded: the whole model in memory
+    graph = ir.serde.deserialize_model(proto).graph
+    linear = find_linears(graph)[0]
+    x, w = ir.Value(name=linear.activation.name), ir.Value(name=linear.weight.name)
+    node = ir.node("MatMul", [x, w])  # the same computation, spelled again: an fp32 "variant"
+    node.outputs[0].name = linear.output.name
+    with_variant = attach_variant(proto, "same", ir.Graph([x, w], node.outputs, nodes=[node]), CPU)
+    assert isinstance(with_variant, onnx.ModelProto) and [i.name for i in list_variants(with_variant)] == ["same"]
+    selected = select_variant(with_variant, CPU)
+    assert isinstance(selected, onnx.ModelProto) and not selected.functions
+    session = ort.InferenceSession(selected.SerializeToString(), providers=CPU)
+    assert np.array_equal(session.run(None, feeds_for(session, IDS))[0], run(base / "model.onnx", IDS)[0])
+    assert strip_variants(with_variant).graph == proto.graph
