@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+# Before anything imports huggingface_hub, which reads these once at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import ARCHITECTURES, BUNDLED, save_tiny_model  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
