@@ -14,3 +14,17 @@ if [ ! -f "$stamp" ]; then
   rm -f "$COMPAT"/.installed-*; touch "$stamp"
 fi
 export OPTIMUM_ONNX23_COMPAT_PYTHON="$COMPAT/bin/python"
+
+# transformers.js (npm) runs the Hub layout in the publish tests. --ignore-scripts skips
+# onnxruntime-node's optional GPU download; its CPU binaries come in the tarball.
+JS="${OPTIMUM_ONNX23_TRANSFORMERS_JS:-$ROOT/.node-compat}"
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -d "$JS/node_modules/@huggingface/transformers" ]; then
+    echo "[env] installing transformers.js into $JS" >&2
+    mkdir -p "$JS"
+    (cd "$JS" && npm install --silent --no-audit --no-fund --ignore-scripts "@huggingface/transformers@4.3.1" >&2)
+  fi
+  export OPTIMUM_ONNX23_TRANSFORMERS_JS="$JS"
+else
+  echo "[env] npm not found: the transformers.js test will be skipped" >&2
+fi
