@@ -212,6 +212,10 @@ def test_malformed_variants_get_one_line_errors(base):
     with pytest.raises(InvalidArgumentError, match="Invalid variant name"):
         attach_variant(model, "Bad Name", body(early, late), CPU)
     assert not list_variants(model) and "optimum_onnx23.variants" not in model.metadata_props  # nothing half-attached
+    attach_variant(model, "one-two", body(early, late), CPU, validate=False)
+    with pytest.raises(InvalidArgumentError, match="maps to the function id of variant one-two"):
+        attach_variant(model, "one_two", body(early, late), CPU)
+    strip_variants(model)
     with pytest.raises(InvalidArgumentError, match="Unknown execution provider"):
         select_variant(model, ["FooExecutionProvider"])
     with pytest.raises(VariantNotFoundError, match="no variant 'ort-cpu'"):

@@ -109,6 +109,12 @@ def attach_variant(
         from .strip import strip_variants
 
         strip_variants(m, [name])
+    taken = {f.identifier(): f.metadata_props.get(KEYS.NAME) for f in variant_functions(m)}
+    if (VARIANT_DOMAIN, function_id(name), "") in taken:
+        raise InvalidArgumentError(
+            f"Variant name {name} maps to the function id of variant {taken[(VARIANT_DOMAIN, function_id(name), '')]}; "
+            "choose a name that differs in more than '.', '_' or '-'."
+        )
     prefix = owned_prefix(name)
     for tensor_name in owned:
         if not tensor_name.startswith(prefix):
