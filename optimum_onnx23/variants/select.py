@@ -15,7 +15,7 @@ from onnx_ir.passes.common import InlinePass, RemoveUnusedFunctionsPass, RemoveU
 
 from ..errors import InvalidArgumentError, VariantFormatError, VariantNotFoundError
 from ._model import AnyModel, as_ir, like, main_values
-from .format import KEYS, MODEL_INDEX_KEY, SELECTED_KEY, VARIANT_DOMAIN, content_hash, read_info, variant_functions
+from .format import KEYS, MODEL_INDEX_KEY, SELECTED_KEY, content_hash, variant_functions
 from .listing import list_variants
 from .providers import choose_variant
 
