@@ -95,6 +95,8 @@ def test_select_fp32_variants_match_main_graph(base, with_all, name, tmp_path):
         assert ops.count("SkipSimplifiedLayerNormalization") == 4  # 2 layers x 2 residual norms
         main_ops = [n.op_type for n in load_model(base / "model.onnx").graph]
         assert ops.count("Expand") == main_ops.count("Expand") - 4  # repeat_kv of K and V, 2 layers
+        assert ops.count("Concat") <= main_ops.count("Concat") - 4  # the cache is concatenated inside Attention (reshape targets die too)
+        assert ops.count("Transpose") == main_ops.count("Transpose") - 8  # Q, K, V and output per layer
     else:
         assert ops.count("BackendContext") == 1 and "RMSNormalization" in ops
 
@@ -122,10 +124,13 @@ def test_select_quantized_variants_within_documented_tolerance(base, with_all, n
     assert "MatMul" not in ops  # every linear, the tied lm_head included
     # the ort-cpu rewrites ride along: 2 layers x 2 residual norms, and no repeat_kv before Attention
     assert ops.count("SkipSimplifiedLayerNormalization") == 4
-    body_nodes = len(groups) + 2 * ops.count("Split") + 4 + ops.count("Attention")  # + Constant sizes per Split
+    # per layer: Attention and its two 3-D RotaryEmbeddings; + a Constant of sizes per Split
+    body_nodes = len(groups) + 2 * ops.count("Split") + 4 + 3 * ops.count("Attention")
     assert report["variants"][name]["nodes"] == body_nodes
     main_ops = [n.op_type for n in model.graph]
-    assert ops.count("Expand") == main_ops.count("Expand") - 2 * main_ops.count("Attention")
+    layers = main_ops.count("Attention")
+    assert ops.count("Expand") == main_ops.count("Expand") - 2 * layers  # repeat_kv gone
+    assert ops.count("Concat") <= main_ops.count("Concat") - 2 * layers  # the cache is concatenated inside Attention
     path = folder / f"test-{name}.onnx"
     ir.save(selected, path)
     main, got = run(base / "model.onnx", IDS), run(path, IDS)
