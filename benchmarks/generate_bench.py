@@ -271,6 +271,36 @@ def kv_write_op_table(max_cache_len: int = CONTEXT, tensors: int = 60, steps: in
     print(f"(copying all buffers once would move {megabytes:.0f} MB per step)")
 
 
+# ---- static vs dynamic, interleaved so that machine load hits both alike ------------------------------
+def static_vs_dynamic_table(work: Path, steps: int = 25, rounds: int = 4) -> None:
+    """Median ms per decode step of the model alone (no pipeline), dynamic and static caches run in
+    alternating rounds of `steps` steps at a 160- and a 1,500-position context."""
+    import numpy as np
+
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
+    print("\nDecode step, dynamic vs static cache, interleaved rounds (median ms / step):\n")
+    print("| context | dynamic | static | static speed-up |")
+    print("|---|---|---|---|")
+    dynamic = ORTModelForCausalLM.from_pretrained(work / "onnx-dynamic")
+    for static_name, prompt in (("onnx-static-160", PROMPT), ("onnx-static-1500", CONTEXT - 128)):
+        static = ORTModelForCausalLM.from_pretrained(work / static_name)
+        ids = np.random.RandomState(0).randint(4, 300, (1, prompt))
+        states = {"dynamic": dynamic.new_state(1), "static": static.new_state(1)}
+        times: dict[str, list[float]] = {name: [] for name in states}
+        for state in states.values():
+            state.step(ids)
+        for _ in range(rounds):
+            for name, state in states.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    state.step(np.array([[5]]))
+                times[name].append((time.perf_counter() - start) / steps * 1000)
+        d, s_ = statistics.median(times["dynamic"]), statistics.median(times["static"])
+        print(f"| {prompt}-{prompt + steps * rounds} positions | {d:.1f} | {s_:.1f} | {d / s_:.2f}x |")
+        del static, states
+
+
 # ---- table -------------------------------------------------------------------------------------------
 def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
@@ -369,6 +399,7 @@ def main() -> None:
     print(f"\nSmolLM-135M-shaped random Llama, fp32, CPU ({os.cpu_count()} cores), batch 1, "
           f"{PROMPT}-token prompt, {args.new_tokens} forced new tokens\n")
     print_table(results, args.new_tokens)
+    static_vs_dynamic_table(work)
     kv_write_op_table()
 
 

@@ -269,6 +269,8 @@ def export(
                         f"Static cache: found {writes} KV writes to lower where the model has {expected_writes}; "
                         "this architecture cannot be exported with --cache static yet."
                     )
+                # Attention-23 reads the kv heads directly: drop repeat_kv's copy of the whole buffer.
+                static_cache.fold_kv_head_repeat(onnx_model)
                 report.op_histogram = dict(sorted(fusions.count_ops(onnx_model).items()))
             if static_len is not None or logits_to_keep:
                 static_cache.record_variant(onnx_model, cache, static_len, logits)
