@@ -46,6 +46,10 @@ def test_static_matches_dynamic(model_type, exported_dir, capfd):
     assert "ScatterElements" not in ops and "ScatterND" not in ops
     assert {o.domain: o.version for o in graph.opset_import}[""] == 24
     assert {p.key: p.value for p in graph.metadata_props}["optimum_onnx23.cache"] == "static"
+    # Attention reads the written buffers themselves: no repeat_kv copy of the kv heads in between.
+    producer = {output: node.op_type for node in graph.graph.node for output in node.output}
+    attention = [node for node in graph.graph.node if node.op_type == "Attention"]
+    assert attention and all(producer[node.input[i]] == "TensorScatter" for node in attention for i in (1, 2))
 
     inputs = _encode(static_dir)
     capfd.readouterr()
