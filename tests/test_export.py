@@ -166,10 +166,34 @@ def test_fusion_report_attributes_gemma2_softcap_attention_to_our_rule(exported_
     report = json.loads((exported_dir("gemma2") / "export_report.json").read_text())
     applied = report["fusions"]["applied"]
     # onnxscript's rules cannot fuse softcapped attention; ours turns each layer's into Attention,
-    # which onnxscript's GQA rule then merges with the cache concatenation.
+    # and grouped_kv_attention then drops the repeat_kv copies in front of it.
     assert applied["optimum_onnx23"]["SoftcapAttention"] == 2
-    assert applied["onnxscript"]["GQA"] == 2
+    assert applied["onnxscript"]["GQA"] + applied["optimum_onnx23"]["GroupedKvAttention"] == 2
     model = onnx.load(str(exported_dir("gemma2") / "model.onnx"), load_external_data=False)
     softcaps = [a.f for n in model.graph.node if n.op_type == "Attention" for a in n.attribute if a.name == "softcap"]
     assert softcaps == [50.0, 50.0]
     assert op_counts(exported_dir("gemma2") / "model.onnx")["Tanh"] == 1  # only the final logit softcap remains
+
+
+def test_attention_reads_grouped_kv_heads_without_repeat_copies(exported_dir):
+    """No Expand of the KV cache to all query heads before Attention (the repeat_kv copies)."""
+    import onnx_ir as ir
+
+    for model_type in ("llama", "gemma2", "qwen3"):
+        model = ir.load(exported_dir(model_type) / "model.onnx")
+        for node in model.graph:
+            if node.op_type != "Attention":
+                continue
+            for kv in node.inputs[1:3]:
+                producers = []
+                value = kv
+                for _ in range(3):  # Reshape <- Expand <- Unsqueeze, if repeat_kv survived
+                    producer = value.producer() if value is not None else None
+                    if producer is None:
+                        break
+                    producers.append(producer.op_type)
+                    value = producer.inputs[0]
+                assert "Expand" not in producers, f"{model_type}: {kv.name} is a repeat_kv copy ({producers})"
+        report = json.loads((exported_dir(model_type) / "export_report.json").read_text())
+        applied = report["fusions"]["applied"]
+        assert applied["onnxscript"]["GQA"] + applied["optimum_onnx23"]["GroupedKvAttention"] == 2

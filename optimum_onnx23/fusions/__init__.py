@@ -12,22 +12,25 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter.rules.fusion import _gqa, _rms_normalization, _rotary_embedding
 
-from .rules import fuse_softcap_attention
+from .rules import fuse_grouped_kv_attention, fuse_softcap_attention
 
 __all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
 
 STANDARD_OPS = ("Attention", "RMSNormalization", "LayerNormalization", "RotaryEmbedding")
 MIN_FUSION_OPSET = 23
 
-# (who, name, function) in the order they must run: our attention rule must see the graph before
-# onnxscript's GQA rule folds cache concatenation into Attention nodes.
+# (who, name, function) in the order they must run: our softcap rule must see the graph before
+# onnxscript's GQA rule folds cache concatenation into Attention nodes; ours drops the repeat_kv
+# expansion wherever that rule did not apply.
 FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("onnxscript", "RMSNormalization", _rms_normalization.fuse_rms_normalization),
     ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
     ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),
     ("onnxscript", "GQA", _gqa.fuse_gqa),
+    ("optimum_onnx23", "GroupedKvAttention", fuse_grouped_kv_attention),
 )
 
 
@@ -51,7 +54,10 @@ def count_ops(model: ir.Model) -> collections.Counter:
 
 
 def fuse(model: ir.Model) -> FusionReport:
-    """Fuse in place; a no-op (with the reason recorded) below opset 23, where the ops do not exist."""
+    """Fuse in place and drop the nodes fusions left unused.
+
+    A no-op (with the reason recorded) below opset 23, where the ops do not exist.
+    """
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     report = FusionReport(opset=opset)
     if opset < MIN_FUSION_OPSET:
@@ -59,6 +65,8 @@ def fuse(model: ir.Model) -> FusionReport:
     else:
         for who, name, step in FUSION_STEPS:
             report.applied.setdefault(who, {})[name] = step(model)
+        # Rewrites leave the replaced pattern's shape computations behind (e.g. repeat_kv's targets).
+        common_passes.RemoveUnusedNodesPass()(model)
     counts = count_ops(model)
     report.op_counts = {op: counts.get(op, 0) for op in STANDARD_OPS}
     return report

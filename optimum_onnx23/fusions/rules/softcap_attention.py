@@ -7,8 +7,7 @@ exporter sees the decomposed form and torch's SDPA->Attention lowering never app
 
 ONNX Attention-23 applies `softcap` after scaling and *before* the mask (so masked scores stay
 -inf), which is the same order as transformers' code. K and V here are the head-expanded
-(repeat_kv) tensors; onnxscript's GQA rule, run afterwards, folds the expansion and the cache
-concatenation into the Attention node.
+(repeat_kv) tensors; the grouped_kv_attention rule, run afterwards, drops that expansion.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 - Each residual `Add` feeding an opset-23 `RMSNormalization` becomes one
   `com.microsoft::SkipSimplifiedLayerNormalization` (sum and norm in one pass).
 - `Attention` reads the grouped KV heads directly instead of `repeat_kv`'s
-  Unsqueeze/Expand/Reshape copies (see `_gqa_rule`): bit-identical in onnxruntime, and the copies
-  it removes grow with the context (30 layers x 2 x a full-size cache per decode step).
+  Unsqueeze/Expand/Reshape copies (`fusions.rules.grouped_kv_attention`, which the export's fusion
+  stage now applies to the main graph too; kept here for files exported before it did).
 - That `Attention` then takes the linear layers' 3-D outputs and the past cache directly and
   returns the present cache itself (see `_attention_3d_rule`): 10 Reshape/Transpose/Concat nodes
   fewer per layer, bit-identical in onnxruntime, padded batches included.
@@ -20,7 +20,7 @@ from onnxscript.rewriter import pattern
 
 from ._diff import region_from_rewrite
 from ._attention_3d_rule import Attention3D
-from ._gqa_rule import GroupedKvAttention
+from ...fusions.rules.grouped_kv_attention import GroupedKvAttention
 from .spec import VariantSpec
 
 __all__ = ["NAME", "produce", "ort_cpu_region", "SkipRmsNormalizationToOrt"]

@@ -3,16 +3,17 @@
 The exporter writes HF's `repeat_kv` as `Reshape(Expand(Unsqueeze(kv, axis 2)))` before a 4-D
 `Attention`; Attention-23 already maps query head h to kv head h // (q_heads / kv_heads), which
 is exactly `repeat_kv`, so the three ops (and their full-size copies of the cache every step)
-can go. Used by the ort-cpu family of variants; the main graph keeps the standard form.
+can go. onnxscript's GQA rule only matches when the cache concatenation feeds the expansion
+directly (gemma2's eager path); torch's SDPA lowering leaves this form, which this rule covers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter import _fusion_utils, pattern
 
-__all__ = ["GroupedKvAttention"]
+__all__ = ["GroupedKvAttention", "grouped_kv_attention_rules", "fuse_grouped_kv_attention"]
 
 
 def _const_ints(value: ir.Value | None) -> list[int] | None:
@@ -42,3 +43,8 @@ class GroupedKvAttention(pattern.RewriteRuleClassBase):
     def rewrite(self, op, q, k, v, mask, y, **_):
         attributes = {name: attr for name, attr in y.producer().attributes.items()}
         return op.Attention(q, k, v, mask, **{n: a.value for n, a in attributes.items()})
+
+
+grouped_kv_attention_rules = pattern.RewriteRuleSet([GroupedKvAttention.rule()])
+
+fuse_grouped_kv_attention = _fusion_utils.apply_fusion_rules(grouped_kv_attention_rules)
