@@ -14,6 +14,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "export": "optimum_onnx23.exporters",
     "ExportReport": "optimum_onnx23.exporters",
+    "attach_variant": "optimum_onnx23.variants",
+    "list_variants": "optimum_onnx23.variants",
+    "select_variant": "optimum_onnx23.variants",
+    "strip_variants": "optimum_onnx23.variants",
+    "save_pretrained": "optimum_onnx23.publish",
+    "push_to_hub": "optimum_onnx23.publish",
     "ORTModelForCausalLM": "optimum_onnx23.pipelines",
     "pipeline": "optimum_onnx23.pipelines",
 }

@@ -1,4 +1,4 @@
-"""Stage 5 of the data flow: a Hub-ready ONNX repo (layout, model card, genai_config.json) pushed with huggingface_hub.
+"""Stage 4 of the data flow: a Hub-ready ONNX repo (layout, model card, genai_config.json) pushed with huggingface_hub.
 
 Attributes load on first use, so that the export command can add the publishing flags
 (`add_publish_arguments`) without importing huggingface_hub, onnx or torch at start-up.
