@@ -1,7 +1,7 @@
 """Opening an exported decoder: check the ONNX file is safe to load, then create the session.
 
-Session creation lives in `create_session` alone, so that backend-variant selection can be added
-in one place later.
+Session creation lives in `create_session` alone: it also picks the backend variant (if the file
+carries any) for the first execution provider, see `optimum_onnx23.variants`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Sequence
 import onnx
 import onnxruntime as ort
 
-from optimum_onnx23.errors import UnsafeModelFileError
+from optimum_onnx23.errors import OptimumOnnx23Error, UnsafeModelFileError
+from optimum_onnx23.paths import external_data_path
 
 __all__ = ["check_onnx_file", "create_session"]
 
@@ -23,7 +24,6 @@ def check_onnx_file(onnx_path: str | os.PathLike) -> None:
     relative path that resolves inside the model's folder, or if the file is not a readable ONNX
     model. The weights themselves are not read."""
     onnx_path = Path(onnx_path)
-    folder = onnx_path.parent.resolve()
     try:
         # Weights stay on disk: only the protobuf (graph + external-data references) is parsed.
         model = onnx.load(str(onnx_path), load_external_data=False)
@@ -40,12 +40,7 @@ def check_onnx_file(onnx_path: str | os.PathLike) -> None:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
-        target = (folder / location).resolve()
-        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise UnsafeModelFileError(
-                f"{onnx_path.name} points tensor `{tensor.name}` at external data `{location}` outside its folder; "
-                "refusing to load it (only paths inside the model folder are allowed)."
-            )
+        external_data_path(location, onnx_path.parent, f"{onnx_path.name} tensor `{tensor.name}`")
 
 
 def create_session(
@@ -53,7 +48,11 @@ def create_session(
     providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
     session_options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
-    """One onnxruntime session for `onnx_path` (checked with `check_onnx_file` first)."""
+    """One onnxruntime session for `onnx_path` (checked with `check_onnx_file` first).
+
+    If the file carries backend variants, the one targeting `providers[0]` runs (logged); when
+    none does, or onnxruntime lacks its ops or refuses it, the main graph runs (with a warning).
+    """
     check_onnx_file(onnx_path)
     available = ort.get_available_providers()
     names = [p[0] if isinstance(p, tuple) else p for p in providers]
@@ -64,8 +63,13 @@ def create_session(
         raise InvalidArgumentError(
             f"onnxruntime provider {', '.join(missing)} is not available in this install; use one of: {', '.join(available)}."
         )
+    from optimum_onnx23.variants.runtime import create_session as create_variant_session
+
     try:
-        return ort.InferenceSession(str(onnx_path), sess_options=session_options, providers=list(providers))
+        session, _variant = create_variant_session(onnx_path, providers, session_options)
+        return session
+    except OptimumOnnx23Error:
+        raise
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnsafeModelFileError(f"onnxruntime could not load {onnx_path} ({first_line[:300]}); re-export it.") from None

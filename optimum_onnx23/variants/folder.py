@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from ..errors import ModelNotFoundError, UnsafeModelFileError, VariantNotApplicableError
+from ..paths import external_data_path
 from .format import VARIANT_DOMAIN, function_id, variant_functions
 
 __all__ = ["load_model", "save_model", "attach_builtin_variants", "strip_folder", "external_files", "remove_selected_files", "check_external_locations"]
@@ -27,36 +28,22 @@ ALIGNMENT = 64  # appended tensors start on 64-byte boundaries (aligned loads, m
 def external_files(model: ir.Model, folder: Path) -> dict[str, Path]:
     """The external-data files the model references, each checked to lie inside `folder`."""
     files: dict[str, Path] = {}
-    root = folder.resolve()
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor) and tensor.location not in files:
-            location = tensor.location
-            path = (folder / location).resolve()
-            if Path(location).is_absolute() or ".." in Path(location).parts or root not in path.parents:
-                raise UnsafeModelFileError(
-                    f"Initializer {value.name} points to external data {location!r} outside the model folder; "
-                    "refusing to read it (re-export the model)."
-                )
-            files[location] = path
+            files[tensor.location] = external_data_path(tensor.location, folder, f"Initializer {value.name}")
     return files
 
 
 def check_external_locations(proto, folder: Path) -> None:
     """`external_files` for an `onnx.ModelProto` loaded without its weights."""
-    root = folder.resolve()
     seen: set[str] = set()
     for tensor in proto.graph.initializer:
         for entry in tensor.external_data:
             if entry.key != "location" or entry.value in seen:
                 continue
             seen.add(entry.value)
-            path = (folder / entry.value).resolve()
-            if Path(entry.value).is_absolute() or ".." in Path(entry.value).parts or root not in path.parents:
-                raise UnsafeModelFileError(
-                    f"Initializer {tensor.name} points to external data {entry.value!r} outside the model folder; "
-                    "refusing to read it (re-export the model)."
-                )
+            external_data_path(entry.value, folder, f"Initializer {tensor.name}")
 
 
 def load_model(onnx_path: Path) -> ir.Model:
