@@ -53,6 +53,19 @@ def parse_export_args(parser: ArgumentParser) -> None:
         default="all",
         help="`all` (default) outputs logits for every position; `last` for the last position only (faster prefill for generation).",
     )
+    optional.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Attach a built-in backend variant (repeatable): ort-cpu-int4, ort-cpu-int8, ort-cpu, backend-context. "
+        "The main graph stays as is; onnxruntime sessions of optimum-onnx23 pick the variant for their provider.",
+    )
+
+    from optimum_onnx23.publish import add_publish_arguments  # lazy package: argparse only
+
+    add_publish_arguments(parser)
 
 
 def _log_progress_to_stderr() -> None:
@@ -87,7 +100,9 @@ def run_cli(args) -> int:
     _log_progress_to_stderr()
     try:
         from optimum_onnx23.exporters import export
+        from optimum_onnx23.publish import check_publish_args, publish_from_args
 
+        check_publish_args(args)  # offline checks (repo id, token) before an export is spent
         export(
             args.model,
             args.output,
@@ -104,7 +119,9 @@ def run_cli(args) -> int:
             cache=args.cache,
             max_cache_len=args.max_cache_len,
             logits=args.logits,
+            variants=args.variants,
         )
+        publish_from_args(args, args.output)
     except OptimumOnnx23Error as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

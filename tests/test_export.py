@@ -197,3 +197,27 @@ def test_attention_reads_grouped_kv_heads_without_repeat_copies(exported_dir):
         report = json.loads((exported_dir(model_type) / "export_report.json").read_text())
         applied = report["fusions"]["applied"]
         assert applied["onnxscript"]["GQA"] + applied["optimum_onnx23"]["GroupedKvAttention"] == 2
+
+
+def test_variants_and_dry_run_publish_from_the_export_command(exported_dir, capsys):
+    from optimum_onnx23.variants import list_variants
+    from optimum_onnx23.variants.folder import load_model
+
+    folder = exported_dir("bundled", "--variant", "ort-cpu-int8", "--push-to-hub", "tiny-org/tiny-llama-onnx", "--dry-run")
+    out = capsys.readouterr().out
+    assert "Dry run: nothing was uploaded" in out and "onnx/model.onnx" in out and "- ort-cpu-int8" in out
+    assert [v.name for v in list_variants(load_model(folder / "model.onnx"))] == ["ort-cpu-int8"]
+    report = json.loads((folder / "export_report.json").read_text())
+    added = report["variants"]["variants"]["ort-cpu-int8"]
+    assert report["files"]["model.onnx_data"] == (folder / "model.onnx_data").stat().st_size
+    assert added and report["cache"] == "dynamic" and report["logits"] == "all"
+
+
+def test_bf16_export_says_it_was_not_validated(exported_dir):
+    """onnxruntime's CPU provider has no bf16 MatMul: the export says so rather than pretending."""
+    folder = exported_dir("bundled", "--dtype", "bf16")
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert model.graph.input[3].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["validation"] == {}
+    assert [w for w in report["warnings"] if w.startswith("Not validated against PyTorch")]

@@ -14,6 +14,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 import onnx_ir as ir
@@ -25,6 +26,7 @@ from .configs import TASKS, DecoderExportConfig, get_export_config
 from .output import check_output_folder, staged_output_folder
 from . import static_cache
 from .report import ExportReport
+from .tokenizer import save_tokenizer
 from .validate import validate_against_pytorch
 from .wrapper import DecoderWrapper
 
@@ -134,6 +136,37 @@ def _trace(
     return program.model
 
 
+def _validation_session(path: Path, options, dtype: str, report: ExportReport):
+    """The CPU session validation runs on; None (with a warning) where onnxruntime's CPU provider has
+    no kernel for the dtype (bf16 MatMul): the graph is then only checked by `onnx.checker`."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's NotImplemented has no importable Python class
+        if dtype == "fp32" or "NOT_IMPLEMENTED" not in str(error):
+            raise
+        kernel = str(error).split("implementation for", 1)[-1].strip().split(" node")[0]
+        message = (
+            f"Not validated against PyTorch: onnxruntime's CPU provider has no {dtype} kernel for {kernel}; "
+            "onnx.checker passed. Export fp32 (or validate on a GPU provider) for a numeric check."
+        )
+        onnx.checker.check_model(str(path), full_check=True)
+        logger.warning(message)
+        report.warnings.append(message)
+        return None
+
+
+def _check_variant_names(names: Sequence[str]) -> None:
+    if not names:
+        return
+    from ..variants.producers import BUILTIN
+
+    unknown = [name for name in names if name not in BUILTIN]
+    if unknown:
+        raise InvalidArgumentError(f"Unknown variant {', '.join(unknown)}; pass --variant with one of: {', '.join(BUILTIN)}.")
+
+
 def _strip_trace_metadata(model: ir.Model) -> None:
     """Drop torch's per-node debug metadata: stack traces name local files, and it is ~90% of the
     graph proto. The module `namespace` stays, for profiling by layer."""
@@ -144,21 +177,6 @@ def _strip_trace_metadata(model: ir.Model) -> None:
         value.metadata_props.clear()
     for value in model.graph.initializers.values():
         value.metadata_props.clear()
-
-
-def _save_tokenizer(source: str, staging: Path, revision, cache_dir, trust_remote_code, token, report) -> None:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, token=token
-        )
-    except (OSError, ValueError, TypeError) as error:
-        message = f"No tokenizer saved: could not load one from `{source}` ({type(error).__name__})."
-        logger.warning(message)
-        report.warnings.append(message)
-        return
-    tokenizer.save_pretrained(staging)
 
 
 def export(
@@ -178,6 +196,7 @@ def export(
     cache: str = "dynamic",
     max_cache_len: int | None = None,
     logits: str = "all",
+    variants: Sequence[str] = (),
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -195,6 +214,8 @@ def export(
         max_cache_len: the static buffer length N (prompt plus new tokens); static cache only.
         logits: `all` (default: logits for every position) or `last` (the last position only,
             all generation needs; a shorter prefill). Recorded in the ONNX metadata.
+        variants: built-in backend variants to attach after validation (`ort-cpu-int4`,
+            `ort-cpu-int8`, `ort-cpu`, `backend-context`); see `optimum_onnx23.variants`.
 
     Returns:
         The `ExportReport`, also written as `export_report.json` in `output`.
@@ -213,10 +234,14 @@ def export(
         raise InvalidArgumentError(f"Unknown logits mode `{logits}`; pass --logits all or --logits last.")
     static_len = max_cache_len if cache == "static" else None
     logits_to_keep = 1 if logits == "last" else 0
-    report = ExportReport(model=model_name, model_type=config.model_type, task=task, opset=opset, dtype=dtype, atol=atol)
+    _check_variant_names(variants)
+    report = ExportReport(
+        model=model_name, model_type=config.model_type, task=task, opset=opset, dtype=dtype, atol=atol,
+        cache=cache, max_cache_len=static_len, logits=logits,
+    )
     torch_dtype = DTYPES[dtype]
     torch_device = torch.device(device)
-    total = 6
+    total = 7 if variants else 6
 
     from transformers import AutoModelForCausalLM
 
@@ -269,8 +294,6 @@ def export(
                         f"Static cache: found {writes} KV writes to lower where the model has {expected_writes}; "
                         "this architecture cannot be exported with --cache static yet."
                     )
-                # Attention-23 reads the kv heads directly: drop repeat_kv's copy of the whole buffer.
-                static_cache.fold_kv_head_repeat(onnx_model)
                 report.op_histogram = dict(sorted(fusions.count_ops(onnx_model).items()))
             if static_len is not None or logits_to_keep:
                 static_cache.record_variant(onnx_model, cache, static_len, logits)
@@ -286,8 +309,10 @@ def export(
             options = ort.SessionOptions()
             if static_len is not None:
                 options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
-            session = ort.InferenceSession(str(staging / ONNX_FILE_NAME), options, providers=["CPUExecutionProvider"])
-            if static_len is None and not logits_to_keep:
+            session = _validation_session(staging / ONNX_FILE_NAME, options, dtype, report)
+            if session is None:
+                pass
+            elif static_len is None and not logits_to_keep:
                 report.validation = validate_against_pytorch(
                     session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device
                 )
@@ -297,16 +322,27 @@ def export(
                 )
             del session
 
-        with _step(report, 6, total, "Saving config, generation config and tokenizer"):
+        if variants:
+            with _step(report, 6, total, f"Attaching backend variants {', '.join(variants)}"):
+                from ..variants import attach_builtin_variants
+
+                report.variants = attach_builtin_variants(staging, list(variants))
+
+        with _step(report, total, total, "Saving config, generation config and tokenizer"):
             model.config.save_pretrained(staging)
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(staging)
-            _save_tokenizer(model_name, staging, revision, cache_dir, trust_remote_code, token, report)
+            warning = save_tokenizer(
+                model_name, staging, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, token=token
+            )
+            if warning:
+                report.warnings.append(warning)
 
         report.output = str(output.absolute())
         report.save(staging / "export_report.json")
         report.files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
         report.save(staging / "export_report.json")
 
-    logger.info("Exported %s to %s (max |diff| %.2e)", model_name, output, report.max_abs_diff)
+    checked = f"max |diff| {report.max_abs_diff:.2e}" if report.validation else "NOT validated against PyTorch"
+    logger.info("Exported %s to %s (%s)", model_name, output, checked)
     return report

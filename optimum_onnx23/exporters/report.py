@@ -29,12 +29,16 @@ class ExportReport:
     task: str
     opset: int
     dtype: str
+    cache: str = "dynamic"
+    max_cache_len: int | None = None
+    logits: str = "all"
     output: str = ""
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
     fusions: dict = field(default_factory=dict)
     expected_fusions: dict[str, int] = field(default_factory=dict)
     op_histogram: dict[str, int] = field(default_factory=dict)
     validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)  # attach_builtin_variants' report
     atol: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     versions: dict[str, str] = field(default_factory=package_versions)
