@@ -47,7 +47,6 @@ __all__ = [
     "static_dynamic_shapes",
     "static_input_names",
     "lower_kv_writes",
-    "fold_kv_head_repeat",
     "record_variant",
     "validate_variant_against_pytorch",
 ]
@@ -211,34 +210,6 @@ def lower_kv_writes(model: ir.Model) -> int:
         count += 1
     model.opset_imports[""] = max(model.opset_imports.get("", 0), STATIC_CACHE_OPSET)
     graph.opset_imports[""] = model.opset_imports[""]
-    onnxscript.optimizer.remove_unused_nodes(model)
-    return count
-
-
-def fold_kv_head_repeat(model: ir.Model) -> int:
-    """Feed each Attention its `kv_heads` keys/values directly instead of transformers' `repeat_kv`
-    copy (Unsqueeze -> Expand -> Reshape to the query head count): Attention-23 does grouped-query
-    attention natively. With a static cache this copy is 3x the whole buffer per step.
-
-    Returns the number of Attention inputs rewired; validation checks the result against PyTorch."""
-    import onnxscript.optimizer
-
-    count = 0
-    for node in list(model.graph):
-        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
-            continue
-        for index in (1, 2):
-            value = node.inputs[index]
-            reshape = value.producer() if value is not None else None
-            expand = reshape.inputs[0].producer() if reshape is not None and reshape.op_type == "Reshape" else None
-            unsqueeze = expand.inputs[0].producer() if expand is not None and expand.op_type == "Expand" else None
-            if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
-                continue
-            source = unsqueeze.inputs[0]
-            if source.shape is None or len(source.shape) != 4 or unsqueeze.inputs[0] is None:
-                continue
-            node.replace_input_with(index, source)
-            count += 1
     onnxscript.optimizer.remove_unused_nodes(model)
     return count
 
