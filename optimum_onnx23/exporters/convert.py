@@ -310,15 +310,10 @@ def export(
             if static_len is not None:
                 options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
             session = _validation_session(staging / ONNX_FILE_NAME, options, dtype, report)
-            if session is None:
-                pass
-            elif static_len is None and not logits_to_keep:
+            if session is not None:
                 report.validation = validate_against_pytorch(
-                    session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device
-                )
-            else:
-                report.validation = static_cache.validate_variant_against_pytorch(
-                    session, wrapper, export_config, config, static_len, atol, torch_dtype, torch_device, with_past
+                    session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device,
+                    max_cache_len=static_len,
                 )
             del session
 

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx_ir as ir
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
-from ..errors import InvalidArgumentError, ValidationError
+from ..errors import InvalidArgumentError
 from .configs import DecoderExportConfig
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "static_input_names",
     "lower_kv_writes",
     "record_variant",
-    "validate_variant_against_pytorch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -214,70 +212,9 @@ def lower_kv_writes(model: ir.Model) -> int:
     return count
 
 
-# ---- validation ---------------------------------------------------------------------------------------------
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).detach().cpu().numpy()
-
-
 def record_variant(model: ir.Model, cache: str, max_cache_len: int | None, logits: str) -> None:
     """Write the export variant into the ONNX metadata (`optimum_onnx23.cache`, `.max_cache_len`, `.logits`)."""
     model.metadata_props["optimum_onnx23.cache"] = cache
     model.metadata_props["optimum_onnx23.logits"] = logits
     if max_cache_len is not None:
         model.metadata_props["optimum_onnx23.max_cache_len"] = str(max_cache_len)
-
-
-# Prefill from an empty cache, a padded one-token decode, a chunk with past and padding.
-_SHAPES = ((1, 7, 0, 0), (3, 1, 9, 2), (2, 4, 6, 3))
-
-
-def validate_variant_against_pytorch(
-    session,
-    wrapper: torch.nn.Module,
-    export_config: DecoderExportConfig,
-    config,
-    max_cache_len: int | None,
-    atol: float,
-    dtype: torch.dtype,
-    device: torch.device,
-    with_past: bool = True,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Validation for the static-cache and last-position-logits variants, run before anything is
-    written: per-shape, per-output max |ONNX - PyTorch| (logits at padding positions excluded);
-    raises `ValidationError` past `atol`. `max_cache_len` None means the dynamic cache."""
-    names_in = [i.name for i in session.get_inputs()]
-    names_out = [o.name for o in session.get_outputs()]
-    generator = torch.Generator().manual_seed(seed)
-    results, failures = {}, []
-    for batch, seq, past, pad in _SHAPES:
-        if not with_past:
-            seq, past = seq + past, 0
-        label = f"batch={batch},seq={seq},past={past},pad={pad}" + (f",cache={max_cache_len}" if max_cache_len else "")
-        if max_cache_len is None:
-            inputs = export_config.dummy_inputs(config, with_past, batch, seq, past, pad, dtype=dtype, generator=generator)
-        else:
-            inputs = static_dummy_inputs(export_config, config, max_cache_len, batch, seq, past, pad, dtype=dtype, generator=generator)
-        with torch.no_grad():
-            expected = wrapper(*(t.to(device) for t in inputs))
-        actual = session.run(names_out, {n: _to_numpy(t) for n, t in zip(names_in, inputs)})
-        query_mask = _to_numpy(inputs[1][:, past : past + seq]).astype(bool)
-        diffs = {}
-        for name, ref, got in zip(names_out, expected, actual):
-            ref, got = _to_numpy(ref).astype(np.float32), got.astype(np.float32)
-            if ref.shape != got.shape:
-                raise ValidationError(f"Output `{name}` has shape {got.shape} in ONNX but {ref.shape} in PyTorch ({label}).")
-            if name == "logits":
-                mask = query_mask[:, -ref.shape[1] :]
-                ref, got = ref[mask], got[mask]
-            diff = float(np.abs(ref - got).max()) if ref.size else 0.0
-            diffs[name] = diff if np.isfinite(got).all() else float("inf")
-        results[label] = diffs
-        failures += [f"{name} {d:.2e} at {label}" for name, d in diffs.items() if not d <= atol]
-    if failures:
-        shown = "; ".join(failures[:6]) + (f"; and {len(failures) - 6} more" if len(failures) > 6 else "")
-        raise ValidationError(
-            f"ONNX outputs differ from PyTorch beyond atol={atol:g}: {shown}. "
-            "Nothing was written; raise --atol if this precision is acceptable."
-        )
-    return results

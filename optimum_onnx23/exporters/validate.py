@@ -54,23 +54,26 @@ def validate_against_pytorch(
     device: torch.device,
     shapes=VALIDATION_SHAPES,
     seed: int = 0,
+    max_cache_len: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run both on each shape; return per-shape, per-output max |diff|, raise past `atol`.
 
     Logits at left-padding positions are excluded: no caller reads them and a fully masked
     attention row has no defined value (PyTorch and onnxruntime legitimately differ there).
+    Works for every export form: the I/O names come from the session, `max_cache_len` selects
+    the static-cache inputs, and last-position-only logits are compared where they exist.
     """
-    names_in = export_config.input_names(config, with_past)
-    names_out = export_config.output_names(config, with_past)
+    from .static_cache import static_dummy_inputs
+
+    names_in = [i.name for i in session.get_inputs()]
+    names_out = [o.name for o in session.get_outputs()]
     generator = torch.Generator().manual_seed(seed)
     results: dict[str, dict[str, float]] = {}
     failures = []
     for shape in shapes:
         if not with_past and shape.past_length:
             shape = ValidationShape(shape.batch_size, shape.sequence_length + shape.past_length, 0, shape.left_padding)
-        inputs = export_config.dummy_inputs(
-            config,
-            with_past,
+        sizes = dict(
             batch_size=shape.batch_size,
             sequence_length=shape.sequence_length,
             past_length=shape.past_length,
@@ -78,18 +81,23 @@ def validate_against_pytorch(
             dtype=dtype,
             generator=generator,
         )
+        if max_cache_len is None:
+            inputs = export_config.dummy_inputs(config, with_past, **sizes)
+        else:
+            inputs = static_dummy_inputs(export_config, config, max_cache_len, **sizes)
         with torch.no_grad():
             expected = wrapper(*(t.to(device) for t in inputs))
         actual = session.run(names_out, {n: _to_numpy(t) for n, t in zip(names_in, inputs)})
-        query_mask = _to_numpy(inputs[1][:, shape.past_length :]).astype(bool)
+        query_mask = _to_numpy(inputs[1][:, shape.past_length : shape.past_length + shape.sequence_length]).astype(bool)
         diffs = {}
         for name, ref, got in zip(names_out, expected, actual):
             ref = _to_numpy(ref).astype(np.float32)
             got = got.astype(np.float32)
             if ref.shape != got.shape:
                 raise ValidationError(f"Output `{name}` has shape {got.shape} in ONNX but {ref.shape} in PyTorch ({shape.label}).")
-            if name == "logits":
-                ref, got = ref[query_mask], got[query_mask]
+            if name == "logits":  # all positions, or the last one only (`--logits last`)
+                mask = query_mask[:, -ref.shape[1] :]
+                ref, got = ref[mask], got[mask]
             diff = float(np.abs(ref - got).max()) if ref.size else 0.0
             if not np.isfinite(got).all():
                 diff = float("inf")
