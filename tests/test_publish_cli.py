@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from optimum_onnx23.errors import InvalidArgumentError
-from optimum_onnx23.publish import InvalidRepoIdError, MissingTokenError, add_publish_arguments, check_publish_args, publish_from_args
+from optimum_onnx23.publish import InvalidRepoIdError, MissingTokenError, check_publish_args, publish_from_args
 from test_publish_hub import REPO_ID, fake_hub, no_network  # noqa: F401  (fixtures)
 
 
@@ -19,8 +19,7 @@ def _parser() -> ArgumentParser:
     from optimum_onnx23.cli.export import parse_export_args
 
     parser = ArgumentParser(prog="optimum-cli export onnx")
-    parse_export_args(parser)  # the export command's own flags: ours must not clash with them
-    add_publish_arguments(parser)
+    parse_export_args(parser)  # the export command adds the publishing flags itself
     return parser
 
 

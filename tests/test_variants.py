@@ -26,7 +26,15 @@ from optimum_onnx23.variants.folder import load_model, save_model, strip_folder
 from optimum_onnx23.variants.producers._linear import find_linears, group_linears
 from optimum_onnx23.variants.runtime import create_session
 
-ort.set_default_logger_severity(3)  # a variant-unaware session logs each variant-owned initializer it drops
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet_onnxruntime():
+    """Variant-unaware sessions log each variant-owned initializer they drop. onnxruntime's default
+    logger is process-wide: restore its default (2, warnings) so later test files still see warnings."""
+    ort.set_default_logger_severity(3)
+    yield
+    ort.set_default_logger_severity(2)
 CPU = ["CPUExecutionProvider"]
 ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]
 
