@@ -27,7 +27,7 @@ from .output import check_output_folder, staged_output_folder
 from . import static_cache
 from .report import ExportReport
 from .tokenizer import save_tokenizer
-from .validate import validate_against_pytorch
+from .validate import compare_with_references, pytorch_references
 from .wrapper import DecoderWrapper
 
 __all__ = ["export", "DTYPES", "MIN_OPSET", "max_opset", "load_model_config", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
@@ -304,17 +304,26 @@ def export(
             del onnx_model
 
         with _step(report, 5, total, f"Validating against PyTorch (atol={atol:g})"):
+            import gc
+
             import onnxruntime as ort
 
+            references = pytorch_references(
+                wrapper, export_config, config, with_past, torch_dtype, torch_device, max_cache_len=static_len
+            )
+            model.config.save_pretrained(staging)
+            if model.generation_config is not None:
+                model.generation_config.save_pretrained(staging)
+            # Free PyTorch's weights before onnxruntime loads its own copy: peak memory is then
+            # the larger of the two, not their sum.
+            del model, wrapper
+            gc.collect()
             options = ort.SessionOptions()
             if static_len is not None:
                 options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
             session = _validation_session(staging / ONNX_FILE_NAME, options, dtype, report)
             if session is not None:
-                report.validation = validate_against_pytorch(
-                    session, wrapper, export_config, config, with_past, atol, torch_dtype, torch_device,
-                    max_cache_len=static_len,
-                )
+                report.validation = compare_with_references(session, references, atol)
             del session
 
         if variants:
@@ -323,10 +332,7 @@ def export(
 
                 report.variants = attach_builtin_variants(staging, list(variants))
 
-        with _step(report, total, total, "Saving config, generation config and tokenizer"):
-            model.config.save_pretrained(staging)
-            if model.generation_config is not None:
-                model.generation_config.save_pretrained(staging)
+        with _step(report, total, total, "Saving tokenizer"):
             warning = save_tokenizer(
                 model_name, staging, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, token=token
             )
