@@ -314,11 +314,14 @@ def export(
             model.config.save_pretrained(staging)
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(staging)
-            # Free PyTorch's weights before onnxruntime loads its own copy: peak memory is then
-            # the larger of the two, not their sum.
+            # Free PyTorch's weights before onnxruntime loads its own copy. (Measured on the
+            # SmolLM-shaped model: session creation itself still peaks ~0.6 GB above the weights.)
             del model, wrapper
             gc.collect()
             options = ort.SessionOptions()
+            # Pre-packing copies MatMul weights into MLAS' layout; three validation runs do not
+            # need it (measured: -90 MB peak on the SmolLM-shaped model).
+            options.add_session_config_entry("session.disable_prepacking", "1")
             if static_len is not None:
                 options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
             session = _validation_session(staging / ONNX_FILE_NAME, options, dtype, report)
