@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb
+
 SMOLLM_135M = dict(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
     vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0,
@@ -59,21 +61,21 @@ def child(kind: str, model: str, out: str) -> None:
         )
         Path(out).mkdir()
         program.save(str(Path(out) / "model.onnx"), external_data=True)
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_child(kind: str, model: Path, out: Path) -> tuple[float, float, float]:
-    """Wall time (process start included), in-process export time, and this child's own peak RSS."""
+    """Wall time (process start included), in-process export time, and this child's own peak RSS (bytes)."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(model), str(out)], stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+        proc.wait()
         wall = time.perf_counter() - start
         stdout.seek(0), stderr.seek(0)
-        if os.waitstatus_to_exitcode(status):
+        if proc.returncode:
             sys.exit(f"{kind} export failed:\n{stderr.read()[-3000:]}")
-        inner = json.loads(stdout.read().strip().splitlines()[-1])["seconds"]
-    return wall, inner, usage.ru_maxrss * 1024
+        result = json.loads(stdout.read().strip().splitlines()[-1])
+    return wall, result["seconds"], result["peak_rss_mb"] * 1e6
 
 
 def main():

@@ -24,12 +24,13 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "optimum_onnx23" / "data" / "tiny-llama"
@@ -146,7 +147,7 @@ def run_case(case: str, args) -> dict:
     result["e2e_tok_s"] = new / tn
     result["beam4_tok_s"] = new / best(lambda: call(short, num_beams=4, **forced), 2)
     # Peak RSS of one model with its decode and beam-4 runs (before the static row opens its 2nd buffer size).
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     if case == "static":  # the 160-position buffer cannot hold 512 tokens: the 1,500 one measures the rest
         del pipe, call
         from optimum_onnx23 import pipeline
@@ -200,7 +201,7 @@ def run_genai(folder: Path, args) -> dict:
         result["beam4_tok_s"] = new / best(lambda: generate(short, new, beams=4), 1)
     except Exception as error:  # genai's beam search support varies by build
         result["beam4_error"] = f"{type(error).__name__}: {str(error)[:80]}"
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 

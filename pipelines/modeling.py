@@ -16,7 +16,7 @@ from transformers.generation import GenerationMode, LogitsProcessorList, Stoppin
 
 from optimum_onnx23.errors import InvalidArgumentError, ModelNotFoundError
 
-from .generation import TransformersLogic, decode_beam_search, decode_greedy_or_sample
+from .generation import TransformersLogic, decode_beam_search, decode_greedy_or_sample, fast_processors, single_threaded_torch
 from .hub import ModelFiles, resolve_model_files
 from .io_spec import DecoderIO, read_decoder_io
 from .session import create_session
@@ -225,28 +225,31 @@ class ORTModelForCausalLM:
                 "lower max_new_tokens or re-export with a larger --max-cache-len."
             )
         try:
-            processors = logic._get_logits_processor(
+            processors = fast_processors(logic._get_logits_processor(
                 generation_config=gc,
                 input_ids_seq_length=input_ids_length,
                 encoder_input_ids=input_ids,
                 logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
                 device=torch.device("cpu"),
                 model_kwargs={"attention_mask": attention_mask.repeat_interleave(expand_size, dim=0)},
-            )
+            ))
             criteria = logic._get_stopping_criteria(generation_config=gc, stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(), tokenizer=tokenizer)
         except ValueError as error:
             raise InvalidArgumentError(f"Invalid generation arguments: {_one_line(error)}") from None
 
-        # Prefill the distinct prompts once, then copy each row's cache to its beams on the device.
-        state = self.new_state(batch_size)
-        logits = state.step(prompt_ids.numpy(), attention_mask.numpy())
-        if expand_size > 1:
-            rows = np.repeat(np.arange(batch_size), expand_size)
-            state.reorder(rows)
-            logits = logits[torch.from_numpy(rows)]
-        if gc.num_beams > 1:
-            return decode_beam_search(state, logic, input_ids, logits, processors, criteria, gc)
-        return decode_greedy_or_sample(state, input_ids, logits, processors, criteria, gc, streamer)
+        # The per-token torch work is tiny; torch's idle OpenMP workers spinning beside
+        # onnxruntime's on the same cores cost a third of the decode speed (measured: 30 -> 44 tok/s).
+        with single_threaded_torch():
+            # Prefill the distinct prompts once, then copy each row's cache to its beams on the device.
+            state = self.new_state(batch_size)
+            logits = state.step(prompt_ids.numpy(), attention_mask.numpy())
+            if expand_size > 1:
+                rows = np.repeat(np.arange(batch_size), expand_size)
+                state.reorder(rows)
+                logits = logits[torch.from_numpy(rows)]
+            if gc.num_beams > 1:
+                return decode_beam_search(state, logic, input_ids, logits, processors, criteria, gc)
+            return decode_greedy_or_sample(state, input_ids, logits, processors, criteria, gc, streamer)
 
     def can_generate(self) -> bool:
         return True

@@ -48,15 +48,16 @@ TINY_CONFIGS: dict[str, dict] = {
 ARCHITECTURES = sorted(TINY_CONFIGS)
 
 
-def tiny_config(model_type: str):
+def tiny_config(model_type: str, num_layers: int = 2):
     extra = TINY_CONFIGS[model_type]
     kwargs = extra if model_type == "gpt2" else {**_COMMON, **extra}
-    return AutoConfig.for_model(model_type, **kwargs)
+    layers_key = "n_layer" if model_type == "gpt2" else "num_hidden_layers"
+    return AutoConfig.for_model(model_type, **{**kwargs, layers_key: num_layers})
 
 
-def build_tiny_model(model_type: str, seed: int = 0):
+def build_tiny_model(model_type: str, seed: int = 0, num_layers: int = 2):
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, num_layers))
     # Random init is near-uniform over the vocab; scale it up so greedy/beam choices are not ties.
     with torch.no_grad():
         for p in model.parameters():
@@ -65,12 +66,12 @@ def build_tiny_model(model_type: str, seed: int = 0):
     return model.eval()
 
 
-def save_tiny_model(model_type: str, folder: Path, seed: int = 0) -> Path:
+def save_tiny_model(model_type: str, folder: Path, seed: int = 0, num_layers: int = 2) -> Path:
     """Save a seeded tiny model plus the bundled tokenizer into `folder` (once, across xdist workers)."""
     folder = Path(folder)
     with FileLock(str(folder) + ".lock"):
         if not (folder / "config.json").exists():
-            model = build_tiny_model(model_type, seed)
+            model = build_tiny_model(model_type, seed, num_layers)
             model.generation_config.pad_token_id = 3
             model.save_pretrained(folder)
             AutoTokenizer.from_pretrained(BUNDLED).save_pretrained(folder)

@@ -32,6 +32,9 @@ class ExportReport:
     cache: str = "dynamic"
     max_cache_len: int | None = None
     logits: str = "all"
+    # Layers torch.export traced; fewer than the model has when the others were grown from the
+    # last traced one in the graph (exporters.layer_replication).
+    traced_layers: int | None = None
     output: str = ""
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
     fusions: dict = field(default_factory=dict)

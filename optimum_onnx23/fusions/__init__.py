@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter.rules.fusion import _gqa, _rms_normalization, _rotary_embedding
 
-from .rules import fuse_grouped_kv_attention, fuse_softcap_attention
+from .rules import fuse_attention_3d, fuse_grouped_kv_attention, fuse_softcap_attention
 
 __all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
 
@@ -24,13 +24,15 @@ MIN_FUSION_OPSET = 23
 
 # (who, name, function) in the order they must run: our softcap rule must see the graph before
 # onnxscript's GQA rule folds cache concatenation into Attention nodes; ours drops the repeat_kv
-# expansion wherever that rule did not apply.
+# expansion wherever that rule did not apply, then moves the cache concatenation and the head
+# reshapes inside Attention (3-D inputs), which needs the grouped form.
 FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("onnxscript", "RMSNormalization", _rms_normalization.fuse_rms_normalization),
     ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
     ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),
     ("onnxscript", "GQA", _gqa.fuse_gqa),
     ("optimum_onnx23", "GroupedKvAttention", fuse_grouped_kv_attention),
+    ("optimum_onnx23", "Attention3D", fuse_attention_3d),
 )
 
 

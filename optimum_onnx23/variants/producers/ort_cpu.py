@@ -6,8 +6,8 @@
   Unsqueeze/Expand/Reshape copies (`fusions.rules.grouped_kv_attention`, which the export's fusion
   stage now applies to the main graph too; kept here for files exported before it did).
 - That `Attention` then takes the linear layers' 3-D outputs and the past cache directly and
-  returns the present cache itself (see `_attention_3d_rule`): 10 Reshape/Transpose/Concat nodes
-  fewer per layer, bit-identical in onnxruntime, padded batches included.
+  returns the present cache itself (`fusions.rules.attention_3d`, also applied to the main graph
+  by the export now; kept here for files exported before it was).
 
 The body only rewires: it owns no weights. The int4 and int8 variants carry the same rewrites
 (`ort_cpu_region`). Measured by benchmarks/variants_bench.py; see docs/variants.md.
@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ._diff import region_from_rewrite
-from ._attention_3d_rule import Attention3D
+from ...fusions.rules.attention_3d import Attention3D
 from ...fusions.rules.grouped_kv_attention import GroupedKvAttention
 from .spec import VariantSpec
 

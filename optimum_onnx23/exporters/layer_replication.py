@@ -1,0 +1,253 @@
+"""Trace four decoder layers, then repeat the last one in the ONNX graph for the others.
+
+torch.export spends ~2.7 s per decoder layer on symbolic-shape bookkeeping (SmolLM-135M-shaped
+Llama: 30 layers, ~88 s of the export). When every layer is the same computation, a layer's graph
+differs from the one before only by its weights and its cache I/O, so tracing 4 layers and
+cloning the last gives the graph a full trace gives, in a fraction of the time. (Layer 0 may
+compute things later layers reuse; layers 2 and 3 are compared, each against its predecessor.)
+
+Guarantees:
+- Only used when the config declares no per-layer differences (every per-layer list such as
+  `layer_types` or `no_rope_layers` holds one value) and the traced layers 2 and 3 are the same
+  graph node for node (op, attributes, and where each input comes from). Otherwise `plan`
+  returns False or `replicate` None, and the caller traces every layer.
+- Clone k reads layer k's own weights (the PyTorch parameters, never copied), its own
+  `past_key_values.k.*` inputs and writes `present.k.*`; everything layers share (masks, rotary
+  tables, constants) is shared. The export's validation against the full PyTorch model then
+  checks the result like any other trace.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+import re
+from typing import Iterator
+
+import onnx_ir as ir
+import torch
+
+__all__ = ["TRACED_LAYERS", "plan", "truncated_model", "replicate"]
+
+logger = logging.getLogger(__name__)
+
+TRACED_LAYERS = 4
+
+
+def plan(config, num_layers: int) -> bool:
+    """Whether `config` (a transformers config of `num_layers` layers) can be traced shallow."""
+    if num_layers <= TRACED_LAYERS:
+        return False
+    for name, value in config.to_dict().items():
+        if isinstance(value, (list, tuple)) and len(value) == num_layers and len({repr(v) for v in value}) > 1:
+            logger.info("Tracing all %d layers: `%s` differs between layers.", num_layers, name)
+            return False
+    return True
+
+
+def _decoder_layers(wrapper: torch.nn.Module, num_layers: int) -> tuple[torch.nn.Module, str, str]:
+    """The module holding the decoder layers, the attribute (`layers`, gpt2's `h`), and its path
+    from `wrapper` (which is how weights and torch's node scopes are named)."""
+    for path, module in wrapper.named_modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == num_layers:
+                return module, name, f"{path}.{name}" if path else name
+    raise ValueError(f"no list of {num_layers} layers in {type(wrapper.model).__name__}")
+
+
+@contextlib.contextmanager
+def truncated_model(wrapper: torch.nn.Module, config, num_layers: int) -> Iterator[None]:
+    """Temporarily make `wrapper`'s model (and its config) hold its first TRACED_LAYERS layers."""
+    owner, attribute, _ = _decoder_layers(wrapper, num_layers)
+    layers = getattr(owner, attribute)
+    saved = {name: value for name, value in vars(config).items() if isinstance(value, list) and len(value) == num_layers}
+    setattr(owner, attribute, torch.nn.ModuleList(list(layers)[:TRACED_LAYERS]))
+    config.num_hidden_layers, wrapper.num_layers = TRACED_LAYERS, TRACED_LAYERS
+    for name, value in saved.items():
+        setattr(config, name, value[:TRACED_LAYERS])
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, layers)
+        config.num_hidden_layers, wrapper.num_layers = num_layers, num_layers
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
+def _layer_of(node: ir.Node, prefix: str) -> int | None:
+    scopes = ast.literal_eval(node.metadata_props.get("pkg.torch.onnx.name_scopes", "[]"))
+    for scope in scopes:
+        match = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)", scope)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _nodes_by_layer(graph: ir.Graph, prefix: str) -> dict[int, list[ir.Node]] | None:
+    """Each traced layer's nodes in graph order: those in its module scope, plus the unscoped
+    ones that read only its own cache inputs and feed only that layer (the wrapper's cache
+    set-up). Unscoped nodes that feed shared computations (shape symbols, masks) stay shared."""
+    nodes = list(graph)
+    scoped = {id(node): _layer_of(node, prefix) for node in nodes}
+    candidate: dict[int, int] = {}  # id(value) -> layer, read off the cache inputs forwards
+    for value in graph.inputs:
+        for layer in range(TRACED_LAYERS):
+            if value.name and _per_layer_name(value.name, layer, layer, prefix) is not None:
+                candidate[id(value)] = layer
+    for node in nodes:
+        if scoped[id(node)] is None:
+            layers = {candidate[id(v)] for v in node.inputs if v is not None and id(v) in candidate}
+            if len(layers) == 1:
+                candidate.update((id(v), next(iter(layers))) for v in node.outputs)
+    assigned = dict(scoped)
+    for node in reversed(nodes):  # users come later: confirm each candidate feeds only its layer
+        if scoped[id(node)] is not None or not node.outputs or id(node.outputs[0]) not in candidate:
+            continue
+        layer = candidate[id(node.outputs[0])]
+        users = [user for value in node.outputs for user, _ in value.uses()]
+        if users and all(assigned.get(id(user)) == layer for user in users):
+            assigned[id(node)] = layer
+    by_layer: dict[int, list[ir.Node]] = {i: [] for i in range(TRACED_LAYERS)}
+    for node in nodes:
+        layer = assigned[id(node)]
+        if layer is not None:
+            if layer not in by_layer:
+                return None
+            by_layer[layer].append(node)
+    return by_layer
+
+
+def _per_layer_name(name: str, layer: int, new_layer: int, prefix: str) -> str | None:
+    """`name` with its layer index replaced, if `name` is layer `layer`'s weight or cache I/O."""
+    for pattern in (rf"^({re.escape(prefix)}\.){layer}(\.)", rf"^(past_key_values\.){layer}(\.)", rf"^(present\.){layer}(\.)"):
+        if re.search(pattern, name):
+            return re.sub(pattern, rf"\g<1>{new_layer}\g<2>", name, count=1)
+    return None
+
+
+def _attribute_key(attribute: ir.Attr) -> str:
+    value = attribute.value
+    if isinstance(value, ir.TensorProtocol):
+        return f"{value.dtype}{value.shape}{value.tobytes()!r}"
+    return repr(value)
+
+
+class _Layer:
+    def __init__(self, nodes: list[ir.Node]):
+        self.nodes = nodes
+        self.position = {id(node): i for i, node in enumerate(nodes)}
+
+
+def _input_role(value: ir.Value | None, layer: int, own: _Layer, previous: _Layer, prefix: str):
+    """Where a layer's input comes from, in terms that do not depend on the layer index."""
+    if value is None:
+        return ("none",)
+    producer = value.producer()
+    if producer is not None and id(producer) in own.position:
+        return ("own", own.position[id(producer)], value.index())
+    if producer is not None and id(producer) in previous.position:
+        return ("previous", previous.position[id(producer)], value.index())
+    if value.name and _per_layer_name(value.name, layer, 0, prefix) is not None:
+        return ("per_layer", _per_layer_name(value.name, layer, 0, prefix))
+    return ("shared", id(value))
+
+
+def _isomorphic(layers: list[_Layer], index: int, prefix: str) -> bool:
+    """Layer `index` and `index - 1` are the same graph, each read against its own predecessor."""
+    (before, first), (_, second) = (layers[index - 2], layers[index - 1]), (layers[index - 1], layers[index])
+    if len(first.nodes) != len(second.nodes):
+        return False
+    for a, b in zip(first.nodes, second.nodes):
+        if (a.op_type, a.domain, a.overload, len(a.inputs), len(a.outputs)) != (b.op_type, b.domain, b.overload, len(b.inputs), len(b.outputs)):
+            return False
+        if {k: _attribute_key(v) for k, v in a.attributes.items()} != {k: _attribute_key(v) for k, v in b.attributes.items()}:
+            return False
+        for x, y in zip(a.inputs, b.inputs):
+            if _input_role(x, index - 1, first, before, prefix) != _input_role(y, index, second, first, prefix):
+                return False
+    return True
+
+
+def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model | None:
+    """Grow `model` (traced with TRACED_LAYERS layers) to `num_layers` by cloning its last layer;
+    None if the traced layers do not have the expected shape (the caller then traces all)."""
+    graph = model.graph
+    prefix = _decoder_layers(wrapper, num_layers)[2]
+    by_layer = _nodes_by_layer(graph, prefix)
+    if by_layer is None:
+        return None
+    layers = [_Layer(by_layer[i]) for i in range(TRACED_LAYERS)]
+    source = TRACED_LAYERS - 1
+    first, last = layers[source - 1], layers[source]
+    if not last.nodes or not _isomorphic(layers, source, prefix):
+        logger.info("Tracing all %d layers: traced layers %d and %d differ.", num_layers, source - 1, source)
+        return None
+
+    weights = dict(wrapper.named_parameters(remove_duplicate=False)) | dict(wrapper.named_buffers(remove_duplicate=False))
+    graph_inputs = {value.name: value for value in graph.inputs}
+    graph_outputs = {id(value): value.name for value in graph.outputs}
+    new_io: dict[str, ir.Value] = {}  # by name, ordered below as a full trace orders them
+    in_layers = {id(node) for nodes in by_layer.values() for node in nodes}
+    # Uses of the last traced layer's values outside the layers (the final norm): moved to the last clone.
+    outside_uses = [
+        (user, index, value)
+        for node in last.nodes
+        for value in node.outputs
+        for user, index in value.uses()
+        if id(user) not in in_layers
+    ]
+    previous = last
+    anchor = last.nodes[-1]
+    for k in range(TRACED_LAYERS, num_layers):
+        mapping: dict[int, ir.Value] = {}
+        clones: list[ir.Node] = []
+
+        def resolve(value: ir.Value | None) -> ir.Value | None:
+            if value is None:
+                return None
+            if id(value) in mapping:
+                return mapping[id(value)]
+            producer = value.producer()
+            if producer is not None and id(producer) in first.position:  # the stream from layer k-1
+                return previous.nodes[first.position[id(producer)]].outputs[value.index()]
+            name = value.name and _per_layer_name(value.name, source, k, prefix)
+            if not name:
+                return value  # shared by all layers
+            if value.name in graph_inputs:
+                new = new_io[name] = ir.Value(name=name, type=value.type, shape=value.shape)
+            else:
+                tensor = weights.get(name)
+                if tensor is None or value.const_value is None:
+                    raise ValueError(f"no weight `{name}` for layer {k}")
+                const = type(value.const_value)(tensor.detach(), name=name) if type(value.const_value).__name__ == "TorchTensor" else ir.tensor(tensor.detach().numpy(), name=name)
+                new = ir.Value(name=name, type=value.type, shape=value.shape, const_value=const)
+                graph.register_initializer(new)
+            mapping[id(value)] = new
+            return new
+
+        for node in last.nodes:
+            clone = ir.Node(
+                node.domain, node.op_type, [resolve(v) for v in node.inputs],
+                attributes=list(node.attributes.values()), overload=node.overload,
+                num_outputs=len(node.outputs), name=f"layers.{k}/{node.name}",
+            )
+            for original, output in zip(node.outputs, clone.outputs):
+                output.name = _per_layer_name(original.name, source, k, prefix) if id(original) in graph_outputs else f"layers.{k}/{original.name}"
+                output.type, output.shape = original.type, original.shape
+                mapping[id(original)] = output
+                if id(original) in graph_outputs:
+                    new_io[output.name] = output
+            clone.metadata_props["pkg.torch.onnx.name_scopes"] = repr([f"{prefix}.{k}"])
+            clones.append(clone)
+        graph.insert_after(anchor, clones)
+        anchor = clones[-1]
+        previous = _Layer(clones)
+    for user, index, value in outside_uses:
+        user.replace_input_with(index, previous.nodes[last.position[id(value.producer())]].outputs[value.index()])
+    for io in (graph.inputs, graph.outputs):
+        per_layer = [v.name for v in io if v.name and _per_layer_name(v.name, source, source, prefix) is not None]
+        io.extend(new_io[_per_layer_name(name, source, k, prefix)] for k in range(TRACED_LAYERS, num_layers) for name in per_layer)
+    graph.sort()
+    logger.info("Traced %d layers and repeated layer %d for the other %d.", TRACED_LAYERS, source, num_layers - TRACED_LAYERS)
+    return model
