@@ -63,6 +63,20 @@ def test_options_match_transformers(model, reference, tokenizer, kwargs):
     assert torch.equal(got, expected), f"{got.tolist()} != {expected.tolist()}"
 
 
+@pytest.mark.parametrize("length", ["min_new_tokens", "min_length"])
+def test_min_length_holds_back_the_eos_greedy_would_pick(model, reference, tokenizer, length):
+    inputs = _batch(tokenizer)
+    prompt_len = inputs["input_ids"].shape[1]
+    eos = int(model.generate(**inputs, max_new_tokens=1)[0, prompt_len])  # row 0's greedy first token
+    kwargs = {"min_new_tokens": 4} if length == "min_new_tokens" else {"min_length": prompt_len + 4}
+    threads = torch.get_num_threads()
+    got = model.generate(**inputs, max_new_tokens=8, eos_token_id=eos, pad_token_id=3, **kwargs)
+    assert torch.get_num_threads() == threads  # the decode loop's single-threaded torch is undone
+    expected = reference.generate(**inputs, max_new_tokens=8, eos_token_id=eos, pad_token_id=3, do_sample=False, **kwargs)
+    assert torch.equal(got, expected), f"{got.tolist()} != {expected.tolist()}"
+    assert eos not in got[0, prompt_len : prompt_len + 4].tolist()
+
+
 def test_rows_finish_early_and_are_padded(model, tokenizer):
     inputs = _batch(tokenizer)
     free = model.generate(**inputs, max_new_tokens=12)

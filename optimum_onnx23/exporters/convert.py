@@ -152,7 +152,7 @@ def _trace(
     """The ONNX graph of `wrapper` and how many layers torch.export traced: uniform decoders are
     traced 4 layers deep and the graph grown to every layer (`layer_replication`), others whole."""
     num_layers = export_config.num_layers(config)
-    if layer_replication.plan(config, num_layers):
+    if layer_replication.plan(config, num_layers, wrapper):
         with layer_replication.truncated_model(wrapper, config, num_layers):
             shallow = _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, device, max_cache_len)
         model = layer_replication.replicate(shallow, wrapper, num_layers)

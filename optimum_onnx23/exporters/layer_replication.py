@@ -35,10 +35,21 @@ logger = logging.getLogger(__name__)
 TRACED_LAYERS = 4
 
 
-def plan(config, num_layers: int) -> bool:
-    """Whether `config` (a transformers config of `num_layers` layers) can be traced shallow."""
+class _NotReplicable(Exception):
+    pass
+
+
+def plan(config, num_layers: int, wrapper: torch.nn.Module | None = None) -> bool:
+    """Whether `config` (a transformers config of `num_layers` layers), and `wrapper`'s model if
+    given (its layers must sit in one ModuleList), can be traced shallow."""
     if num_layers <= TRACED_LAYERS:
         return False
+    if wrapper is not None:
+        try:
+            _decoder_layers(wrapper, num_layers)
+        except _NotReplicable as reason:
+            logger.info("Tracing all %d layers: %s.", num_layers, reason)
+            return False
     for name, value in config.to_dict().items():
         if isinstance(value, (list, tuple)) and len(value) == num_layers and len({repr(v) for v in value}) > 1:
             logger.info("Tracing all %d layers: `%s` differs between layers.", num_layers, name)
@@ -53,7 +64,7 @@ def _decoder_layers(wrapper: torch.nn.Module, num_layers: int) -> tuple[torch.nn
         for name, child in module.named_children():
             if isinstance(child, torch.nn.ModuleList) and len(child) == num_layers:
                 return module, name, f"{path}.{name}" if path else name
-    raise ValueError(f"no list of {num_layers} layers in {type(wrapper.model).__name__}")
+    raise _NotReplicable(f"{type(wrapper.model).__name__} keeps no list of its {num_layers} layers")
 
 
 @contextlib.contextmanager
@@ -171,18 +182,26 @@ def _isomorphic(layers: list[_Layer], index: int, prefix: str) -> bool:
 
 def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model | None:
     """Grow `model` (traced with TRACED_LAYERS layers) to `num_layers` by cloning its last layer;
-    None if the traced layers do not have the expected shape (the caller then traces all)."""
+    None if the traced layers do not have the expected shape (the caller then traces all and
+    drops `model`, which may be half grown)."""
+    try:
+        return _replicate(model, wrapper, num_layers)
+    except _NotReplicable as reason:
+        logger.info("Tracing all %d layers: %s.", num_layers, reason)
+        return None
+
+
+def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model:
     graph = model.graph
     prefix = _decoder_layers(wrapper, num_layers)[2]
     by_layer = _nodes_by_layer(graph, prefix)
     if by_layer is None:
-        return None
+        raise _NotReplicable("torch's node scopes name layers beyond the traced ones")
     layers = [_Layer(by_layer[i]) for i in range(TRACED_LAYERS)]
     source = TRACED_LAYERS - 1
     first, last = layers[source - 1], layers[source]
     if not last.nodes or not _isomorphic(layers, source, prefix):
-        logger.info("Tracing all %d layers: traced layers %d and %d differ.", num_layers, source - 1, source)
-        return None
+        raise _NotReplicable(f"traced layers {source - 1} and {source} differ")
 
     weights = dict(wrapper.named_parameters(remove_duplicate=False)) | dict(wrapper.named_buffers(remove_duplicate=False))
     graph_inputs = {value.name: value for value in graph.inputs}
@@ -219,8 +238,10 @@ def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.
             else:
                 tensor = weights.get(name)
                 if tensor is None or value.const_value is None:
-                    raise ValueError(f"no weight `{name}` for layer {k}")
-                const = type(value.const_value)(tensor.detach(), name=name) if type(value.const_value).__name__ == "TorchTensor" else ir.tensor(tensor.detach().numpy(), name=name)
+                    raise _NotReplicable(f"layer {k} has no weight `{name}`")
+                # The layer's own PyTorch tensor, wrapped the way torch's exporter wraps weights.
+                wrap = type(value.const_value) if type(value.const_value).__name__ == "TorchTensor" else None
+                const = wrap(tensor.detach(), name=name) if wrap else ir.tensor(tensor.detach().cpu().numpy(), name=name)
                 new = ir.Value(name=name, type=value.type, shape=value.shape, const_value=const)
                 graph.register_initializer(new)
             mapping[id(value)] = new
