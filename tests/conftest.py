@@ -84,3 +84,15 @@ def exported_dir(shared_tmp, tiny_model_dir):
 @pytest.fixture(params=ARCHITECTURES)
 def model_type(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def quiet_onnxruntime():
+    """For variant tests: variant-unaware sessions log each variant-owned initializer they drop.
+    onnxruntime's default logger is process-wide: restore its default (2, warnings) afterwards so
+    later test files still see warnings."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    yield
+    ort.set_default_logger_severity(2)

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 

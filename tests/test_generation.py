@@ -4,7 +4,6 @@ batch of 3 prompts of different lengths."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

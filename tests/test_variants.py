@@ -30,13 +30,7 @@ from optimum_onnx23.variants.runtime import create_session
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_onnxruntime():
-    """Variant-unaware sessions log each variant-owned initializer they drop. onnxruntime's default
-    logger is process-wide: restore its default (2, warnings) so later test files still see warnings."""
-    ort.set_default_logger_severity(3)
-    yield
-    ort.set_default_logger_severity(2)
+pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
 CPU = ["CPUExecutionProvider"]
 ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]
 

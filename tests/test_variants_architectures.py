@@ -18,13 +18,7 @@ from optimum_onnx23.variants.producers._linear import find_linears, group_linear
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_onnxruntime():
-    """Variant-unaware sessions log each variant-owned initializer they drop. onnxruntime's default
-    logger is process-wide: restore its default (2, warnings) so later test files still see warnings."""
-    ort.set_default_logger_severity(3)
-    yield
-    ort.set_default_logger_severity(2)
+pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
 ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]
 QUANTIZED_OP = {"ort-cpu-int4": "MatMulNBits", "ort-cpu-int8": "DynamicQuantizeMatMul"}
 # The tiny test models scale their weights by 4 (so greedy choices are not ties), which makes

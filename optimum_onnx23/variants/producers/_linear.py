@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["Linear", "find_linears", "group_linears", "split_packed"]
+__all__ = ["Linear", "find_linears", "group_linears", "split_packed", "name_group_outputs"]
 
 
 @dataclass
@@ -110,3 +110,14 @@ def split_packed(packed: ir.Value, group: list[Linear], tag: str) -> list[ir.Nod
     for value, linear in zip(split.outputs, group):
         value.name = linear.output.name
     return [sizes, split]
+
+
+def name_group_outputs(output: ir.Value, group: list[Linear], tag: str) -> tuple[list[ir.Node], list[ir.Value]]:
+    """Give the quantized matmul `output` of `group` the original output names: a lone linear's
+    own name, or a `split_packed` (nodes returned) back into each packed linear's output."""
+    if len(group) == 1:
+        output.name = group[0].output.name
+        return [], [output]
+    output.name = tag
+    split = split_packed(output, group, tag)
+    return split, list(split[-1].outputs)

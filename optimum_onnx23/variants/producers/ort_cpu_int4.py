@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..format import owned_prefix
-from ._linear import Linear, find_linears, group_linears, split_packed
+from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from .ort_cpu import ort_cpu_region
 from .spec import VariantSpec
@@ -86,15 +86,9 @@ def produce(
         if first.bias is not None:  # MatMulNBits inputs: A, B, scales, zero_points, g_idx, bias
             args += [None] * (5 - len(args)) + [body_inputs.setdefault(first.bias.name, ir.Value(name=first.bias.name))]
         node = ir.Node("com.microsoft", "MatMulNBits", args, attributes=list(qnode.attributes.values()), name=f"{first.node.name or first.output.name}_q4")
-        nodes.append(node)
-        if len(group) == 1:
-            node.outputs[0].name = first.output.name
-            outputs.append(node.outputs[0])
-        else:
-            node.outputs[0].name = f"{NAME}/packed{i}"
-            extra = split_packed(node.outputs[0], group, f"{NAME}/packed{i}")
-            nodes.extend(extra)
-            outputs.extend(extra[-1].outputs)
+        extra, named = name_group_outputs(node.outputs[0], group, f"{NAME}/packed{i}")
+        nodes += [node, *extra]
+        outputs += named
         replaced += len(group)
     body = ir.Graph(list(body_inputs.values()), outputs, nodes=nodes)
     if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
