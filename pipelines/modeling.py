@@ -11,8 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import AutoConfig, GenerationConfig
+from transformers import AutoConfig, Cache, DynamicCache, GenerationConfig
 from transformers.generation import GenerationMode, LogitsProcessorList, StoppingCriteriaList
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from optimum_onnx23.errors import InvalidArgumentError, ModelNotFoundError
 
@@ -27,6 +28,30 @@ __all__ = ["ORTModelForCausalLM"]
 logger = logging.getLogger(__name__)
 
 _SUPPORTED_MODES = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
+
+
+def _as_int64(value, name: str) -> np.ndarray:
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if array.ndim != 2:
+        raise InvalidArgumentError(f"{name} must be a [batch, length] array, got shape {array.shape}.")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _flat_cache(cache, count: int) -> list[np.ndarray] | None:
+    """[k0, v0, k1, v1, ...] as numpy from a transformers `Cache`, per-layer pairs or a flat tuple."""
+    if cache is None:
+        return None
+    if isinstance(cache, Cache):
+        tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    elif cache and isinstance(cache[0], (tuple, list)):
+        tensors = [t for pair in cache for t in pair]
+    else:
+        tensors = list(cache)
+    if len(tensors) != count or any(t is None for t in tensors):
+        raise InvalidArgumentError(
+            f"The cache holds {len(tensors)} tensors; this model takes {count} (a key and a value for each of {count // 2} layers)."
+        )
+    return [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in tensors]
 
 
 def _one_line(error: Exception) -> str:
@@ -96,6 +121,67 @@ class ORTModelForCausalLM:
         return model
 
     # ---- one forward ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | np.ndarray,
+        attention_mask: torch.Tensor | np.ndarray | None = None,
+        past_key_values: Cache | tuple | None = None,
+        position_ids: torch.Tensor | np.ndarray | None = None,
+        use_cache: bool | None = None,
+        cache: Cache | tuple | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """One forward pass, as transformers' and optimum-onnx's `ORTModelForCausalLM.forward`.
+
+        `cache` (transformers 5's name) or `past_key_values` (optimum-onnx's) is a transformers
+        `Cache`, a tuple of `(key, value)` pairs per layer, or the flat tuple; None starts empty.
+        `attention_mask` covers past + new positions (ones by default) and `position_ids` default
+        to transformers' cumsum of the mask. Returns `CausalLMOutputWithPast` with float32
+        `logits` `[batch, seq, vocab]` (`[batch, 1, vocab]` for `--logits last` exports) and,
+        with `use_cache` (default: the config's), the presents as a `DynamicCache`. numpy inputs give
+        numpy logits. Static-cache exports are driven by `generate()`/`new_state()` instead."""
+        if kwargs:
+            raise InvalidArgumentError(f"Unknown forward() argument(s): {', '.join(sorted(kwargs))}.")
+        if cache is not None and past_key_values is not None:
+            raise InvalidArgumentError("Pass the cache as `cache` or `past_key_values`, not both.")
+        if self.io.static:
+            raise InvalidArgumentError(
+                "forward() runs dynamic-cache exports; this one has a static cache (write_indices): use "
+                "generate() or new_state(), or re-export without --cache static."
+            )
+        use_torch = isinstance(input_ids, torch.Tensor)
+        ids = _as_int64(input_ids, "input_ids")
+        batch, length = ids.shape
+        pasts = _flat_cache(cache if cache is not None else past_key_values, 2 * self.io.num_layers)
+        if pasts is None:
+            empty = np.zeros((batch, self.io.num_kv_heads, 0, self.io.head_dim), self.io.dtype)
+            pasts = [empty] * (2 * self.io.num_layers)
+        past_length = pasts[0].shape[2]
+        mask = np.ones((batch, past_length + length), np.int64) if attention_mask is None else _as_int64(attention_mask, "attention_mask")
+        if mask.shape != (batch, past_length + length):
+            raise InvalidArgumentError(
+                f"attention_mask has shape {mask.shape}; it must cover the past and new positions: {(batch, past_length + length)}."
+            )
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self.io.has_position_ids:
+            if position_ids is None:
+                position_ids = np.where(mask == 0, 0, mask.cumsum(-1) - 1)[:, past_length:]
+            feeds["position_ids"] = _as_int64(position_ids, "position_ids")
+        feeds.update(zip(self.io.past_names(), (np.ascontiguousarray(p, dtype=self.io.dtype) for p in pasts)))
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
+        names = ["logits", *(self.io.present_names() if use_cache else [])]
+        outputs = self.session.run(names, feeds)
+        logits = outputs[0].astype(np.float32, copy=False)
+        present = None
+        if use_cache:
+            tensors = [torch.from_numpy(o) for o in outputs[1:]]
+            present = DynamicCache()
+            for i in range(self.io.num_layers):
+                present.update(tensors[2 * i], tensors[2 * i + 1], i)
+        return CausalLMOutputWithPast(logits=torch.from_numpy(logits) if use_torch else logits, cache=present)
+
+    __call__ = forward
+
     def new_state(self, batch_size: int) -> DecoderState:
         """A fresh decoder state (empty KV cache on the device) for `batch_size` rows."""
         return DecoderState(self.session, self.io, batch_size)

