@@ -7,6 +7,7 @@ __all__ = [
     "OptimumOnnx23Error",
     "UnsupportedArchitectureError",
     "ModelNotFoundError",
+    "CorruptCheckpointError",
     "InvalidArgumentError",
     "OutputFolderError",
     "ValidationError",
@@ -27,6 +28,10 @@ class UnsupportedArchitectureError(OptimumOnnx23Error, ValueError):
 
 class ModelNotFoundError(OptimumOnnx23Error, FileNotFoundError):
     pass
+
+
+class CorruptCheckpointError(OptimumOnnx23Error, ValueError):
+    """A weight file of the checkpoint is not what its name says (not safetensors, truncated, not GGUF)."""
 
 
 class InvalidArgumentError(OptimumOnnx23Error, ValueError):
