@@ -135,8 +135,9 @@ class ORTModelForCausalLM:
 
         `cache` (transformers 5's name) or `past_key_values` (optimum-onnx's) is a transformers
         `Cache`, a tuple of `(key, value)` pairs per layer, or the flat tuple; None starts empty.
-        `attention_mask` covers past + new positions (ones by default) and `position_ids` default
-        to transformers' cumsum of the mask. Returns `CausalLMOutputWithPast` with float32
+        `attention_mask` covers past + new positions (ones by default); `position_ids` default,
+        as in transformers' forward, to the cache positions `past_length + arange(length)`
+        (`generate()` derives them from the mask instead). Returns `CausalLMOutputWithPast` with float32
         `logits` `[batch, seq, vocab]` (`[batch, 1, vocab]` for `--logits last` exports) and,
         with `use_cache` (default: the config's), the presents as a `DynamicCache`. numpy inputs give
         numpy logits. Static-cache exports are driven by `generate()`/`new_state()` instead."""
@@ -164,8 +165,8 @@ class ORTModelForCausalLM:
             )
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.io.has_position_ids:
-            if position_ids is None:
-                position_ids = np.where(mask == 0, 0, mask.cumsum(-1) - 1)[:, past_length:]
+            if position_ids is None:  # transformers' and optimum-onnx's forward: the cache positions, padding or not
+                position_ids = np.broadcast_to(np.arange(past_length, past_length + length), (batch, length))
             feeds["position_ids"] = _as_int64(position_ids, "position_ids")
         feeds.update(zip(self.io.past_names(), (np.ascontiguousarray(p, dtype=self.io.dtype) for p in pasts)))
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache

@@ -46,20 +46,22 @@ def _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, 
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not actionable by users
-        program = torch.onnx.export(
-            wrapper,
-            args,
-            dynamic_shapes=dynamic_shapes,
-            input_names=input_names,
-            output_names=export_config.output_names(config, with_past),
-            opset_version=opset,
-            dynamo=True,
-            optimize=False,  # the optimizer and fusions run as their own steps, to report what each did
-            verbose=False,
-        )
-    registration.setLevel(level)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not actionable by users
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
+                output_names=export_config.output_names(config, with_past),
+                opset_version=opset,
+                dynamo=True,
+                optimize=False,  # the optimizer and fusions run as their own steps, to report what each did
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
     return program.model
 
 
