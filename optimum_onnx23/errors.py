@@ -15,6 +15,8 @@ __all__ = [
     "VariantFormatError",
     "VariantNotFoundError",
     "VariantNotApplicableError",
+    "NotCoveredError",
+    "ConflictingDistributionError",
 ]
 
 
@@ -63,3 +65,11 @@ class VariantNotFoundError(OptimumOnnx23Error, KeyError):
 
 class VariantNotApplicableError(VariantFormatError):
     """A built-in variant finds nothing to rewrite in this graph (e.g. no RMSNormalization in GPT-2)."""
+
+
+class NotCoveredError(OptimumOnnx23Error, ImportError):
+    """An optimum-onnx name (another task, quantization, ...) that our `optimum.onnxruntime` does not provide."""
+
+
+class ConflictingDistributionError(OptimumOnnx23Error, ImportError):
+    """optimum-onnx is installed too: our `optimum.onnxruntime` refuses to stand in for it."""
