@@ -3,8 +3,11 @@
 `DynamicKVCache` feeds each step's `present.*` outputs back as the next `past_key_values.*`
 inputs without touching them. `StaticKVCache` allocates fixed `[batch, kv_heads, N, head_dim]`
 buffers once and binds each buffer as both the input and the output of its layer, so the graph's
-in-place scatter writes the new positions and no KV bytes are copied. Beam search reorders either
-cache with a small Gather graph run on the same provider: the cache never leaves the device.
+in-place scatter writes the new positions and a step copies no KV bytes. Beam search reorders either
+cache with a small Gather graph run on the same provider: the cache never leaves the device, but
+each reorder is a copy (of all N positions for a static cache). Reordering in place would need the
+graph to read rows through an index; measured on the SmolLM2 shape (30 layers, 3 kv heads, beam 4,
+N=256) one reorder copies 47 MB: 23 ms best of 15 on this shared 2-core machine.
 """
 
 from __future__ import annotations

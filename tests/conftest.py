@@ -6,7 +6,9 @@ base temp dir and are guarded by file locks, so an export is done once for the w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
@@ -15,13 +17,40 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-# Before anything imports huggingface_hub, which reads these once at import time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Before anything imports huggingface_hub, which reads these once at import time. Set, not
+# defaulted: a caller's shell exporting HF_HUB_OFFLINE=0 must not let the suite reach the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import ARCHITECTURES, BUNDLED, save_tiny_model  # noqa: E402
+
+INTEROP = "interop"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        f"{INTEROP}: runs a consumer (optimum-onnx, transformers.js, onnxruntime-genai) in the environment "
+        "scripts/test.sh builds; under CI=true a skip of such a test is a failure",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true, an interop test that skips (its consumer environment is missing) fails:
+    scripts/test.sh builds those environments, so a skip there means the build broke."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and item.get_closest_marker(INTEROP) is not None and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"interop test skipped under CI=true (scripts/test.sh builds its environment): {reason}"
 
 
 @pytest.fixture(scope="session")
@@ -61,14 +90,25 @@ def run_optimum_cli(*argv: str) -> int:
 
 
 def _export_once(shared_tmp: Path, label: str, source: Path, cli_args: tuple[str, ...]) -> Path:
-    """`optimum-cli export onnx --dynamo --model SOURCE *CLI_ARGS`, once per run for all xdist workers."""
+    """`optimum-cli export onnx --dynamo --model SOURCE *CLI_ARGS`, once per run for all xdist workers.
+
+    What the command printed on stdout is kept beside the folder (`export_stdout`): whichever
+    test triggered the export, every test reads the same text."""
     key = hashlib.sha1(json.dumps(cli_args).encode()).hexdigest()[:8]
     out = shared_tmp / f"onnx-{label}-{key}"
     with FileLock(str(out) + ".lock"):
         if not (out / "export_report.json").exists():
-            code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, *cli_args, out)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, *cli_args, out)
+            Path(str(out) + ".stdout").write_text(printed.getvalue())
             assert code == 0, f"export of {label} {cli_args} failed with exit code {code}"
     return out
+
+
+def export_stdout(folder: Path) -> str:
+    """What `optimum-cli export onnx` printed on stdout when `exported_dir` made `folder`."""
+    return Path(str(folder) + ".stdout").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 
 import numpy as np
 import onnx
@@ -198,18 +199,44 @@ def test_attention_reads_grouped_kv_heads_without_repeat_copies(exported_dir):
         assert applied["onnxscript"]["GQA"] + applied["optimum_onnx23"]["GroupedKvAttention"] == 2
 
 
-def test_variants_and_dry_run_publish_from_the_export_command(exported_dir, capsys):
-    from optimum_onnx23.variants import list_variants
+def test_variants_and_dry_run_publish_from_the_export_command(exported_dir, tmp_path):
+    import shutil
+
+    from conftest import export_stdout
+    from optimum_onnx23.publish import plan_hub_layout
+    from optimum_onnx23.publish.push import _size
+    from optimum_onnx23.variants import attach_builtin_variants, list_variants
     from optimum_onnx23.variants.folder import load_model
 
-    folder = exported_dir("bundled", "--variant", "ort-cpu-int8", "--push-to-hub", "tiny-org/tiny-llama-onnx", "--dry-run")
-    out = capsys.readouterr().out
-    assert "Dry run: nothing was uploaded" in out and "onnx/model.onnx" in out and "- ort-cpu-int8" in out
+    repo_id = "tiny-org/tiny-llama-onnx"
+    folder = exported_dir("bundled", "--variant", "ort-cpu-int8", "--push-to-hub", repo_id, "--dry-run")
+    # What the command printed, kept by the fixture whichever test made the export.
+    out = export_stdout(folder)
+    layout = plan_hub_layout(folder, repo_id)
+    assert out.startswith(f"Dry run: nothing was uploaded. A push would commit {len(layout.files)} files")
+    listed = dict(re.findall(r"^  (\S+) +(\d[\d,.]* [kM]B)$", out, re.M))
+    assert listed == {f.path_in_repo: _size(f.size) for f in layout.files}
+    assert "onnx/model.onnx" in listed and "genai_config.json" in listed
+    assert "\n- ort-cpu-int8\n" in out and str(layout.card).rstrip() in out
+
     assert [v.name for v in list_variants(load_model(folder / "model.onnx"))] == ["ort-cpu-int8"]
     report = json.loads((folder / "export_report.json").read_text())
-    added = report["variants"]["variants"]["ort-cpu-int8"]
     assert report["files"]["model.onnx_data"] == (folder / "model.onnx_data").stat().st_size
-    assert added and report["cache"] == "dynamic" and report["logits"] == "all"
+    assert report["cache"] == "dynamic" and report["logits"] == "all"
+    # The export's attach report is what attaching to the plain export gives.
+    plain = tmp_path / "plain"
+    shutil.copytree(exported_dir("bundled"), plain)
+    expected = attach_builtin_variants(plain, ["ort-cpu-int8"])
+    added, want = report["variants"]["variants"]["ort-cpu-int8"], expected["variants"]["ort-cpu-int8"]
+    for key in ("owned_bytes", "data_bytes_added", "graph_bytes_added", "nodes", "ops"):
+        assert added[key] == want[key], key
+    assert report["variants"]["skipped"] == {} and report["variants"]["files_after"] == expected["files_after"]
+    assert added["ops"] == ["ai.onnx::Constant", "ai.onnx::Split", "com.microsoft::DynamicQuantizeMatMul", "com.microsoft::SkipSimplifiedLayerNormalization"]
+    # ... and what the written file holds.
+    (info,) = list_variants(load_model(folder / "model.onnx"))
+    proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    (function,) = [f for f in proto.functions if f.domain == "pkg.optimum_onnx23.variant"]
+    assert added["nodes"] == len(function.node) and added["owned_bytes"] == info.owned_bytes and added["ops"] == info.ops
 
 
 def test_bf16_export_says_it_was_not_validated(exported_dir):

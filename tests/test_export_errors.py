@@ -217,3 +217,83 @@ def test_export_from_hub_cache_offline(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="tiny-org/tiny-llama"):
         export("tiny-org/tiny-llama", tmp_path / "out2", cache_dir=str(cache), revision="no-such-branch")
     assert not (tmp_path / "out2").exists()
+
+
+# ---- a failure in the last steps leaves nothing behind ------------------------------------------
+# Each failure is injected where the bytes are written, through seams that do not depend on how
+# exporters/convert.py orders its steps: the variants package's attach function, transformers'
+# tokenizer save_pretrained (what exporters.tokenizer.save_tokenizer calls), and the rename that
+# moves the staged folder into place (exporters/output.py).
+
+
+def _fail_after(original, error):
+    def failing(*args, **kwargs):
+        original(*args, **kwargs)  # do the real work (files land in the staging folder), then fail
+        raise error
+
+    return failing
+
+
+def _export_fails_cleanly(tmp_path, overwrite: bool, error_type, **export_kwargs):
+    from optimum_onnx23.exporters import export
+
+    out = tmp_path / "out"
+    if overwrite:
+        out.mkdir()
+        (out / "keep.txt").write_text("previous export")
+    with pytest.raises(error_type):
+        export(BUNDLED, out, overwrite=overwrite, **export_kwargs)
+    if overwrite:
+        assert leftovers(tmp_path, "out") == ["out"]
+        assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "previous export"
+    else:
+        assert leftovers(tmp_path, "out") == []
+
+
+def test_failure_while_attaching_a_variant_leaves_nothing_behind(tmp_path, monkeypatch):
+    import optimum_onnx23.variants as variants
+
+    attach = _fail_after(variants.attach_builtin_variants, OSError(28, "No space left on device"))
+    monkeypatch.setattr(variants, "attach_builtin_variants", attach)
+    _export_fails_cleanly(tmp_path, False, OSError, variants=["ort-cpu-int8"])
+
+
+def test_failure_while_saving_the_tokenizer_leaves_nothing_behind(tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    save = _fail_after(PreTrainedTokenizerBase.save_pretrained, OSError(28, "No space left on device"))
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", save)
+    _export_fails_cleanly(tmp_path, False, OSError)
+
+
+def _failing_final_rename(monkeypatch, output_name: str):
+    original = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith(f".{output_name}.partial-") and Path(target).name == output_name:
+            raise OSError(5, "Input/output error")
+        return original(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_failure_while_moving_the_export_into_place_keeps_the_previous_folder(tmp_path, monkeypatch):
+    _failing_final_rename(monkeypatch, "out")
+    _export_fails_cleanly(tmp_path, True, OSError)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_staged_output_folder_restores_on_a_failed_move(tmp_path, monkeypatch, existing):
+    from optimum_onnx23.exporters.output import staged_output_folder
+
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "keep.txt").write_text("previous export")
+    _failing_final_rename(monkeypatch, "out")
+    with pytest.raises(OSError, match="Input/output error"):
+        with staged_output_folder(out) as staging:
+            (staging / "model.onnx").write_bytes(b"new")
+    assert leftovers(tmp_path, "out") == (["out"] if existing else [])
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]

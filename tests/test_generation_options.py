@@ -207,6 +207,24 @@ def test_corrupt_onnx_file(tmp_path, folder):
     assert "\n" not in str(info.value)
 
 
+def test_export_without_past_is_refused_with_the_fix(exported_dir):
+    """`--task text-generation` graphs have no KV cache: generation would recompute the whole
+    sequence every step, so the loader refuses them in one line that names the export to make."""
+    from optimum_onnx23 import pipeline
+
+    folder = exported_dir("llama", "--task", "text-generation")
+    message = (
+        f"{folder / 'model.onnx'} is not a decoder exported with a KV cache (no past_key_values.* inputs); export it "
+        "with `optimum-cli export onnx --dynamo --task text-generation-with-past`."
+    )
+    with pytest.raises(UnsafeModelFileError) as info:
+        ORTModelForCausalLM.from_pretrained(folder)
+    assert str(info.value) == message
+    with pytest.raises(UnsafeModelFileError) as info:
+        pipeline("text-generation", model=folder, accelerator="ort")
+    assert str(info.value) == message
+
+
 def test_hub_layout_folder(tmp_path, folder, model, tokenizer):
     """transformers.js' layout: ONNX under onnx/, config and tokenizer at the root."""
     import shutil

@@ -15,9 +15,13 @@ COMPAT_PYTHON = os.environ.get("OPTIMUM_ONNX23_COMPAT_PYTHON")
 SCRIPT = Path(__file__).parent / "compat" / "optimum_onnx_generate.py"
 PROMPTS = ["ONNX is", "Hello! I am a tiny"]
 
-pytestmark = pytest.mark.skipif(
-    not COMPAT_PYTHON, reason="no optimum-onnx venv: run through scripts/test.sh, which creates .venv-compat"
-)
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        not COMPAT_PYTHON or not Path(COMPAT_PYTHON).exists(),
+        reason="no optimum-onnx venv: run through scripts/test.sh, which creates .venv-compat",
+    ),
+]
 
 
 @pytest.mark.parametrize("model_type", ["bundled", "qwen3"])

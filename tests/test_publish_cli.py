@@ -28,14 +28,16 @@ def export_folder(exported_dir) -> Path:
     return exported_dir("llama")
 
 
-def test_flags_parse():
+def test_flags_parse(no_network, capsys):
     args = _parser().parse_args(
         ["--dynamo", "-m", "model", "out", "--push-to-hub", REPO_ID, "--private", "--commit-message", "first", "--dry-run"]
     )
     assert (args.push_to_hub, args.private, args.commit_message, args.dry_run) == (REPO_ID, True, "first", True)
     defaults = _parser().parse_args(["-m", "model", "out"])
     assert (defaults.push_to_hub, defaults.private, defaults.commit_message, defaults.dry_run) == (None, False, None, False)
-    publish_from_args(defaults, Path("does-not-matter"))  # no --push-to-hub: nothing to do, no error
+    # no --push-to-hub: nothing to do (the folder is not even looked at), no network, nothing printed
+    assert publish_from_args(defaults, Path("does-not-matter")) is None
+    assert no_network == [] and capsys.readouterr() == ("", "")
 
 
 def test_there_is_no_token_flag(capsys):
@@ -64,9 +66,10 @@ def test_missing_token_is_caught_before_the_export(fake_hub, monkeypatch):
     push = _parser().parse_args(["-m", "model", "out", "--push-to-hub", REPO_ID])
     with pytest.raises(MissingTokenError, match="set HF_TOKEN or run `hf auth login`"):
         check_publish_args(push)
-    check_publish_args(_parser().parse_args(["-m", "model", "out", "--push-to-hub", REPO_ID, "--dry-run"]))
+    # a dry run needs no token; with one, a push passes the offline checks; neither asks the Hub
+    assert check_publish_args(_parser().parse_args(["-m", "model", "out", "--push-to-hub", REPO_ID, "--dry-run"])) is None
     monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenForTests0123456789abcdef")
-    check_publish_args(push)
+    assert check_publish_args(push) is None
     assert fake_hub.requests == []
 
 

@@ -144,8 +144,11 @@ def test_variants_are_named_by_transformers_js_conventions(export_folder, tmp_pa
     folder.mkdir()
     for p in export_folder.iterdir():
         shutil.copy2(p, folder / p.name)
-    # A variant with its own external data, named like transformers.js' `dtype: "int8"` file.
+    # A variant with its own external data, named like transformers.js' `dtype: "int8"` file (here the
+    # main graph with one weight changed, so that its outputs tell the two files apart).
     proto = onnx.load(str(export_folder / "model.onnx"))
+    weight = max(proto.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 0.5, weight.name))
     onnx.save_model(proto, str(folder / "model_int8.onnx"), save_as_external_data=True, location="model_int8.onnx_data")
     target = tmp_path / "hub"
     layout = save_pretrained(folder, target, REPO_ID)
@@ -156,8 +159,22 @@ def test_variants_are_named_by_transformers_js_conventions(export_folder, tmp_pa
     assert "int8" in layout.card.data.tags and "Attached variants: `int8`." in layout.card.text
     # genai_config.json stays on the main graph.
     assert json.loads((target / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "onnx/model.onnx"
-    session = ort.InferenceSession(str(target / "onnx" / "model_int8.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()][0] == "logits"
+    # Each published file is the graph and weights it was made from: same outputs, same values.
+    def outputs(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ids = np.array([[1, 45, 300, 12, 9]], np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None]}
+        for i in session.get_inputs()[3:]:
+            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        return [o.name for o in session.get_outputs()], session.run(None, feeds)
+
+    main_names, main_values = outputs(export_folder / "model.onnx")
+    for name in ("model.onnx", "model_int8.onnx"):
+        names, values = outputs(target / "onnx" / name)
+        want_names, want_values = outputs(folder / name)
+        assert names == want_names == main_names
+        assert all(np.array_equal(a, b) for a, b in zip(values, want_values)), name
+    assert not np.array_equal(outputs(target / "onnx" / "model_int8.onnx")[1][0], main_values[0])
 
 
 def test_external_data_outside_the_folder_is_refused(export_folder, tmp_path):

@@ -17,10 +17,13 @@ import torch
 from optimum_onnx23.publish import save_pretrained
 
 COMPAT_PYTHON = os.environ.get("OPTIMUM_ONNX23_COMPAT_PYTHON")
-pytestmark = pytest.mark.skipif(
-    not COMPAT_PYTHON or not Path(COMPAT_PYTHON).exists(),
-    reason="optimum-onnx's venv is not set up: run through scripts/test.sh, or set OPTIMUM_ONNX23_COMPAT_PYTHON",
-)
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        not COMPAT_PYTHON or not Path(COMPAT_PYTHON).exists(),
+        reason="optimum-onnx's venv is not set up: run through scripts/test.sh, or set OPTIMUM_ONNX23_COMPAT_PYTHON",
+    ),
+]
 
 # The usage section of the card, with the prompt given as ids so that tokenizers play no part.
 SNIPPET = """

@@ -60,15 +60,33 @@ def test_static_matches_dynamic(model_type, exported_dir, capfd):
     assert COPY_WARNING not in capfd.readouterr().err  # onnxruntime logs a warning for every KV copy
 
 
+def _record_presents(state) -> list[list[int]]:
+    """Addresses of the present.* OrtValues onnxruntime returns from each step of `state`, as it
+    reports them (before the cache's own bookkeeping sees them)."""
+    seen: list[list[int]] = []
+    update = state.cache.update
+
+    def recording_update(presents, step_length):
+        seen.append([value.data_ptr() for value in presents])
+        return update(presents, step_length)
+
+    state.cache.update = recording_update
+    return seen
+
+
 def test_cache_buffers_are_written_in_place(exported_dir, capfd):
     static = ORTModelForCausalLM.from_pretrained(_static(exported_dir, "llama"))
     state = static.new_state(batch_size=2)
-    pointers = [value.data_ptr() for value in state.cache.values]
+    buffers = [value.data_ptr() for value in state.cache.values]
+    presents = _record_presents(state)
     capfd.readouterr()
     state.step(np.array([[5, 6, 7], [8, 9, 10]]))
     for token in (11, 12, 13):
         state.step(np.array([[token], [token]]))
-    assert [value.data_ptr() for value in state.cache.values] == pointers
+    # onnxruntime wrote every step's presents into the buffers bound as the pasts: a copy would
+    # have returned presents at other addresses (an output allocated by onnxruntime).
+    assert presents == [buffers] * 4
+    assert [value.data_ptr() for value in state.cache.values] == buffers  # and the cache keeps them
     assert state.cache.length == 6
     key = state.cache.values[0].numpy()
     assert np.abs(key[:, :, :6]).sum() > 0 and not key[:, :, 6:].any()  # written slots only
@@ -86,6 +104,58 @@ def test_cache_buffers_are_written_in_place(exported_dir, capfd):
     feeds.update({name: np.zeros(shape, np.float32) for name in static.io.past_names()})
     session.run(None, feeds)
     assert COPY_WARNING in capfd.readouterr().err
+
+
+def test_static_cache_copies_only_for_beam_reordering(exported_dir, monkeypatch, capfd):
+    """What README says is copied: greedy decoding copies no KV byte; beam search reorders the
+    buffers once per step with a Gather on the device (a copy of all max_cache_len positions),
+    and each step then writes into the reordered buffers in place."""
+    from optimum_onnx23.pipelines import kv_cache
+
+    gathers: list[tuple[list[int], list[int]]] = []  # (input addresses, output addresses) per Gather
+    original = kv_cache._Reorderer.__call__
+
+    def recording_call(self, values, beam_idx):
+        outputs = original(self, values, beam_idx)
+        gathers.append(([v.data_ptr() for v in values], [v.data_ptr() for v in outputs]))
+        return outputs
+
+    monkeypatch.setattr(kv_cache._Reorderer, "__call__", recording_call)
+    states = []
+    new_state = ORTModelForCausalLM.new_state
+
+    def recording_new_state(self, batch_size):
+        state = new_state(self, batch_size)
+        states.append((state, _record_presents(state)))
+        return state
+
+    monkeypatch.setattr(ORTModelForCausalLM, "new_state", recording_new_state)
+    static = ORTModelForCausalLM.from_pretrained(_static(exported_dir, "llama"))
+    inputs = _encode(static.folder)
+    capfd.readouterr()
+
+    static.generate(**inputs, max_new_tokens=8)
+    (state, presents), = states
+    assert gathers == [] and presents == [presents[0]] * 8  # greedy: the same buffers at every step
+
+    states.clear()
+    new_tokens = 8
+    static.generate(**inputs, max_new_tokens=new_tokens, num_beams=4, num_return_sequences=2, early_stopping="never")
+    (state, presents), = states
+    # Steps: the prefill, then new_tokens - 1 decoding steps. Gathers: one expands the prompts'
+    # cache to the beams, then one reorders it before each decoding step (none is skipped here:
+    # an unchanged beam order would skip it).
+    assert len(presents) == new_tokens and len(gathers) == new_tokens
+    assert gathers[0][0] == presents[0] and gathers[1][0] == gathers[0][1]
+    for step in range(1, new_tokens):
+        inputs_at, outputs_at = gathers[step]
+        assert not set(outputs_at) & set(inputs_at)  # a Gather writes new buffers: the copy
+        assert presents[step] == outputs_at  # the step then writes in place into them
+        if step > 1:
+            assert inputs_at == presents[step - 1]  # and the next Gather copies those
+    assert COPY_WARNING not in capfd.readouterr().err
+    rows, = {v.shape()[0] for v in state.cache.values}
+    assert rows == 3 * 4 and state.cache.values[0].shape()[2] == MAX_CACHE_LEN  # whole buffers, every step
 
 
 def test_cache_too_small_is_refused_before_any_work(exported_dir):

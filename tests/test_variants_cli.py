@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import onnx
@@ -21,8 +22,18 @@ def test_cli_round_trip(exported_dir, tmp_path, capsys):
     shutil.copytree(exported_dir("bundled"), folder)
     original = _digest(folder)
 
+    data_before = (folder / "model.onnx_data").stat().st_size
     assert run_optimum_cli("onnx23", "variants", "attach", folder, "--variant", "ort-cpu-int8", "--variant", "ort-cpu") == 0
-    assert "attached ort-cpu-int8: " in capsys.readouterr().out
+    lines = capsys.readouterr().out.strip().splitlines()
+    line = re.compile(r"attached (\S+): (\d+) nodes, \+(\d+\.\d\d) MB weights, \+(\d+\.\d) KB graph, \d+\.\d s")
+    printed = [line.fullmatch(text).groups() for text in lines]
+    assert [p[0] for p in printed] == ["ort-cpu-int8", "ort-cpu"]
+    proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    bodies = {f.name: len(f.node) for f in proto.functions if f.domain == "pkg.optimum_onnx23.variant"}
+    assert [int(p[1]) for p in printed] == [bodies["ort_cpu_int8"], bodies["ort_cpu"]]
+    # int8 brings its packed weights to the data file; the fp32 ort-cpu rewrite adds no weight.
+    added = (folder / "model.onnx_data").stat().st_size - data_before
+    assert printed[0][2] == f"{added / 1e6:.2f}" and added > 0 and printed[1][2] == "0.00"
 
     assert run_optimum_cli("onnx23", "variants", "list", folder, "--json") == 0
     listed = json.loads(capsys.readouterr().out)

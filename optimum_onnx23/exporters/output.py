@@ -38,10 +38,17 @@ def staged_output_folder(output: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    previous = None
-    if output.exists():
-        previous = output.with_name(f".{output.name}.previous-{os.getpid()}")
-        output.rename(previous)
-    staging.rename(output)
-    if previous is not None:
+    previous = output.with_name(f".{output.name}.previous-{os.getpid()}")
+    moved_aside = False
+    try:
+        if output.exists():
+            output.rename(previous)
+            moved_aside = True
+        staging.rename(output)
+    except BaseException:  # the move itself failed: put the old folder back, drop the new one
+        if moved_aside and not output.exists():
+            previous.rename(output)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if moved_aside:
         shutil.rmtree(previous, ignore_errors=True)
