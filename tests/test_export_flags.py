@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from conftest import run_optimum_cli
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 from test_export import op_counts
+from tiny_models import BUNDLED
 
 PROMPTS = ["ONNX is", "The tiny model reads a much longer prompt than the others", "Hi"]
 # Unseen by the exporter (trace: batch 2, seq 5, past 3; validation: see exporters/validate.py):
@@ -170,11 +171,6 @@ def test_bf16_logits_match_pytorch_in_bf16(exported_dir, tiny_model_dir):
     assert_matches_pytorch(_reference_evaluator_run, folder, tiny_model_dir("llama"), torch.bfloat16, ml_dtypes.bfloat16)
 
 
-@pytest.mark.xfail(
-    not torch.cuda.is_available(), strict=True,
-    reason="export() hands --device to torch unchecked: without CUDA the CLI ends in torch's AssertionError "
-    "traceback, not a one-line error (the check belongs in exporters/convert.py; reported to the lead)",
-)
 def test_device_flag(tmp_path, capsys, tiny_model_dir):
     """`--device cuda` traces on the GPU and the graph matches PyTorch; where torch has no CUDA it is
     refused in one line that names the device, and nothing is written."""
@@ -185,7 +181,20 @@ def test_device_flag(tmp_path, capsys, tiny_model_dir):
         assert_matches_pytorch(_ort_run, out, tiny_model_dir("llama"))
         return
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err[-1].startswith("error:") and "cuda" in err[-1], err[-3:]
+    assert err[-1] == "error: --device cuda: this torch build has no cuda device; pass --device cpu.", err[-3:]
+    assert code == 1 and [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("nope", "error: Unknown device `nope`; pass --device cpu, cuda or cuda:N."),
+        ("meta", "error: --device meta holds no weights to trace or validate; pass --device cpu or cuda."),
+    ],
+)
+def test_bad_device_is_one_line(device, message, tmp_path, capsys):
+    code = run_optimum_cli("export", "onnx", "--dynamo", "--device", device, "--model", BUNDLED, tmp_path / "out")
+    assert code == 1 and capsys.readouterr().err.strip().splitlines()[-1] == message
     assert [p.name for p in tmp_path.iterdir()] == []
 
 

@@ -36,6 +36,25 @@ def max_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
+def _check_device(device: str) -> None:
+    """The device to trace on must exist in this torch build and hold real weights."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"Unknown device `{device}`; pass --device cpu, cuda or cuda:N.") from None
+    if parsed.type == "meta":
+        raise InvalidArgumentError("--device meta holds no weights to trace or validate; pass --device cpu or cuda.")
+    if parsed.type != "cpu":
+        backend = getattr(torch, parsed.type, None)
+        available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+        if not available:
+            raise InvalidArgumentError(f"--device {device}: this torch build has no {parsed.type} device; pass --device cpu.")
+        if parsed.index is not None and parsed.index >= backend.device_count():
+            raise InvalidArgumentError(f"--device {device}: there are only {backend.device_count()} {parsed.type} devices.")
+
+
 def _check_options(options: ExportOptions) -> None:
     """One-line errors for every argument, before anything is loaded or written."""
     check_known(options.task, TASKS, "task", "--task")
@@ -52,6 +71,7 @@ def _check_options(options: ExportOptions) -> None:
     if options.atol == 0 and options.rtol == 0:
         raise InvalidArgumentError("--atol 0 with --rtol 0 allows no rounding at all; pass a positive tolerance.")
     check_known(options.logits, LOGITS_MODES, "logits mode", "--logits")
+    _check_device(options.device)
     static_cache.check_static_arguments(options.cache, options.max_cache_len, options.with_past, options.opset)
     if options.variants:
         from ..variants.producers import BUILTIN
