@@ -80,11 +80,13 @@ def _providers(
 
 
 def _is_transformers_checkpoint(model_id, subfolder: str, file_name: str | None) -> bool:
-    """A local folder with config.json and no ONNX file anywhere optimum-onnx would look."""
+    """A local folder with config.json and weights but no ONNX file anywhere optimum-onnx would look
+    (a folder with neither weights nor ONNX gets the "no ONNX model" error, not a failed export)."""
     folder = Path(model_id).expanduser() / subfolder
     if file_name is not None or not (folder / "config.json").is_file():
         return False
-    return not any(folder.glob("*.onnx")) and not any((folder / "onnx").glob("*.onnx"))
+    has_weights = any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"))
+    return has_weights and not any(folder.glob("*.onnx")) and not any((folder / "onnx").glob("*.onnx"))
 
 
 def _copy_replacing(source: Path, target: Path) -> None:
