@@ -34,7 +34,19 @@ def parse_export_args(parser: ArgumentParser) -> None:
     optional.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="Data type of the exported weights and activations.")
     optional.add_argument("--device", type=str, default="cpu", help='The device to use to do the export. Defaults to "cpu".')
     optional.add_argument("--no-fusions", action="store_true", help="Do not fuse Attention, RMSNormalization and RotaryEmbedding.")
-    optional.add_argument("--atol", type=float, default=None, help="Max absolute difference allowed against PyTorch (default 1e-4 in fp32).")
+    optional.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="Validation: each output must satisfy max|ONNX - PyTorch| <= atol + rtol * max|PyTorch| (default atol 1e-4 in fp32, 2e-2 fp16).",
+    )
+    optional.add_argument("--rtol", type=float, default=None, help="Validation: the relative part of the tolerance (default 1e-4 in fp32, 1e-2 fp16).")
+    optional.add_argument(
+        "--gguf-file",
+        type=str,
+        default=None,
+        help="Export the weights of this GGUF file (llama.cpp) found in the --model folder or Hub repository, dequantized.",
+    )
     optional.add_argument("--trust-remote-code", action="store_true", help="Allow custom model code from the Hub. Only use with repositories you trust.")
     optional.add_argument("--revision", type=str, default=None, help="Revision of the model repository (branch, tag or commit).")
     optional.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", type=str, default=None, help="Path indicating where to store cache.")
@@ -112,6 +124,8 @@ def run_cli(args) -> int:
             device=args.device,
             fusions_enabled=not args.no_fusions,
             atol=args.atol,
+            rtol=args.rtol,
+            gguf_file=args.gguf_file,
             trust_remote_code=args.trust_remote_code,
             revision=args.revision,
             cache_dir=args.cache_dir,

@@ -7,6 +7,7 @@ __all__ = [
     "OptimumOnnx23Error",
     "UnsupportedArchitectureError",
     "ModelNotFoundError",
+    "CorruptCheckpointError",
     "InvalidArgumentError",
     "OutputFolderError",
     "ValidationError",
@@ -14,6 +15,8 @@ __all__ = [
     "VariantFormatError",
     "VariantNotFoundError",
     "VariantNotApplicableError",
+    "NotCoveredError",
+    "ConflictingDistributionError",
 ]
 
 
@@ -27,6 +30,10 @@ class UnsupportedArchitectureError(OptimumOnnx23Error, ValueError):
 
 class ModelNotFoundError(OptimumOnnx23Error, FileNotFoundError):
     pass
+
+
+class CorruptCheckpointError(OptimumOnnx23Error, ValueError):
+    """A weight file of the checkpoint is not what its name says (not safetensors, truncated, not GGUF)."""
 
 
 class InvalidArgumentError(OptimumOnnx23Error, ValueError):
@@ -58,3 +65,11 @@ class VariantNotFoundError(OptimumOnnx23Error, KeyError):
 
 class VariantNotApplicableError(VariantFormatError):
     """A built-in variant finds nothing to rewrite in this graph (e.g. no RMSNormalization in GPT-2)."""
+
+
+class NotCoveredError(OptimumOnnx23Error, ImportError):
+    """An optimum-onnx name (another task, quantization, ...) that our `optimum.onnxruntime` does not provide."""
+
+
+class ConflictingDistributionError(OptimumOnnx23Error, ImportError):
+    """optimum-onnx is installed too: our `optimum.onnxruntime` refuses to stand in for it."""

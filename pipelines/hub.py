@@ -63,6 +63,7 @@ def resolve_model_files(
     file_name: str | None = None,
     local_files_only: bool = False,
     token: str | bool | None = None,
+    force_download: bool = False,
 ) -> ModelFiles:
     """Resolve a local folder or a Hub id to local files. For a Hub id only the configs, the
     tokenizer files and the chosen ONNX file with its external data are fetched; with
@@ -91,6 +92,7 @@ def resolve_model_files(
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
+            force_download=force_download,
             allow_patterns=patterns,
         )
     except (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import AutoConfig, Cache, DynamicCache, GenerationConfig
+from transformers import AutoConfig, Cache, DynamicCache, GenerationConfig, PreTrainedConfig
 from transformers.generation import GenerationMode, LogitsProcessorList, StoppingCriteriaList
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -59,6 +60,45 @@ def _one_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _providers(
+    provider: str, providers: Sequence[str] | None, provider_options: Sequence[dict] | dict | None
+) -> list[str | tuple[str, dict]]:
+    """optimum-onnx's rules: `providers` wins over `provider`; options are one dict for the first
+    provider or one per provider."""
+    names = list(providers) if providers is not None else [provider]
+    if provider_options is None:
+        options = [{}] * len(names)
+    elif isinstance(provider_options, dict):
+        options = [provider_options] + [{}] * (len(names) - 1)
+    else:
+        options = list(provider_options)
+        if len(options) != len(names):
+            raise InvalidArgumentError(
+                f"{len(options)} provider_options for {len(names)} providers; pass one dict per provider, or one dict for the first."
+            )
+    return [(name, dict(opts)) if opts else name for name, opts in zip(names, options)]
+
+
+def _is_transformers_checkpoint(model_id, subfolder: str, file_name: str | None) -> bool:
+    """A local folder with config.json and no ONNX file anywhere optimum-onnx would look."""
+    folder = Path(model_id).expanduser() / subfolder
+    if file_name is not None or not (folder / "config.json").is_file():
+        return False
+    return not any(folder.glob("*.onnx")) and not any((folder / "onnx").glob("*.onnx"))
+
+
+def _copy_replacing(source: Path, target: Path) -> None:
+    """Copy `source` over `target` through a temporary name, so `target` is never half-written."""
+    if target.exists() and os.path.samefile(source, target):
+        return
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 class ORTModelForCausalLM:
     """A decoder exported by `optimum-cli export onnx --dynamo`, run by onnxruntime.
 
@@ -84,41 +124,198 @@ class ORTModelForCausalLM:
         # Where config and tokenizer live (the repo root in the Hub layout); from_pretrained sets it.
         self.folder: Path | None = self.model_path.parent if self.model_path is not None else None
         self.io: DecoderIO = read_decoder_io(session, config, str(model_path or "model.onnx"))
+        self.use_io_binding = True  # optimum-onnx's attribute; generate() always binds (see from_pretrained)
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls,
-        model_id_or_path: str | os.PathLike,
-        provider: str = "CPUExecutionProvider",
-        session_options: ort.SessionOptions | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
+        model_id: str | os.PathLike,
+        config: PreTrainedConfig | str | os.PathLike | None = None,
+        export: bool = False,
         subfolder: str = "",
-        file_name: str | None = None,
+        revision: str | None = None,
+        force_download: bool = False,
         local_files_only: bool = False,
+        trust_remote_code: bool = False,
+        cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
-        provider_options: dict | None = None,
+        provider: str = "CPUExecutionProvider",
+        providers: Sequence[str] | None = None,
+        provider_options: Sequence[dict[str, Any]] | dict[str, Any] | None = None,
+        session_options: ort.SessionOptions | None = None,
+        use_io_binding: bool | None = None,
+        use_cache: bool = True,
+        generation_config: GenerationConfig | None = None,
+        dtype: torch.dtype | str | None = None,
+        file_name: str | None = None,
+        **kwargs: Any,
     ) -> "ORTModelForCausalLM":
-        """Open a local exported folder (flat, or with the graph under `onnx/`) or a Hub repository.
+        """Open an exported folder (flat, or with the graph under `onnx/`) or a Hub repository; with
+        `export=True`, export a transformers checkpoint first. optimum-onnx's arguments and defaults.
 
-        Raises one-line `ModelNotFoundError` when no ONNX file or config is found and
-        `UnsafeModelFileError` when the ONNX file is corrupt or points outside its folder."""
+        Args:
+            model_id: an exported folder or Hub id; with `export=True` a transformers checkpoint
+                (folder or Hub id). A local checkpoint folder without any ONNX file is exported
+                as if `export=True` were passed (with a warning), as optimum-onnx does.
+            config: a `PretrainedConfig` (or where to load one) instead of the model's config.json.
+            export: export with this package's dynamo exporter (opset 23, fusions, validated against
+                PyTorch) into a cache folder keyed by the checkpoint's content, the options and the
+                package versions (`pipelines/export_cache.py`); later calls with the same inputs load
+                that folder without exporting. The `[i/N]` steps show on stderr unless logging is set up.
+            subfolder, revision, force_download, local_files_only, cache_dir, token: Hub options.
+            trust_remote_code: let the export run the repository's model code (off by default).
+            provider, providers, provider_options, session_options: the onnxruntime session:
+                `providers` (a list) takes precedence over `provider`; `provider_options` is one dict
+                for the first provider or one per provider.
+            use_io_binding: accepted for optimum-onnx's scripts and kept as `model.use_io_binding`,
+                but a no-op: `generate()` always keeps the KV cache in onnxruntime values bound as
+                outputs and inputs (IO binding) on every provider, and `forward()` exchanges torch or
+                numpy tensors by definition.
+            use_cache: becomes `config.use_cache`, so `forward()` returns the present cache or not.
+                The graph always has KV-cache inputs and outputs (one graph serves prefill and decode)
+                and `generate()` always uses them: optimum-onnx's cache-less re-run of the whole
+                sequence at each step would give the same tokens, only slower.
+            generation_config: instead of the model's generation_config.json.
+            dtype: with `export=True`, the export's dtype (torch.float32 by default, float16,
+                bfloat16). Loading an ONNX model, the graph fixes the dtype: a different one is
+                refused ("auto" is accepted).
+            file_name: the ONNX file to load (default `model.onnx`); ignored with `export=True`.
+
+        Raises one-line `ModelNotFoundError` when no ONNX file or config is found,
+        `UnsafeModelFileError` when the ONNX file is corrupt or points outside its folder and
+        `InvalidArgumentError` for arguments this runtime does not take."""
+        dtype = None if dtype == "auto" else dtype
+        if kwargs:
+            raise InvalidArgumentError(
+                f"Unknown from_pretrained() argument(s): {', '.join(sorted(kwargs))}; see help(ORTModelForCausalLM.from_pretrained)."
+            )
+        if not export and _is_transformers_checkpoint(model_id, subfolder, file_name):
+            logger.warning(
+                "No ONNX model in %s: exporting the checkpoint to ONNX now (export=True); later loads reuse the export.", model_id
+            )
+            export = True
+        if export:
+            from .export_cache import cached_export, export_dtype
+
+            if file_name is not None:
+                logger.warning("file_name=%s is ignored: the model is exported to model.onnx (export=True).", file_name)
+            folder = cached_export(
+                model_id, subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token,
+                local_files_only=local_files_only, force_download=force_download,
+                trust_remote_code=trust_remote_code, dtype=export_dtype(dtype),
+            )
+            model_id, subfolder, revision, file_name, dtype = folder, "", None, None, None
         files: ModelFiles = resolve_model_files(
-            model_id_or_path, revision, cache_dir, subfolder, file_name, local_files_only, token
+            model_id, revision, cache_dir, subfolder, file_name, local_files_only, token, force_download=force_download
         )
-        if not (files.folder / "config.json").is_file():
+        if not (files.folder / "config.json").is_file() and config is None:
             raise ModelNotFoundError(f"{files.folder} has no config.json next to the ONNX model; re-export the folder.")
-        config = AutoConfig.from_pretrained(files.folder)  # a local folder: no remote code, no network
-        try:
-            generation_config = GenerationConfig.from_pretrained(files.folder)
-        except OSError:
-            generation_config = GenerationConfig.from_model_config(config)
-        providers: Sequence = [(provider, provider_options) if provider_options else provider]
-        session = create_session(files.onnx_path, providers, session_options)
+        if isinstance(config, PreTrainedConfig):
+            config = copy.deepcopy(config)
+        else:  # the model's own folder (local: no network), or the config= given
+            config = AutoConfig.from_pretrained(config or files.folder, trust_remote_code=trust_remote_code)
+        if generation_config is not None:
+            generation_config = copy.deepcopy(generation_config)
+        else:
+            try:
+                generation_config = GenerationConfig.from_pretrained(files.folder)
+            except OSError:
+                generation_config = GenerationConfig.from_model_config(config)
+        config.use_cache = generation_config.use_cache = use_cache
+        session = create_session(files.onnx_path, _providers(provider, providers, provider_options), session_options)
         model = cls(session, config, generation_config, files.onnx_path)
         model.folder = files.folder
+        model.use_io_binding = True if use_io_binding is None else bool(use_io_binding)
+        if dtype is not None:
+            from .export_cache import export_dtype
+
+            graph_dtype = export_dtype(np.dtype(model.io.dtype).name)
+            if export_dtype(dtype) != graph_dtype:
+                raise InvalidArgumentError(
+                    f"{files.onnx_path} runs in {graph_dtype}, not {dtype}: the export fixes the dtype; drop dtype= "
+                    "or export the checkpoint with export=True, dtype=..."
+                )
         return model
+
+    # ---- saving (optimum-onnx's surface) --------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any):
+        """Write the folder `from_pretrained` loads: the ONNX graph with its external data,
+        config.json, generation_config.json (and export_report.json when the model has one).
+
+        As in optimum-onnx the tokenizer is not saved: `tokenizer.save_pretrained(save_directory)`.
+        Files of those names are replaced (each written beside its final name, then renamed); other
+        files already in the folder stay. With `push_to_hub=True`, then `push_to_hub(save_directory,
+        **kwargs)`."""
+        from optimum_onnx23.errors import OutputFolderError
+        from optimum_onnx23.publish import find_onnx_models
+
+        save_directory = Path(save_directory)
+        if save_directory.exists() and not save_directory.is_dir():
+            raise OutputFolderError(f"{save_directory} is a file; pass a folder to save_pretrained().")
+        if self.model_path is None:
+            raise InvalidArgumentError("This model was built from a session, not a file: there is no ONNX file to save.")
+        graph = next(m for m in find_onnx_models(self.model_path.parent) if m.model.name == self.model_path.name)
+        sources = [graph.model, *graph.external_data]
+        report = self.folder / "export_report.json" if self.folder is not None else None
+        if report is not None and report.is_file():
+            sources.append(report)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            _copy_replacing(source, save_directory / source.name)
+        self.config.save_pretrained(save_directory)
+        self.generation_config.save_pretrained(save_directory)
+        if push_to_hub:
+            return self.push_to_hub(save_directory, **kwargs)
+        return None
+
+    def push_to_hub(
+        self,
+        save_directory: str | os.PathLike,
+        repository_id: str,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        **kwargs: Any,
+    ):
+        """Upload `save_directory` (written by `save_pretrained`, or any export folder) to the model
+        repo `repository_id`, as optimum-onnx's `push_to_hub(save_directory, repository_id, private,
+        token)`, through `optimum_onnx23.publish.push_to_hub`: the Hub layout (graph under `onnx/`),
+        a model card and genai_config.json, in one commit. `kwargs` go there too (`commit_message`,
+        `revision`, `create_pr`, `dry_run`, ...). Returns the `CommitInfo` (None for a dry run)."""
+        from optimum_onnx23.publish import push_to_hub
+
+        return push_to_hub(
+            save_directory, repository_id, private=private, token=token if isinstance(token, str) else None, **kwargs
+        )
+
+    # ---- optimum-onnx's attributes -------------------------------------------------------------
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    @property
+    def model_save_dir(self) -> Path | None:
+        """The folder the model was loaded from (optimum-onnx's name)."""
+        return self.folder
+
+    @property
+    def can_use_cache(self) -> bool:
+        return True
+
+    def to(self, device: str | torch.device | int) -> "ORTModelForCausalLM":
+        """`self` for the CPU; an onnxruntime session cannot move: pick the provider at load time."""
+        if isinstance(device, int):
+            device = "cpu" if device < 0 else f"cuda:{device}"
+        if torch.device(device).type == "cpu" and self.provider == "CPUExecutionProvider":
+            return self
+        raise InvalidArgumentError(
+            f"Cannot move this onnxruntime session ({self.provider}) to {device}; load it with "
+            "from_pretrained(..., provider='CUDAExecutionProvider') (or the provider you want) instead."
+        )
 
     # ---- one forward ---------------------------------------------------------------------------
     def forward(
@@ -135,8 +332,9 @@ class ORTModelForCausalLM:
 
         `cache` (transformers 5's name) or `past_key_values` (optimum-onnx's) is a transformers
         `Cache`, a tuple of `(key, value)` pairs per layer, or the flat tuple; None starts empty.
-        `attention_mask` covers past + new positions (ones by default) and `position_ids` default
-        to transformers' cumsum of the mask. Returns `CausalLMOutputWithPast` with float32
+        `attention_mask` covers past + new positions (ones by default); `position_ids` default,
+        as in transformers' forward, to the cache positions `past_length + arange(length)`
+        (`generate()` derives them from the mask instead). Returns `CausalLMOutputWithPast` with float32
         `logits` `[batch, seq, vocab]` (`[batch, 1, vocab]` for `--logits last` exports) and,
         with `use_cache` (default: the config's), the presents as a `DynamicCache`. numpy inputs give
         numpy logits. Static-cache exports are driven by `generate()`/`new_state()` instead."""
@@ -164,8 +362,8 @@ class ORTModelForCausalLM:
             )
         feeds = {"input_ids": ids, "attention_mask": mask}
         if self.io.has_position_ids:
-            if position_ids is None:
-                position_ids = np.where(mask == 0, 0, mask.cumsum(-1) - 1)[:, past_length:]
+            if position_ids is None:  # transformers' and optimum-onnx's forward: the cache positions, padding or not
+                position_ids = np.broadcast_to(np.arange(past_length, past_length + length), (batch, length))
             feeds["position_ids"] = _as_int64(position_ids, "position_ids")
         feeds.update(zip(self.io.past_names(), (np.ascontiguousarray(p, dtype=self.io.dtype) for p in pasts)))
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache

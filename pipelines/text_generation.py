@@ -39,13 +39,15 @@ def pipeline(
     local_files_only: bool = False,
     subfolder: str = "",
     file_name: str | None = None,
+    pipeline_class: type[ORTTextGenerationPipeline] | None = None,
     **kwargs: Any,
 ) -> ORTTextGenerationPipeline:
     """Build a text-generation pipeline on onnxruntime.
 
     `model` is an exported folder, a Hub id or an `ORTModelForCausalLM`; the tokenizer defaults to
     the one saved beside the model. Extra `kwargs` go to the pipeline as in transformers
-    (e.g. `batch_size`, or default generation arguments such as `max_new_tokens`)."""
+    (e.g. `batch_size`, or default generation arguments such as `max_new_tokens`); `pipeline_class`
+    replaces `ORTTextGenerationPipeline` (a subclass of it, as transformers' `pipeline_class`)."""
     if accelerator != "ort":
         # optimum's own message for accelerators it does not know; `ov` is optimum-intel's, not ours.
         if accelerator == "ov":
@@ -88,4 +90,4 @@ def pipeline(
             pad = pad[0] if isinstance(pad, list) else pad
         if pad is not None:
             tokenizer.pad_token_id = pad
-    return ORTTextGenerationPipeline(model=model, tokenizer=tokenizer, task=task, **kwargs)
+    return (pipeline_class or ORTTextGenerationPipeline)(model=model, tokenizer=tokenizer, task=task, **kwargs)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from conftest import run_optimum_cli
+from graph_bugs import BUGS
 from tiny_models import BUNDLED
 
 
@@ -81,10 +83,93 @@ def test_non_empty_output_refused_then_replaced_with_overwrite(tmp_path, capsys)
 
 
 def test_failed_validation_leaves_nothing_behind(tmp_path, capsys):
-    code, line = cli_error(capsys, "--dynamo", "--atol", "1e-12", "--model", BUNDLED, tmp_path / "out")
+    code, line = cli_error(capsys, "--dynamo", "--atol", "1e-12", "--rtol", "0", "--model", BUNDLED, tmp_path / "out")
     assert code == 1
-    assert line.startswith("error: ONNX outputs differ from PyTorch beyond atol=1e-12") and "Nothing was written" in line
+    assert line.startswith("error: ONNX outputs differ from PyTorch beyond atol=1e-12, rtol=0") and "Nothing was written" in line
     assert leftovers(tmp_path, "out") == []
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_broken_graph_fails_default_validation(bug, tmp_path, capsys, monkeypatch):
+    """A step slipped in after the fusions breaks the graph; the default tolerance refuses it."""
+    from optimum_onnx23.exporters import steps
+    from optimum_onnx23.exporters.pipeline import ExportStep
+
+    at = [step.name for step in steps.STEPS].index("fuse") + 1
+    broken = ExportStep(bug, lambda ctx: BUGS[bug](ctx.onnx_model.graph), lambda ctx: bug)
+    monkeypatch.setattr(steps, "STEPS", [*steps.STEPS[:at], broken, *steps.STEPS[at:]])
+    code, line = cli_error(capsys, "--dynamo", "--model", BUNDLED, tmp_path / "out")
+    assert code == 1
+    assert line.startswith("error: ONNX outputs differ from PyTorch beyond atol=0.0001, rtol=0.0001") and "logits" in line
+    assert leftovers(tmp_path, "out") == []
+
+
+def _copy_bundled(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED, folder)
+    return folder
+
+
+def _not_safetensors(folder: Path) -> str:
+    (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 123\n")
+    return f"{folder / 'model.safetensors'} is not a safetensors file"
+
+
+def _truncated(folder: Path) -> str:
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return f"{path} is truncated: {len(data) // 2} bytes where its header describes {len(data)}"
+
+
+def _missing_shard(folder: Path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    names = sorted(tensors)
+    (folder / "model.safetensors").unlink()
+    save_file({n: tensors[n] for n in names[:3]}, folder / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    weight_map = {n: ("model-00001-of-00002.safetensors" if i < 3 else "model-00002-of-00002.safetensors") for i, n in enumerate(names)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return f"{folder} is missing weight shard model-00002-of-00002.safetensors named by model.safetensors.index.json"
+
+
+@pytest.mark.parametrize("corrupt", [_not_safetensors, _truncated, _missing_shard], ids=lambda f: f.__name__.strip("_"))
+def test_corrupt_weights_get_one_line_naming_the_file(corrupt, tmp_path, capsys):
+    folder = _copy_bundled(tmp_path)
+    expected = corrupt(folder)
+    code, line = cli_error(capsys, "--dynamo", "--model", folder, tmp_path / "out")
+    assert code == 1
+    assert line.startswith(f"error: {expected}"), line
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_gguf_file_that_is_not_gguf(tmp_path, capsys):
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"PK\x03\x04 a zip archive, not llama.cpp")
+    code, line = cli_error(capsys, "--dynamo", "--model", folder, "--gguf-file", "model.gguf", tmp_path / "out")
+    assert code == 1
+    assert line == f"error: {folder / 'model.gguf'} is not a GGUF file (it does not start with `GGUF`); pass a llama.cpp .gguf file."
+    code, line = cli_error(capsys, "--dynamo", "--model", folder, tmp_path / "out")
+    assert code == 1 and line.endswith("it has no config.json; to export its GGUF file pass --gguf-file model.gguf.")
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_default_export_warns_nothing_from_our_calls(tmp_path, caplog):
+    """No FutureWarning/DeprecationWarning (e.g. transformers 5's `past_key_values` -> `cache`) and
+    no deprecation line in transformers' log during a default export."""
+    import logging
+    import warnings
+
+    from optimum_onnx23.exporters import export
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        export(BUNDLED, tmp_path / "out")
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert deprecations == []
+    assert [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()] == []
 
 
 def test_interrupted_export_leaves_existing_output_untouched(tmp_path, monkeypatch):

@@ -40,9 +40,15 @@ class ExportReport:
     fusions: dict = field(default_factory=dict)
     expected_fusions: dict[str, int] = field(default_factory=dict)
     op_histogram: dict[str, int] = field(default_factory=dict)
+    gguf_file: str | None = None
+    # Per validation shape and output: max |ONNX - PyTorch|, and the error allowed
+    # (atol + rtol * max |PyTorch|); per shape, positions whose logits picked another top-1 token.
     validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    validation_allowed: dict[str, dict[str, float]] = field(default_factory=dict)
+    validation_top1: dict[str, dict[str, int]] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)  # attach_builtin_variants' report
     atol: float = 0.0
+    rtol: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     versions: dict[str, str] = field(default_factory=package_versions)
     warnings: list[str] = field(default_factory=list)

@@ -36,6 +36,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from ..errors import InvalidArgumentError
 from .configs import DecoderExportConfig
+from .wrapper import cache_kwarg
 
 __all__ = [
     "CACHE_MODES",
@@ -93,6 +94,7 @@ class StaticCacheWrapper(torch.nn.Module):
         self.model = model
         self.num_layers = num_layers
         self.logits_to_keep = logits_to_keep
+        self.cache_kwarg = cache_kwarg(model)
 
     def forward(self, input_ids, attention_mask, position_ids, write_indices, *past_key_values):
         layers = [
@@ -103,9 +105,9 @@ class StaticCacheWrapper(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=self.logits_to_keep,
+            **{self.cache_kwarg: cache},
         )
         outputs = [out.logits]
         for layer in layers:

@@ -21,13 +21,17 @@ V4_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 DECODER_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
-def save_tokenizer(source: str, folder: Path, *, revision=None, cache_dir=None, trust_remote_code=False, token=None) -> str | None:
-    """Save `source`'s tokenizer into `folder`; returns a warning line if there is none to save."""
+def save_tokenizer(
+    source: str, folder: Path, *, revision=None, cache_dir=None, trust_remote_code=False, token=None, gguf_file=None
+) -> str | None:
+    """Save `source`'s tokenizer (the one inside `gguf_file` if given) into `folder`; returns a
+    warning line if there is none to save."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, token=token
+            source, revision=revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code, token=token,
+            **({"gguf_file": gguf_file} if gguf_file else {}),
         )
     except (OSError, ValueError, TypeError) as error:
         message = f"No tokenizer saved: could not load one from `{source}` ({type(error).__name__})."

@@ -8,10 +8,23 @@ cache classes is needed, and returns the presents in the same order.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 
-__all__ = ["DecoderWrapper"]
+__all__ = ["DecoderWrapper", "cache_kwarg"]
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name `model.forward` takes the cache under: `cache` since transformers renamed it
+    (`past_key_values` is deprecated there, with a FutureWarning), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(output):
+    """The cache a transformers model output carries, under either name."""
+    return output.cache if "cache" in output.keys() or hasattr(type(output), "cache") else output.past_key_values
 
 
 class DecoderWrapper(torch.nn.Module):
@@ -23,6 +36,7 @@ class DecoderWrapper(torch.nn.Module):
         # 0 = logits for every position (default, optimum-onnx's format); 1 = last position only,
         # all generation needs: the prefill skips the lm_head on the rest of the prompt.
         self.logits_to_keep = logits_to_keep
+        self.cache_kwarg = cache_kwarg(model)
 
     def forward(self, input_ids, attention_mask, position_ids, *past_key_values):
         cache = None
@@ -37,13 +51,13 @@ class DecoderWrapper(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=self.with_past,
+            **{self.cache_kwarg: cache},
             **({"logits_to_keep": self.logits_to_keep} if self.logits_to_keep else {}),
         )
         if not self.with_past:
             return (out.logits,)
         outputs = [out.logits]
-        for layer in out.past_key_values.layers[: self.num_layers]:
+        for layer in output_cache(out).layers[: self.num_layers]:
             outputs += [layer.keys, layer.values]
         return tuple(outputs)

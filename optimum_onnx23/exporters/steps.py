@@ -1,0 +1,184 @@
+"""The steps of an export, in order (`STEPS`); `convert.export` runs them over one `ExportContext`.
+
+load -> trace -> optimize -> fuse -> [static cache] -> save -> validate -> [variants] -> tokenizer.
+Each step reads what earlier ones left on the context and fills its own part; the ones in
+brackets apply only when the options ask for them. Everything is written into the staging folder,
+which `export` moves into place only after the last step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+import onnx_ir as ir
+import torch
+
+from .. import fusions
+from ..errors import UnsupportedArchitectureError
+from . import static_cache
+from .checkpoint import dequantized_config, load_causal_lm
+from .memory import free_pytorch_weights
+from .optimize import optimize
+from .pipeline import ExportContext, ExportStep
+from .tokenizer import save_tokenizer
+from .trace import strip_trace_metadata, trace
+from .validate import Tolerance, compare_with_references, pytorch_references
+from .wrapper import DecoderWrapper
+
+__all__ = ["STEPS", "DTYPES", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ONNX_FILE_NAME = "model.onnx"
+ONNX_DATA_NAME = "model.onnx_data"  # optimum-onnx's and transformers.js' name for external weights
+
+
+def _warn(ctx: ExportContext, message: str) -> None:
+    logger.warning(message)
+    ctx.report.warnings.append(message)
+
+
+def _load(ctx: ExportContext) -> None:
+    options = ctx.options
+    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **options.hub_kwargs())
+    ctx.model = model.to(torch.device(options.device)).eval()
+    num_layers = ctx.export_config.num_layers(ctx.config)
+    if options.static_len is None:
+        ctx.wrapper = DecoderWrapper(ctx.model, num_layers, options.with_past, options.logits_to_keep)
+    else:
+        ctx.wrapper = static_cache.StaticCacheWrapper(ctx.model, num_layers, options.logits_to_keep)
+
+
+def _trace(ctx: ExportContext) -> None:
+    options = ctx.options
+    ctx.onnx_model, ctx.report.traced_layers = trace(
+        ctx.wrapper, ctx.export_config, ctx.config, options.with_past, options.opset,
+        DTYPES[options.dtype], torch.device(options.device), options.static_len,
+    )
+
+
+def _optimize(ctx: ExportContext) -> None:
+    optimize(ctx.onnx_model)
+    strip_trace_metadata(ctx.onnx_model)
+
+
+def _fuse(ctx: ExportContext) -> None:
+    """Fuse, then compare what fused with what the architecture has (a gap is a warning)."""
+    options, model = ctx.options, ctx.onnx_model
+    if options.fusions_enabled:
+        fusion_report = fusions.fuse(model)
+    else:
+        fusion_report = fusions.FusionReport(opset=options.opset, skipped_reason="disabled by --no-fusions")
+        fusion_report.op_counts = {op: fusions.count_ops(model).get(op, 0) for op in fusions.STANDARD_OPS}
+    ctx.report.fusions = fusion_report.to_dict()
+    ctx.report.op_histogram = dict(sorted(fusions.count_ops(model).items()))
+    if options.fusions_enabled and options.opset >= fusions.MIN_FUSION_OPSET:
+        ctx.report.expected_fusions = ctx.export_config.expected_fusions(ctx.config)
+        for op, expected in ctx.report.expected_fusions.items():
+            got = fusion_report.op_counts.get(op, 0)
+            if got != expected:
+                _warn(ctx, f"Fusion gap: {got} {op} nodes where the architecture has {expected}.")
+    logger.info("  fused: %s", ", ".join(f"{k}={v}" for k, v in fusion_report.op_counts.items() if v))
+
+
+def _lower_static_cache(ctx: ExportContext) -> None:
+    writes = static_cache.lower_kv_writes(ctx.onnx_model)
+    expected = 2 * ctx.export_config.num_layers(ctx.config)
+    if writes != expected:
+        raise UnsupportedArchitectureError(
+            f"Static cache: found {writes} KV writes to lower where the model has {expected}; "
+            "this architecture cannot be exported with --cache static yet."
+        )
+    ctx.report.op_histogram = dict(sorted(fusions.count_ops(ctx.onnx_model).items()))
+
+
+def _save(ctx: ExportContext) -> None:
+    """The graph with external weights, config.json and generation_config.json."""
+    options, model = ctx.options, ctx.onnx_model
+    if options.static_len is not None or options.logits_to_keep:
+        static_cache.record_variant(model, options.cache, options.static_len, options.logits)
+    model.graph.name = f"{ctx.config.model_type}_{options.task.replace('-', '_')}"
+    ir.save(model, ctx.staging / ONNX_FILE_NAME, external_data=ONNX_DATA_NAME)
+    ctx.onnx_model = None
+    dequantized_config(ctx.model.config).save_pretrained(ctx.staging)
+    if ctx.model.generation_config is not None:
+        ctx.model.generation_config.save_pretrained(ctx.staging)
+
+
+def _validation_session(ctx: ExportContext):
+    """The CPU session validation runs on; None (with a warning) where onnxruntime's CPU provider has
+    no kernel for the dtype (bf16 MatMul): the graph is then only checked by `onnx.checker`."""
+    import onnxruntime as ort
+
+    path = ctx.staging / ONNX_FILE_NAME
+    options = ort.SessionOptions()
+    # Pre-packing copies MatMul weights into MLAS' layout; three validation runs do not need it
+    # (measured: -90 MB peak on the SmolLM-shaped model).
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    if ctx.options.static_len is not None:
+        options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's NotImplemented has no importable Python class
+        dtype = ctx.options.dtype
+        if dtype == "fp32" or "NOT_IMPLEMENTED" not in str(error):
+            raise
+        kernel = str(error).split("implementation for", 1)[-1].strip().split(" node")[0]
+        onnx.checker.check_model(str(path), full_check=True)
+        _warn(
+            ctx,
+            f"Not validated against PyTorch: onnxruntime's CPU provider has no {dtype} kernel for {kernel}; "
+            "onnx.checker passed. Export fp32 (or validate on a GPU provider) for a numeric check.",
+        )
+        return None
+
+
+def _validate(ctx: ExportContext) -> None:
+    """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
+    peak memory is the larger of the two, not their sum."""
+    options, report = ctx.options, ctx.report
+    references = pytorch_references(
+        ctx.wrapper, ctx.export_config, ctx.config, options.with_past, DTYPES[options.dtype],
+        torch.device(options.device), max_cache_len=options.static_len,
+    )
+    free_pytorch_weights(ctx.model)
+    ctx.model = ctx.wrapper = None
+    session = _validation_session(ctx)
+    if session is not None:
+        result = compare_with_references(session, references, Tolerance(report.atol, report.rtol))
+        report.validation, report.validation_allowed, report.validation_top1 = result.max_abs_diff, result.allowed, result.top1
+
+
+def _attach_variants(ctx: ExportContext) -> None:
+    from ..variants import attach_builtin_variants
+
+    ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants))
+
+
+def _save_tokenizer(ctx: ExportContext) -> None:
+    warning = save_tokenizer(ctx.options.model, ctx.staging, **ctx.options.hub_kwargs())
+    if warning:
+        ctx.report.warnings.append(warning)
+
+
+STEPS: list[ExportStep] = [
+    ExportStep("load", _load, lambda ctx: f"Loading {ctx.config.model_type} model `{ctx.options.model}`"),
+    ExportStep("trace", _trace, lambda ctx: f"Exporting with torch.export to ONNX opset {ctx.options.opset}"),
+    ExportStep("optimize", _optimize, lambda ctx: "Optimizing the graph"),
+    ExportStep("fuse", _fuse, lambda ctx: "Fusing standard ops"),
+    ExportStep(
+        "static_cache", _lower_static_cache, lambda ctx: "Writing the static cache in place (TensorScatter)",
+        applies=lambda ctx: ctx.options.static_len is not None,
+    ),
+    ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
+    ExportStep(
+        "validate", _validate, lambda ctx: f"Validating against PyTorch ({Tolerance(ctx.report.atol, ctx.report.rtol)})"
+    ),
+    ExportStep(
+        "variants", _attach_variants, lambda ctx: f"Attaching backend variants {', '.join(ctx.options.variants)}",
+        applies=lambda ctx: bool(ctx.options.variants),
+    ),
+    ExportStep("tokenizer", _save_tokenizer, lambda ctx: "Saving tokenizer"),
+]
