@@ -53,6 +53,8 @@ def prepare(checkpoint: Path, work: Path, atol: float) -> tuple[Path, Path | Non
         for name, entry in report["variants"].items():
             print(f"attached {name}: +{entry['owned_bytes'] / 1e6:.1f} MB in {entry['seconds']:.0f} s", file=sys.stderr)
         print(f"variants attached in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        owned = {name: entry["owned_bytes"] for name, entry in report["variants"].items()}
+        (exported / ".variants-report.json").write_text(json.dumps(owned))
         (exported / ".variants-done").touch()
     genai = None
     if importlib.util.find_spec("onnxruntime_genai") is not None:

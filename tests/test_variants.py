@@ -114,7 +114,7 @@ def greedy_agreement(main: list[np.ndarray], variant: list[np.ndarray]) -> float
 # Logits error relative to the largest main-graph logit, and the share of teacher-forced greedy
 # tokens equal to the main graph's, on the bundled tiny Llama (random weights scaled up: flat
 # logits, so these bounds catch broken rewrites; quality on real text is tests/test_real_variants.py).
-QUANTIZED = {"ort-cpu-int8": (0.03, 0.9), "ort-cpu-int4": (0.15, 0.75)}  # measured: see docs/variants.md
+QUANTIZED = {"ort-cpu-int8": (0.03, 0.9), "ort-cpu-int4": (0.10, 0.5)}  # measured 0.8%/94%, 5.8%/56%
 
 
 @pytest.mark.parametrize("name", list(QUANTIZED))
@@ -130,8 +130,9 @@ def test_select_quantized_variants_within_documented_tolerance(base, with_all, n
     lm_head = next(n for n in selected.graph if n.op_type == "MatMulNBits" and n.outputs[0].name == linears[-1].output.name)
     if name == "ort-cpu-int8":
         assert set(bits.values()) == {8}
-    else:  # int4 body, the tied lm_head in int8
-        assert bits[lm_head.name] == 8 and sorted(bits.values()).count(4) == len(linears) - 1
+    else:  # int4, except the tied lm_head, the V and the MLP down projections (2 layers): int8
+        assert bits[lm_head.name] == 8 and list(bits.values()).count(8) == 1 + 2 + 2
+        assert list(bits.values()).count(4) == len(linears) - 5
     # the ort-cpu rewrites ride along: 2 layers x 2 residual norms
     assert ops.count("SkipSimplifiedLayerNormalization") == 4
     # Attention is already 3-D in the main graph, not rewritten

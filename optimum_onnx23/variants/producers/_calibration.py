@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from ..format import VARIANT_DOMAIN
 
@@ -26,13 +27,19 @@ CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "ca
 
 
 def calibration_windows(folder: str | Path, window: int = 512) -> list[np.ndarray]:
-    """The bundled calibration texts, tokenized with `folder`'s tokenizer, cut in windows."""
+    """The bundled calibration texts, tokenized with `folder`'s tokenizer, cut in windows of at
+    most `window` tokens and never more positions than the model has (`config.json`)."""
+    import json
+
     from transformers import AutoTokenizer
 
+    config = json.loads((Path(folder) / "config.json").read_text())
+    limits = [config.get(key) for key in ("max_position_embeddings", "n_positions")]
+    window = min([window, *(int(v) for v in limits if isinstance(v, int) and v > 1)])
     tokenizer = AutoTokenizer.from_pretrained(folder)
     windows = []
     for path in sorted(CALIBRATION_DIR.glob("*.txt")):
-        ids = tokenizer(path.read_text(encoding="utf-8"))["input_ids"]
+        ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
         windows += [np.array(ids[i : i + window], np.int64) for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
     return windows
 
@@ -44,9 +51,12 @@ def _external_folder(model: ir.Model) -> Path | None:
     return None
 
 
-def input_hessians(model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def input_hessians(
+    model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray], full: bool = True
+) -> dict[str, np.ndarray]:
     """`{activation name: X^T X / rows}` (float32 `[K, K]`) over the tokens of `windows`, each run
-    as one batch-1 prefill of the main graph."""
+    as one batch-1 prefill of the main graph; with `full=False` only its diagonal (`[K]`, the mean
+    square per input channel)."""
     import onnxruntime as ort
 
     from ..runtime import EXTERNAL_FOLDER_KEY
@@ -59,9 +69,12 @@ def input_hessians(model: ir.Model, activations: Sequence[ir.Value], windows: Se
     names = list(dict.fromkeys(v.name for v in activations))
     values = {v.name: v for node in probe.graph for v in node.outputs if v.name in names}
     values.update({v.name: v for v in probe.graph.inputs if v.name in names})
-    for name in names:
-        if not values[name].is_graph_output():
-            probe.graph.outputs.append(values[name])
+    # The logits are not wanted (the lm_head over every position is a quarter of a prefill):
+    # dropped with the nodes only they needed. The presents stay (attention must produce them).
+    kept = [v for v in probe.graph.outputs if v.name != "logits" and v.name not in names]
+    probe.graph.outputs.clear()
+    probe.graph.outputs.extend([*kept, *(values[name] for name in names)])
+    RemoveUnusedNodesPass()(probe)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     folder = _external_folder(model)
@@ -69,7 +82,7 @@ def input_hessians(model: ir.Model, activations: Sequence[ir.Value], windows: Se
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
     proto = ir.serde.serialize_model(probe).SerializeToString()
     session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in session.get_inputs()}
+    inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
     sums: dict[str, np.ndarray] = {}
     rows = 0
     for ids in windows:
@@ -83,6 +96,6 @@ def input_hessians(model: ir.Model, activations: Sequence[ir.Value], windows: Se
         outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
         for name, x in zip(names, outputs):
             x = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            sums[name] = sums.get(name, 0) + x.T @ x
+            sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
         rows += ids.shape[1]
     return {name: (total / rows).astype(np.float32) for name, total in sums.items()}

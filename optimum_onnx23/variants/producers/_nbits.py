@@ -61,12 +61,6 @@ def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return np.stack(parts, axis=-1).reshape(*packed.shape[:-1], -1)[..., :count]
 
 
-# Scales tried by `block_params(search=True)`, as fractions of the min-max scale, each with the
-# nearest zero point shifted by these steps.
-SEARCH_FACTORS = np.linspace(0.80, 1.10, 31)
-SEARCH_SHIFTS = (-1, 0, 1)
-
-
 def _rtn(blocks: np.ndarray, scale: np.ndarray, zero: np.ndarray, qmax: int) -> np.ndarray:
     return np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, qmax)
 
@@ -76,9 +70,11 @@ def block_params(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero point) as float32 arrays of `blocks.shape[:-1]` for blocks along the last axis.
 
-    `search` (asymmetric only) tries scales from 0.80 to 1.10 of the min-max one, each with the
-    nearest zero point and its two neighbours, and keeps the smallest squared error weighted by
-    `weights` (broadcast against `blocks`; e.g. the activation's mean square per input channel).
+    `search` (asymmetric only) looks for the scale, as a fraction of the min-max one in [0.80,
+    1.10], and the zero point with the smallest squared error weighted by `weights` (broadcast
+    against `blocks`; e.g. the activation's mean square per input channel): 7 fractions 0.05 apart
+    with the nearest zero point, then around each block's best the fractions 0.025 and 0.0125 away
+    with the zero point's neighbours too (17 tries; on SmolLM2 the same error as a full grid of 93).
     """
     qmax = (1 << bits) - 1
     half = 1 << (bits - 1)
@@ -92,30 +88,43 @@ def block_params(
         scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
         return scale, np.full(scale.shape, half, np.float32)
     lo = np.minimum(blocks.min(-1), 0.0)
-    hi = np.maximum(blocks.max(-1), 0.0)
-    scale = ((hi - lo) / qmax).astype(np.float32)
+    span = np.maximum(blocks.max(-1), 0.0) - lo
+    scale = (span / qmax).astype(np.float32)
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
     zero = np.clip(np.rint(-lo / scale), 0, qmax).astype(np.float32)
     if not search:
         return scale, zero
     w = np.ones(blocks.shape[-1], np.float32) if weights is None else weights
+    best_factor = np.ones(scale.shape, np.float32)
+    best = None
 
-    def error(s, z):
-        q = _rtn(blocks, s, z, qmax)
-        return (((q - z[..., None]) * s[..., None] - blocks) ** 2 * w).sum(-1)
-
-    best = error(scale, zero)
-    for factor in SEARCH_FACTORS:
-        s = ((hi - lo) * factor / qmax).astype(np.float32)
+    def consider(factor, shift):
+        nonlocal best, scale, zero, best_factor
+        s = (span * factor / qmax).astype(np.float32)
         s = np.where(s == 0, 1.0, s).astype(np.float32)
-        nearest = np.rint(-lo / s)
-        for shift in SEARCH_SHIFTS:
-            z = np.clip(nearest + shift, 0, qmax).astype(np.float32)
-            err = error(s, z)
-            better = err < best
-            best = np.where(better, err, best)
-            scale = np.where(better, s, scale)
-            zero = np.where(better, z, zero)
+        z = np.clip(np.rint(-lo / s) + shift, 0, qmax).astype(np.float32)
+        x = blocks / s[..., None]
+        err = (((np.clip(np.rint(x) + z[..., None], 0, qmax) - z[..., None]) - x) ** 2 * w).sum(-1) * (s * s)
+        if best is None:
+            best, scale, zero, best_factor = err, s, z, np.broadcast_to(np.float32(factor), s.shape).copy()
+            return
+        better = err < best
+        best = np.where(better, err, best)
+        scale = np.where(better, s, scale)
+        zero = np.where(better, z, zero)
+        best_factor = np.where(better, factor, best_factor)
+
+    for factor in np.linspace(0.80, 1.10, 7, dtype=np.float32):
+        consider(factor, 0)
+    center = best_factor.copy()
+    for shift in (-1, 1):
+        consider(center, shift)
+    for step in (0.025, -0.025):
+        for shift in (-1, 0, 1):
+            consider(center + np.float32(step), shift)
+    center = best_factor.copy()
+    for step in (0.0125, -0.0125):
+        consider(center + np.float32(step), 0)
     return scale, zero
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,9 @@ from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
 from .ort_cpu import ort_cpu_region
 
-__all__ = ["Scheme", "quantized_region", "lm_head_of", "is_mlp_down"]
+__all__ = ["Scheme", "quantized_region", "lm_head_of", "is_mlp_down", "is_attention_value"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,9 @@ class Scheme:
     def quantize(self, weight_kn: np.ndarray, hessian: np.ndarray | None) -> QuantizedWeight:
         if self.method == "gptq" and hessian is not None:
             return quantize_gptq([weight_kn], [hessian], self.bits, self.block_size, self.symmetric)[0]
-        importance = np.diag(hessian) if hessian is not None and self.method != "rtn" else None
+        importance = None
+        if hessian is not None and self.method != "rtn":
+            importance = np.diag(hessian) if hessian.ndim == 2 else hessian
         return quantize_blockwise(weight_kn, self.bits, self.block_size, self.symmetric, self.method != "rtn", importance)
 
 
@@ -139,11 +145,16 @@ def quantized_region(
         else:
             chosen.append(scheme)
     hessians: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
     if calibration:
         wanted = [g[0].activation for g, c in zip(groups, chosen) if c.method != "rtn"]
-        hessians = input_hessians(model, wanted, calibration) if wanted else {}
+        full = any(c.method == "gptq" for c in chosen)  # searching needs only the diagonal
+        hessians = input_hessians(model, wanted, calibration, full) if wanted else {}
     weights = [np.concatenate([l.weight_kn() for l in g], axis=1) if len(g) > 1 else g[0].weight_kn() for g in groups]
+    calibrated = time.perf_counter()
     quantized = _quantize_all(weights, [hessians.get(g[0].activation.name) for g in groups], chosen)
+    logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
+                len(weights), time.perf_counter() - calibrated)
     prefix = owned_prefix(name)
     inputs: dict[str, ir.Value] = {}
     owned: dict[str, ir.TensorProtocol] = {}

@@ -1,10 +1,14 @@
-"""`ort-cpu-int4`: every linear layer as onnxruntime's `MatMulNBits` with block-wise int4 weights,
-the tied lm_head as block-wise int8.
+"""`ort-cpu-int4`: the linear layers as onnxruntime's `MatMulNBits` with block-wise int4 weights,
+except the most error-sensitive ones, kept in block-wise int8: the tied lm_head (the checkpoint's
+own Q8_0 embedding comes back exactly), the attention V projections and the MLP down projections.
 
-Only the packed weights and their scales are new; activations, norms, attention and the embedding
-stay the main graph's. `accuracy_level=4` lets onnxruntime's CPU kernel quantize activations to
-int8 per block and use integer dot products, which is where the decode speed comes from. The
-`ort-cpu` rewrites come along (`fusions`); packing same-input linears is available (`pack`).
+The int4 blocks (32 input channels of one output column) are asymmetric, and each block's scale
+and zero point are searched to minimize the squared error weighted by the mean square of the
+layer's input per channel, measured by running the fp32 main graph on the bundled calibration
+texts (`attach_builtin_variants` does it; `calibration=False` skips it). `accuracy_level=4` lets
+onnxruntime's CPU kernel quantize activations to int8 per block and use integer dot products,
+which is where the decode speed comes from. The `ort-cpu` rewrites come along (`fusions`).
+Only the packed weights and their scales are new; all else is the main graph's.
 """
 
 from __future__ import annotations
@@ -30,19 +34,20 @@ def produce(
     method: str = "search",
     lm_head_bits: int = 8,
     mlp_down_bits: int = 8,
-    attn_v_bits: int = 4,
+    attn_v_bits: int = 8,
     include_lm_head: bool = True,
     fusions: bool = True,
     pack: bool = False,
     calibration: list | None = None,
 ) -> VariantSpec:
-    """`method`: "rtn" (round to nearest), "search" (scales searched per block; weighted by the
-    layer input's statistics with `calibration`) or "gptq" (needs `calibration`, token windows;
-    `attach_builtin_variants` passes the bundled calibration texts). `lm_head_bits` and
-    `mlp_down_bits` (4 or 8) give the lm_head and the MLP output projections their own width; int8
-    blocks are symmetric (llama.cpp's Q8_0). The defaults and each option's perplexity on the real
-    SmolLM2-135M-Instruct: docs/variants.md (benchmarks/quality_bench.py). `pack` (same-input
-    linears in one `MatMulNBits`) measured no faster."""
+    """`method`: "search" (default: scales searched per block, weighted by the layer input's mean
+    square with `calibration`), "rtn" (round to nearest) or "gptq" (needs `calibration`; measured
+    worse than "search" with the bundled 2.3k calibration tokens). `lm_head_bits`, `attn_v_bits`
+    and `mlp_down_bits` (4 or 8) set those layers' width; int8 blocks are symmetric (llama.cpp's
+    Q8_0 rule). `calibration` is a list of token-id windows (`attach_builtin_variants` passes the
+    bundled calibration texts tokenized with the folder's tokenizer). Each option's perplexity on
+    the real SmolLM2-135M-Instruct: docs/variants.md (benchmarks/quality_bench.py). `pack`
+    (same-input linears in one `MatMulNBits`) measured no faster."""
     from ...errors import InvalidArgumentError
 
     if method not in ("rtn", "search", "gptq"):
