@@ -64,6 +64,12 @@ def shared_tmp(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _variant_cache(shared_tmp):
+    """Selected variant graphs are cached under the run's temp folder, not in ~/.cache."""
+    os.environ.setdefault("OPTIMUM_ONNX23_CACHE", str(shared_tmp / "optimum-onnx23-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(shared_tmp):
     """tiny_model_dir(model_type) -> folder with a seeded random model and the bundled tokenizer."""

@@ -27,15 +27,19 @@ def _matmul_nbits(node: ir.Node) -> Dequantized:
     scales [N * blocks]; zero points packed like B (default 2^(bits-1))."""
     attrs = node.attributes
     k, n, bits, block = (attrs.get_int(a) for a in ("K", "N", "bits", "block_size"))
-    assert bits == 4, bits
-    packed = node.inputs[1].const_value.numpy().reshape(n, -1)
-    q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)[:, :k].astype(np.float32)  # [N, K]
+    assert bits in (4, 8), bits
+
+    def unpack(packed: np.ndarray, count: int) -> np.ndarray:
+        if bits == 8:
+            return packed[:, :count].astype(np.float32)
+        return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)[:, :count].astype(np.float32)
+
+    q = unpack(node.inputs[1].const_value.numpy().reshape(n, -1), k)  # [N, K]
     blocks = -(-k // block)
     scales = node.inputs[2].const_value.numpy().reshape(n, blocks)
-    zero = np.full((n, blocks), 8.0, np.float32)
+    zero = np.full((n, blocks), float(2 ** (bits - 1)), np.float32)
     if len(node.inputs) > 3 and node.inputs[3] is not None:
-        zp = node.inputs[3].const_value.numpy().reshape(n, -1)
-        zero = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(n, -1)[:, :blocks].astype(np.float32)
+        zero = unpack(node.inputs[3].const_value.numpy().reshape(n, -1), blocks)
     per_k = np.arange(k) // block
     step = scales[:, per_k]  # [N, K]
     return Dequantized(((q - zero[:, per_k]) * step).T, np.abs(step.T))

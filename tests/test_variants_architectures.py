@@ -25,19 +25,23 @@ from optimum_onnx23.variants.producers import produce
 from optimum_onnx23.variants.producers._linear import find_linears, group_linears
 from quantized_reference import dequantize_variant, with_weights
 
+
 pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
 ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]
-QUANTIZED_OP = {"ort-cpu-int4": "MatMulNBits", "ort-cpu-int8": "DynamicQuantizeMatMul"}
+QUANTIZED_OP = {"ort-cpu-int4": "MatMulNBits", "ort-cpu-int8": "MatMulNBits"}
 # The tiny test models scale their weights by 4 (so greedy choices are not ties), which makes
 # quantization error larger than on real checkpoints: against the fp32 main graph these bounds
 # are loose (real-checkpoint quality is judged by perplexity and token agreement elsewhere).
 MAX_RELATIVE = {"ort-cpu-int4": 0.4, "ort-cpu-int8": 0.1, "ort-cpu": 1e-5, "backend-context": 0.0}
-# |dequantized - main weight| in rounding steps: int8 rounds to nearest (half a step); onnxruntime's
-# symmetric int4 maps the block's absolute maximum to -8 steps, so +max sits one step away.
-MAX_STEPS = {"ort-cpu-int4": 1.0 + 1e-3, "ort-cpu-int8": 0.5 + 1e-3}
+# |dequantized - main weight| in rounding steps. int8 (absmax / 127) rounds to nearest: half a step.
+# int4 searches each block's scale in [0.80, 1.10] of its range and may clip the block's extremes:
+# at most (1 / 0.80 - 1) * 15 = 3.75 steps, while every element it does not clip is rounded to
+# nearest, so few elements sit beyond half a step. A swapped scale
+# or a transposed weight moves most elements by several steps.
+MAX_STEPS = {"ort-cpu-int4": 3.75 + 1e-3, "ort-cpu-int8": 0.5 + 1e-3}
+MAX_SHARE_BEYOND_HALF_STEP = {"ort-cpu-int4": 0.10, "ort-cpu-int8": 0.0}
 # Variant vs the main graph on its dequantized weights, relative to the largest value: what is left
-# is the kernels' activation quantization (int4 accuracy_level 4: int8 blocks; int8: uint8 per
-# tensor). Measured on these 6 architectures: int4 <= 0.021 logits / 0.025 KV, int8 <= 0.038 / 0.045.
+# is the kernels' activation quantization (accuracy_level 4: int8 blocks of the activations).
 MAX_ACTIVATION_ERROR = {"ort-cpu-int4": 0.05, "ort-cpu-int8": 0.08}
 IDS = np.array([[1, 17, 43, 99, 250, 7, 8, 12, 5, 77, 300, 41, 9, 10, 11, 12]], np.int64)
 
@@ -68,6 +72,10 @@ def check_quantized_variant(folder, selected: ir.Model, name: str) -> None:
         diff = np.abs(deq.weight - linears[weight].weight_kn())
         steps = np.where(deq.step > 0, diff / np.where(deq.step > 0, deq.step, 1), np.where(diff > 0, np.inf, 0))
         assert steps.max() <= MAX_STEPS[name], f"{name}: {weight} is {steps.max():.3g} rounding steps from the main graph's weight"
+        share = float((steps > 0.5 + 1e-3).mean())
+        assert share <= MAX_SHARE_BEYOND_HALF_STEP[name], (
+            f"{name}: {share:.1%} of {weight} is more than half a rounding step from the main graph's weight"
+        )
 
     ir.save(selected, folder / f"check-{name}.onnx")
     reference = with_weights(load_model(folder / "model.onnx"), {w: d.weight for w, d in dequantized.items()})
@@ -76,7 +84,7 @@ def check_quantized_variant(folder, selected: ir.Model, name: str) -> None:
     for i, (have, expected) in enumerate(zip(got, want)):  # logits, then every present key and value
         error = _relative(have, expected)
         assert error <= MAX_ACTIVATION_ERROR[name], f"{name}: output {i} is {error:.3g} off the dequantized main graph"
-    if name == "ort-cpu-int4":  # float activations: the variant is exactly the dequantized main graph
+    if name in QUANTIZED_OP:  # float activations: the variant is exactly the dequantized main graph
         for node in selected.graph:
             if node.op_type == "MatMulNBits":
                 node.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", 0)
@@ -102,7 +110,7 @@ def test_builtin_variants_on_architecture(exported_dir, tmp_path, model_type):
     for name in report["variants"]:
         selected = select_variant(load_model(folder / "model.onnx"), variant=name)
         if name in QUANTIZED_OP:
-            expected = len(group_linears(linears, pack=name == "ort-cpu-int8"))
+            expected = len(linears)  # one MatMulNBits per linear layer, the tied lm_head included
             assert [n.op_type for n in selected.graph].count(QUANTIZED_OP[name]) == expected
         path = folder / f"selected-{name}.onnx"
         ir.save(selected, path)
@@ -149,7 +157,7 @@ def test_broken_variants_are_caught(exported_dir, tmp_path, name, bug):
     else:
         spec = _transposed_weight_spec(name, folder)
     spec.attach_to(model)
-    with pytest.raises(AssertionError, match="rounding steps from the main graph's weight"):
+    with pytest.raises(AssertionError, match="rounding step"):
         check_quantized_variant(folder, select_variant(model, variant=name), name)
     # Control: the same variant produced faithfully passes.
     model = load_model(folder / "model.onnx")

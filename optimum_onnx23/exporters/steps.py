@@ -1,6 +1,6 @@
 """The steps of an export, in order (`STEPS`); `convert.export` runs them over one `ExportContext`.
 
-load -> trace -> optimize -> fuse -> [static cache] -> save -> validate -> [variants] -> tokenizer.
+load -> trace -> optimize -> fuse -> [static cache] -> save -> validate -> tokenizer -> [variants].
 Each step reads what earlier ones left on the context and fills its own part; the ones in
 brackets apply only when the options ask for them. Everything is written into the staging folder,
 which `export` moves into place only after the last step.
@@ -176,9 +176,10 @@ STEPS: list[ExportStep] = [
     ExportStep(
         "validate", _validate, lambda ctx: f"Validating against PyTorch ({Tolerance(ctx.report.atol, ctx.report.rtol)})"
     ),
+    ExportStep("tokenizer", _save_tokenizer, lambda ctx: "Saving tokenizer"),
+    # after the tokenizer: calibrated variants tokenize their calibration texts with it
     ExportStep(
         "variants", _attach_variants, lambda ctx: f"Attaching backend variants {', '.join(ctx.options.variants)}",
         applies=lambda ctx: bool(ctx.options.variants),
     ),
-    ExportStep("tokenizer", _save_tokenizer, lambda ctx: "Saving tokenizer"),
 ]

@@ -134,6 +134,29 @@ def strip_folder(onnx_path: Path, names: list[str] | None = None) -> list[str]:
     return [n for n in before if names is None or n in names]
 
 
+def _with_calibration(name: str, folder: Path, options: dict) -> dict:
+    """Producers that take `calibration` get token windows of the bundled calibration texts,
+    tokenized with the folder's tokenizer, unless `calibration=False` is passed; a folder without a
+    tokenizer gets none, with a warning."""
+    import inspect
+
+    from .producers import BUILTIN
+    from .producers._calibration import calibration_windows
+
+    if "calibration" not in inspect.signature(BUILTIN[name]).parameters:
+        return options
+    wanted = options.get("calibration", True)
+    if wanted is False or wanted is None:
+        options["calibration"] = None
+    elif wanted is True:
+        try:
+            options["calibration"] = calibration_windows(folder)
+        except (OSError, ValueError) as error:
+            logger.warning("Variant %s: no tokenizer in %s (%s); quantized without calibration.", name, folder, str(error)[:120])
+            options["calibration"] = None
+    return options
+
+
 def attach_builtin_variants(model_folder: Path, names: list[str], options: dict | None = None) -> dict:
     """Attach the built-in variants `names` to the exported folder, in place.
 
@@ -161,7 +184,7 @@ def attach_builtin_variants(model_folder: Path, names: list[str], options: dict 
         size_graph = onnx_path.stat().st_size
         size_data = data_path.stat().st_size
         try:
-            spec = produce(name, model, **(options or {}).get(name, {}))
+            spec = produce(name, model, **_with_calibration(name, folder, dict((options or {}).get(name, {}))))
         except VariantNotApplicableError as error:
             logger.warning("Variant %s not attached: %s", name, error)
             report["skipped"][name] = str(error)

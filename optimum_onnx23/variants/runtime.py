@@ -1,11 +1,13 @@
 """Session-creation helpers: pick the variant for a session's first provider and hand onnxruntime
-a plain model.
+a plain model, without writing anything into the model's folder.
 
-`select_for_providers` writes the selected model *next to* the original, named after the original
-graph's hash and the variant (`model.variant-<name>-<hash12>.onnx`). It is a small graph file that
-references the same `model.onnx_data` (no weight is copied, so a 538 MB model costs a few hundred
-KB once, and later sessions reuse the file). A read-only folder gets a private temporary folder
-with a link to the data file instead, with a warning.
+`select_for_providers` substitutes the variant in memory and returns the plain model's bytes: the
+graph only (a few hundred KB); its initializers still point at the folder's `model.onnx_data`,
+which onnxruntime reads from the folder named by the session option
+`session.model_external_initializers_file_folder_path` (`Selected.session_options` sets it), so no weight
+is copied or held twice and a read-only folder (the Hugging Face cache) works. The plain graph is
+cached in our own cache folder (`~/.cache/optimum-onnx23/selected`, or `$OPTIMUM_ONNX23_CACHE`),
+keyed by the sha256 of `model.onnx`, so the substitution is paid once per file and variant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError, VariantNotFoundError
@@ -25,7 +28,7 @@ from .format import VARIANT_DOMAIN, info_from_metadata
 from .providers import check_provider_names, choose_variant
 from .select import MAIN, select_variant
 
-__all__ = ["select_for_providers", "missing_ops", "create_session", "selected_file_name"]
+__all__ = ["Selected", "select_for_providers", "missing_ops", "create_session", "cache_dir", "EXTERNAL_FOLDER_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,46 +81,78 @@ def _runs_without_kernel(op: str) -> bool:
     return schema.has_function or schema.has_context_dependent_function
 
 
-def selected_file_name(onnx_path: Path, variant: str) -> str:
-    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
-    return f"{Path(onnx_path).stem}.variant-{variant}-{digest}.onnx"
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+_CACHE_FORMAT = "1"  # bump when the substitution changes what it produces
 
 
-def _write_selected(model, onnx_path: Path, name: str) -> Path:
-    import onnx_ir as ir
+@dataclass
+class Selected:
+    """What to open: `model` is the original file (it has no variants) or the plain selected
+    model's bytes, whose external data lives in `folder`."""
 
-    folder = onnx_path.parent
-    target = folder / name
+    model: Path | bytes
+    folder: Path
+
+    def session_options(self, options=None):
+        """`options` (or new ones) set to read external data from `folder` when `model` is bytes;
+        the caller's object is updated in place."""
+        import onnxruntime as ort
+
+        options = options if options is not None else ort.SessionOptions()
+        if isinstance(self.model, bytes):
+            options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(self.folder))
+        return options
+
+    def session(self, providers: Sequence, sess_options=None):
+        import onnxruntime as ort
+
+        source = self.model if isinstance(self.model, bytes) else str(self.model)
+        return ort.InferenceSession(source, sess_options=self.session_options(sess_options), providers=list(providers))
+
+    def proto(self):
+        """The model proto without weights (for inspection)."""
+        import onnx
+
+        if isinstance(self.model, bytes):
+            return onnx.load_model_from_string(self.model)
+        return onnx.load(str(self.model), load_external_data=False)
+
+
+def cache_dir() -> Path:
+    """Where selected graphs are cached: `$OPTIMUM_ONNX23_CACHE/selected`, else
+    `$XDG_CACHE_HOME/optimum-onnx23/selected` (`~/.cache/...`)."""
+    root = os.environ.get("OPTIMUM_ONNX23_CACHE")
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "optimum-onnx23"
+    return Path(root) / "selected"
+
+
+def _cache_path(digest: str, variant: str) -> Path:
+    return cache_dir() / f"{digest}-{variant}-f{_CACHE_FORMAT}.onnx"
+
+
+def _cache_write(path: Path, data: bytes) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    except OSError:
-        private = Path(tempfile.mkdtemp(prefix="optimum-onnx23-variant-"))
-        for value in model.graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor) and not (private / value.const_value.location).exists():
-                os.symlink(folder.resolve() / value.const_value.location, private / value.const_value.location)
-        target = private / name
-        warnings.warn(f"{folder} is read-only: the selected model is written to {private} (linked to the weights).", stacklevel=3)
-        ir.save(model, target)
-        return target
-    os.close(fd)
-    try:
-        ir.save(model, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as error:  # a read-only home: select again next time
+        logger.info("Could not cache the selected graph in %s (%s); it is selected in memory each time.", path.parent, error)
 
 
 def select_for_providers(
     onnx_path: str | os.PathLike, providers: Sequence, variant: str | None = None
-) -> tuple[Path, str | None]:
-    """What to give `onnxruntime.InferenceSession` for `providers`, and the variant chosen.
+) -> tuple[Selected, str | None]:
+    """What to give `onnxruntime.InferenceSession` for `providers` (`Selected.session()` opens it),
+    and the variant chosen.
 
-    Returns `(onnx_path, None)` for a model without variants. Otherwise the path of a plain model
-    beside it and the variant's name, or None with the main graph (variants stripped) when no
-    variant targets `providers[0]`, `variant="main"` is asked for, or the variant needs ops this
-    onnxruntime lacks for those providers (then with a warning).
+    A model without variants is returned as its own path. Otherwise the plain model's bytes with
+    the variant for `providers[0]` substituted (or the one named `variant`), or with the main graph
+    (variants stripped, so onnxruntime neither reads nor logs their weights) when no variant targets
+    `providers[0]`, `variant="main"` is asked for, or the variant needs ops this onnxruntime lacks
+    for those providers (then with a warning). Nothing is written into the model's folder.
     """
     import onnx
 
@@ -127,13 +162,15 @@ def select_for_providers(
         raise ModelNotFoundError(f"{onnx_path} does not exist; pass the model.onnx of an exported folder.")
     # Fast path on the proto alone (no weights, no IR): most models carry no variant, and a cached
     # selection only needs the metadata.
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    raw = onnx_path.read_bytes()
+    proto = onnx.load_model_from_string(raw)
     check_external_locations(proto, onnx_path.parent)
     functions = [f for f in proto.functions if f.domain == VARIANT_DOMAIN]
     if not functions:
-        return onnx_path, None
+        return Selected(onnx_path, onnx_path.parent), None
+    digest = hashlib.sha256(raw).hexdigest()[:32]
     if variant == MAIN:
-        return _materialize(onnx_path, MAIN, names[0]), None
+        return _materialize(onnx_path, digest, MAIN, names[0]), None
     infos = [
         info_from_metadata({p.key: p.value for p in f.metadata_props}, f"{f.domain}::{f.name}", list(f.input), list(f.output))
         for f in functions
@@ -146,7 +183,7 @@ def select_for_providers(
         info = choose_variant(infos, names)
     if info is None:
         logger.info("No backend variant for %s in %s; using the main graph.", names[0], onnx_path.name)
-        return _materialize(onnx_path, MAIN, names[0]), None
+        return _materialize(onnx_path, digest, MAIN, names[0]), None
     missing = missing_ops(info.ops, names)
     if missing:
         message = (
@@ -155,39 +192,40 @@ def select_for_providers(
         )
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-        return _materialize(onnx_path, MAIN, names[0]), None
-    return _materialize(onnx_path, info.name, names[0]), info.name
+        return _materialize(onnx_path, digest, MAIN, names[0]), None
+    return _materialize(onnx_path, digest, info.name, names[0]), info.name
 
 
-def _materialize(onnx_path: Path, variant: str, provider: str) -> Path:
-    """The plain model for `variant` (MAIN: the main graph with every variant stripped, so that
-    onnxruntime neither reads nor logs the variants' weights), written once and then reused."""
-    name = selected_file_name(onnx_path, variant)
-    cached = onnx_path.parent / name
+def _materialize(onnx_path: Path, digest: str, variant: str, provider: str) -> Selected:
+    """The plain model for `variant` (MAIN: the main graph with every variant stripped), from our
+    cache or substituted now and cached."""
+    import onnx_ir as ir
+
     label = "the main graph" if variant == MAIN else f"backend variant {variant}"
+    cached = _cache_path(digest, variant)
     if cached.is_file():
-        logger.info("Using %s for %s (reusing %s).", label, provider, name)
-        return cached
+        logger.info("Using %s for %s (cached selection).", label, provider)
+        return Selected(cached.read_bytes(), onnx_path.parent)
     model = load_model(onnx_path)
     selected = select_variant(model, variant=variant, copy=False)  # loaded for this call only
-    path = _write_selected(selected, onnx_path, name)
-    logger.info("Using %s for %s (wrote %s).", label, provider, path.name)
-    return path
+    data = ir.serde.serialize_model(selected).SerializeToString()
+    _cache_write(cached, data)
+    logger.info("Using %s for %s (selected in memory).", label, provider)
+    return Selected(data, onnx_path.parent)
 
 
 def create_session(onnx_path: str | os.PathLike, providers: Sequence, sess_options=None, variant: str | None = None):
     """An `InferenceSession` on the selected variant; if onnxruntime refuses it, warns and opens the
-    main graph instead (a variant never leaves a caller without a session). Returns (session, variant)."""
-    import onnxruntime as ort
-
-    path, chosen = select_for_providers(onnx_path, providers, variant)
+    main graph instead (a variant never leaves a caller without a session). Returns (session, variant).
+    `sess_options` is updated in place with the external-data folder (`Selected.session_options`)."""
+    selected, chosen = select_for_providers(onnx_path, providers, variant)
     try:
-        return ort.InferenceSession(str(path), sess_options=sess_options, providers=list(providers)), chosen
+        return selected.session(providers, sess_options), chosen
     except Exception as error:  # onnxruntime raises its own Fail/NotImplemented/InvalidGraph types
         if chosen is None:
             raise
         message = f"onnxruntime could not load variant {chosen} ({str(error).splitlines()[0][:200]}); using the main graph."
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-        main = _materialize(Path(onnx_path), MAIN, check_provider_names(providers)[0])
-        return ort.InferenceSession(str(main), sess_options=sess_options, providers=list(providers)), None
+        main, _ = select_for_providers(onnx_path, providers, MAIN)
+        return main.session(providers, sess_options), None

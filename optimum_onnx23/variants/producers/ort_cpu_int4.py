@@ -1,23 +1,23 @@
-"""`ort-cpu-int4`: every linear layer (the tied lm_head included) as onnxruntime's `MatMulNBits`
-with block-wise int4 weights packed by onnxruntime's own `MatMulNBitsQuantizer`.
+"""`ort-cpu-int4`: the linear layers as onnxruntime's `MatMulNBits` with block-wise int4 weights,
+except the most error-sensitive ones, kept in block-wise int8: the tied lm_head (the checkpoint's
+own Q8_0 embedding comes back exactly), the attention V projections and the MLP down projections.
 
-Only the packed weights and their scales are new; activations, norms, attention and the embedding
-stay the main graph's. `accuracy_level=4` lets onnxruntime's CPU kernel quantize activations to
-int8 per block and use integer dot products, which is where the decode speed comes from. The
-`ort-cpu` rewrites come along (`fusions`); packing same-input linears is available (`pack`).
+The int4 blocks (32 input channels of one output column) are asymmetric, and each block's scale
+and zero point are searched to minimize the squared error weighted by the mean square of the
+layer's input per channel, measured by running the fp32 main graph on the bundled calibration
+texts (`attach_builtin_variants` does it; `calibration=False` skips it). `accuracy_level=4` lets
+onnxruntime's CPU kernel quantize activations to int8 per block and use integer dot products,
+which is where the decode speed comes from. The `ort-cpu` rewrites come along (`fusions`).
+Only the packed weights and their scales are new; all else is the main graph's.
 """
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx_ir as ir
 
-from ..format import owned_prefix
-from ._linear import Linear, find_linears, group_linears, name_group_outputs
-from ._merge import merge_bodies
-from .ort_cpu import ort_cpu_region
+from ._quantized import Scheme, quantized_region
 from .spec import VariantSpec
 
 __all__ = ["NAME", "produce"]
@@ -26,73 +26,50 @@ NAME = "ort-cpu-int4"
 logger = logging.getLogger(__name__)
 
 
-def _quantize(groups: list[list[Linear]], block_size: int, accuracy_level: int, symmetric: bool) -> dict[str, ir.Node]:
-    """Run onnxruntime's quantizer on a model holding one MatMul per group (weights concatenated
-    along N); returns the `MatMulNBits` node of each group, by the group's index."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    inputs, nodes, weights = {}, [], []
-    for i, group in enumerate(groups):
-        name = group[0].activation.name
-        a = inputs.setdefault(name, ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT)))
-        array = np.concatenate([linear.weight_kn() for linear in group], axis=1) if len(group) > 1 else group[0].weight_kn()
-        w = ir.Value(name=f"w{i}", const_value=ir.tensor(array, name=f"w{i}"))
-        weights.append(w)
-        node = ir.node("MatMul", [a, w], name=f"group{i}")
-        node.outputs[0].name = f"group{i}"
-        node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
-        nodes.append(node)
-    graph = ir.Graph(list(inputs.values()), [n.outputs[0] for n in nodes], nodes=nodes, initializers=weights, opset_imports={"": 21})
-    proto = ir.serde.serialize_model(ir.Model(graph, ir_version=10))
-    quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level)
-    quantizer.process()
-    result = ir.serde.deserialize_model(quantizer.model.model)
-    return {node.outputs[0].name: node for node in result.graph if node.op_type == "MatMulNBits"}
-
-
 def produce(
     model: ir.Model,
     block_size: int = 32,
     accuracy_level: int = 4,
-    symmetric: bool = True,
+    symmetric: bool = False,
+    method: str = "search",
+    lm_head_bits: int = 8,
+    mlp_down_bits: int = 8,
+    attn_v_bits: int = 8,
     include_lm_head: bool = True,
     fusions: bool = True,
     pack: bool = False,
+    calibration: list | None = None,
 ) -> VariantSpec:
-    """`pack` (off by default) puts same-input linears in one `MatMulNBits`: on this 2-core AVX2
-    machine it measured slightly slower for int4 (p10 step 43.1 ms vs 39.5 ms unpacked, SmolLM
-    shape), while it helps int8; the ort-cpu rewrites (`fusions`) measured 15% faster."""
-    linears = find_linears(model.graph, include_lm_head)
-    groups = group_linears(linears, pack)
-    quantized = _quantize(groups, block_size, accuracy_level, symmetric)
-    prefix = owned_prefix(NAME)
-    body_inputs: dict[str, ir.Value] = {}
-    owned: dict[str, ir.TensorProtocol] = {}
-    nodes: list[ir.Node] = []
-    outputs: list[ir.Value] = []
-    replaced = 0
-    for i, group in enumerate(groups):
-        qnode = quantized.get(f"group{i}")
-        if qnode is None:
-            logger.warning("ort-cpu-int4: onnxruntime's quantizer left %s in fp32; it stays the main graph's.", group[0].node.name)
-            continue
-        first = group[0]
-        stem = first.weight.name + (f"+{len(group) - 1}" if len(group) > 1 else "")
-        args = [body_inputs.setdefault(first.activation.name, ir.Value(name=first.activation.name))]
-        for suffix, value in zip(("qweight", "scales", "zero_points"), qnode.inputs[1:]):
-            name = f"{prefix}{stem}.{suffix}"
-            owned[name] = ir.tensor(value.const_value.numpy(), name=name)
-            args.append(body_inputs.setdefault(name, ir.Value(name=name)))
-        if first.bias is not None:  # MatMulNBits inputs: A, B, scales, zero_points, g_idx, bias
-            args += [None] * (5 - len(args)) + [body_inputs.setdefault(first.bias.name, ir.Value(name=first.bias.name))]
-        node = ir.Node("com.microsoft", "MatMulNBits", args, attributes=list(qnode.attributes.values()), name=f"{first.node.name or first.output.name}_q4")
-        extra, named = name_group_outputs(node.outputs[0], group, f"{NAME}/packed{i}")
-        nodes += [node, *extra]
-        outputs += named
-        replaced += len(group)
-    body = ir.Graph(list(body_inputs.values()), outputs, nodes=nodes)
-    if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
-        body = merge_bodies(body, ort_cpu_region(model, NAME)[0])
+    """`method`: "search" (default: scales searched per block, weighted by the layer input's mean
+    square with `calibration`), "rtn" (round to nearest) or "gptq" (needs `calibration`; measured
+    worse than "search" with the bundled 2.3k calibration tokens). `lm_head_bits`, `attn_v_bits`
+    and `mlp_down_bits` (4 or 8) set those layers' width; int8 blocks are symmetric (llama.cpp's
+    Q8_0 rule). `calibration` is a list of token-id windows (`attach_builtin_variants` passes the
+    bundled calibration texts tokenized with the folder's tokenizer). Each option's perplexity on
+    the real SmolLM2-135M-Instruct: docs/variants.md (benchmarks/quality_bench.py). `pack`
+    (same-input linears in one `MatMulNBits`) measured no faster."""
+    from ...errors import InvalidArgumentError
+
+    if method not in ("rtn", "search", "gptq"):
+        raise InvalidArgumentError(f"ort-cpu-int4: method must be rtn, search or gptq, got {method!r}.")
+    if method == "gptq" and not calibration:
+        logger.warning("ort-cpu-int4: GPTQ needs calibration token windows; none given, so scales are searched per block instead.")
+        method = "search"
+    scheme = Scheme(4, block_size, symmetric, method)
+    wide = {8: Scheme(8, block_size, symmetric=True), 4: None}
+    if {lm_head_bits, mlp_down_bits, attn_v_bits} - set(wide):
+        raise InvalidArgumentError("ort-cpu-int4: lm_head_bits, mlp_down_bits and attn_v_bits must be 4 or 8.")
+    body, owned, counts = quantized_region(
+        model, NAME, scheme, accuracy_level, wide[lm_head_bits], wide[mlp_down_bits], wide[attn_v_bits],
+        include_lm_head, pack, fusions, calibration,
+    )
+    extra = "".join(
+        f"; {label} {wide[bits].describe()}" for label, bits, key in (
+            ("lm_head", lm_head_bits, "lm_head"), ("MLP down projections", mlp_down_bits, "mlp_down"),
+            ("attention V projections", attn_v_bits, "attn_v"),
+        )
+        if wide[bits] is not None and counts[key]
+    )
     return VariantSpec(
         name=NAME,
         body=body,
@@ -100,8 +77,8 @@ def produce(
         opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
         owned=owned,
         priority=30,
-        description=f"{replaced} linear layers as {sum(1 for n in nodes if n.op_type == 'MatMulNBits')} com.microsoft::MatMulNBits "
-        f"(same-input layers packed), int4 blocks of {block_size}, {'symmetric' if symmetric else 'asymmetric'}, "
-        f"accuracy_level {accuracy_level}",
-        tolerance="int4 weight-only: logits differ from the main graph by the quantization error; greedy tokens mostly agree (see docs/variants.md)",
+        description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "
+        f"{scheme.describe(bool(calibration))}{extra}, accuracy_level {accuracy_level}",
+        tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
+        "(benchmarks/quality_bench.py, docs/variants.md)",
     )

@@ -1,0 +1,197 @@
+"""The region the weight-only quantized variants share: every linear layer as a `MatMulNBits`
+(`_nbits`), the lm_head with its own settings, plus the `ort-cpu` rewrites."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from ..format import owned_prefix
+from ._linear import Linear, find_linears, group_linears, name_group_outputs
+from ._calibration import input_hessians
+from ._merge import merge_bodies
+from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
+from .ort_cpu import ort_cpu_region
+
+__all__ = ["Scheme", "quantized_region", "lm_head_of", "is_mlp_down", "is_attention_value"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one group of linears is quantized."""
+
+    bits: int
+    block_size: int
+    symmetric: bool
+    method: str = "rtn"  # "rtn", "search" (scales searched per block), "gptq" (needs calibration)
+
+    def describe(self, calibrated: bool = False) -> str:
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        method = {"rtn": "round to nearest", "search": "searched scales", "gptq": "GPTQ"}[self.method]
+        if calibrated and self.method != "rtn":
+            method += ", calibrated"
+        return f"int{self.bits} blocks of {self.block_size} ({kind}, {method})"
+
+    def quantize(self, weight_kn: np.ndarray, hessian: np.ndarray | None) -> QuantizedWeight:
+        if self.method == "gptq" and hessian is not None:
+            return quantize_gptq([weight_kn], [hessian], self.bits, self.block_size, self.symmetric)[0]
+        importance = None
+        if hessian is not None and self.method != "rtn":
+            importance = np.diag(hessian) if hessian.ndim == 2 else hessian
+        return quantize_blockwise(weight_kn, self.bits, self.block_size, self.symmetric, self.method != "rtn", importance)
+
+
+def lm_head_of(graph: ir.Graph, linears: list[Linear]) -> Linear | None:
+    """The linear layer nearest to the `logits` output (a decoder's lm_head): found by walking back
+    from `logits` and stopping at the first matmul on each path."""
+    logits = next((v for v in graph.outputs if v.name == "logits"), None)
+    if logits is None:
+        return None
+    by_node = {l.node: l for l in linears}
+    stack, seen = [logits], set()
+    while stack:
+        node = stack.pop().producer()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in by_node:
+            return by_node[node]
+        if node.op_type in ("MatMul", "Gemm"):
+            continue
+        stack.extend(v for v in node.inputs if v is not None and not v.is_initializer())
+    return None
+
+
+_ELEMENTWISE = {"Mul", "Div", "Add", "Sub", "Sigmoid", "Tanh", "Erf", "Pow", "Gelu", "FastGelu", "QuickGelu", "BiasGelu",
+                "Relu", "Silu", "Softplus", "Cast"}
+
+
+def is_mlp_down(graph_linears: set[ir.Node], linear: Linear) -> bool:
+    """The MLP's output projection: its input is computed from other linear layers' outputs
+    through elementwise ops only (SwiGLU's `silu(gate) * up`, GPT-2's gelu), not through a
+    normalization or attention."""
+    stack, seen, found = [linear.activation], set(), False
+    while stack:
+        node = stack.pop().producer()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in graph_linears:
+            found = True
+            continue
+        if node.op_type not in _ELEMENTWISE:
+            return False
+        stack.extend(v for v in node.inputs if v is not None and not v.is_initializer() and v.const_value is None)
+    return found
+
+
+def is_attention_value(linear: Linear) -> bool:
+    """The attention's V projection: its output reaches an attention op's value input (index 2)
+    through layout ops only."""
+    stack, seen = [linear.output], set()
+    while stack:
+        for use in stack.pop().uses():
+            node = use.node
+            if node in seen:
+                continue
+            seen.add(node)
+            if node.op_type in ("Attention", "GroupQueryAttention", "MultiHeadAttention") and use.idx == 2:
+                return True
+            if node.op_type in ("Reshape", "Transpose", "Cast", "Identity"):
+                stack.extend(node.outputs)
+    return False
+
+
+def quantized_region(
+    model: ir.Model,
+    name: str,
+    scheme: Scheme,
+    accuracy_level: int,
+    lm_head_scheme: Scheme | None = None,
+    mlp_down_scheme: Scheme | None = None,
+    attn_v_scheme: Scheme | None = None,
+    include_lm_head: bool = True,
+    pack: bool = False,
+    fusions: bool = True,
+    calibration: list[np.ndarray] | None = None,
+) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict[str, int]]:
+    """(body, owned weights, counts): each linear (group) as one `MatMulNBits` with `scheme`, the
+    lm_head with `lm_head_scheme` and the MLP output projections with `mlp_down_scheme` (None:
+    `scheme`); `fusions` merges the `ort-cpu` rewrites in. With `calibration` (token windows), the
+    main graph is run on them first and the schemes that search or use GPTQ weigh errors by the
+    statistics of each layer's input."""
+    linears = find_linears(model.graph, include_lm_head)
+    lm_head = lm_head_of(model.graph, linears) if include_lm_head else None
+    groups = group_linears([l for l in linears if l is not lm_head], pack) + ([[lm_head]] if lm_head else [])
+    nodes_of_linears = {l.node for l in linears}
+    chosen: list[Scheme] = []
+    counts = {"linears": 0, "matmuls": 0, "lm_head": 0, "mlp_down": 0, "attn_v": 0}
+    for group in groups:
+        if group[0] is lm_head and lm_head_scheme is not None:
+            chosen.append(lm_head_scheme)
+            counts["lm_head"] += 1
+        elif mlp_down_scheme is not None and len(group) == 1 and is_mlp_down(nodes_of_linears, group[0]):
+            chosen.append(mlp_down_scheme)
+            counts["mlp_down"] += 1
+        elif attn_v_scheme is not None and len(group) == 1 and is_attention_value(group[0]):
+            chosen.append(attn_v_scheme)
+            counts["attn_v"] += 1
+        else:
+            chosen.append(scheme)
+    hessians: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    if calibration:
+        wanted = [g[0].activation for g, c in zip(groups, chosen) if c.method != "rtn"]
+        full = any(c.method == "gptq" for c in chosen)  # searching needs only the diagonal
+        hessians = input_hessians(model, wanted, calibration, full) if wanted else {}
+    weights = [np.concatenate([l.weight_kn() for l in g], axis=1) if len(g) > 1 else g[0].weight_kn() for g in groups]
+    calibrated = time.perf_counter()
+    quantized = _quantize_all(weights, [hessians.get(g[0].activation.name) for g in groups], chosen)
+    logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
+                len(weights), time.perf_counter() - calibrated)
+    prefix = owned_prefix(name)
+    inputs: dict[str, ir.Value] = {}
+    owned: dict[str, ir.TensorProtocol] = {}
+    nodes: list[ir.Node] = []
+    outputs: list[ir.Value] = []
+    for i, (group, qw) in enumerate(zip(groups, quantized)):
+        first = group[0]
+        stem = first.weight.name + (f"+{len(group) - 1}" if len(group) > 1 else "") + (".lm_head" if first is lm_head else "")
+        node = matmul_nbits(
+            first.activation, qw, f"{prefix}{stem}", accuracy_level, inputs, owned, bias=first.bias,
+            name=f"{first.node.name or first.output.name}_q{qw.bits}",
+        )
+        extra, named = name_group_outputs(node.outputs[0], group, f"{name}/packed{i}")
+        nodes += [node, *extra]
+        outputs += named
+        counts["linears"] += len(group)
+        counts["matmuls"] += 1
+    body = ir.Graph(list(inputs.values()), outputs, nodes=nodes)
+    if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
+        body = merge_bodies(body, ort_cpu_region(model, name)[0])
+    return body, owned, counts
+
+
+def _quantize_all(weights: list[np.ndarray], hessians: list[np.ndarray | None], schemes: list[Scheme], batch: int = 8) -> list[QuantizedWeight]:
+    """Each weight with its scheme; GPTQ weights of one shape and scheme go through `quantize_gptq`
+    `batch` at a time (the same projection of several layers)."""
+    out: list[QuantizedWeight | None] = [None] * len(weights)
+    batches: dict[tuple, list[int]] = {}
+    for i, (weight, hessian, scheme) in enumerate(zip(weights, hessians, schemes)):
+        if scheme.method == "gptq" and hessian is not None:
+            batches.setdefault((weight.shape, scheme), []).append(i)
+        else:
+            out[i] = scheme.quantize(weight, hessian)
+    for (_, scheme), members in batches.items():
+        for start in range(0, len(members), batch):
+            chunk = members[start : start + batch]
+            results = quantize_gptq([weights[i] for i in chunk], [hessians[i] for i in chunk], scheme.bits, scheme.block_size, scheme.symmetric)
+            for i, qw in zip(chunk, results):
+                out[i] = qw
+    return out

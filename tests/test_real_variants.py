@@ -1,0 +1,71 @@
+"""Quantized variants on the real checkpoint (SmolLM2-135M-Instruct), through the project's own
+`ORTModelForCausalLM.forward`, against PyTorch on the same weights: perplexity and top-1 agreement
+on a subset of the bundled evaluation texts (prose and code; benchmarks/quality_bench.py scores
+the whole set). Limits, from the issue: main graph within 0.1% of PyTorch's perplexity,
+`ort-cpu-int8` within +2% with >= 95% top-1 agreement, `ort-cpu-int4` within +10%."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from optimum_onnx23 import ORTModelForCausalLM
+from optimum_onnx23.variants import attach_builtin_variants
+from optimum_onnx23.variants.quality import eval_windows, onnx_logits, score, torch_logits
+from optimum_onnx23.variants.runtime import create_session
+
+pytestmark = [pytest.mark.real_checkpoint, pytest.mark.usefixtures("quiet_onnxruntime")]
+# (max perplexity increase over PyTorch, min top-1 agreement with PyTorch)
+LIMITS = {"main": (0.001, 0.99), "ort-cpu-int8": (0.02, 0.95), "ort-cpu-int4": (0.10, 0.75)}
+
+
+@pytest.fixture(scope="module")
+def with_variants(real_exported_dir, tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("real-variants") / "smollm2"
+    shutil.copytree(real_exported_dir(), folder)
+    return folder, attach_builtin_variants(folder, ["ort-cpu-int8", "ort-cpu-int4"])
+
+
+@pytest.fixture(scope="module")
+def windows(real_checkpoint):
+    # 2 windows of 256 tokens per text: ~1,500 scored positions of prose and code
+    return eval_windows(AutoTokenizer.from_pretrained(real_checkpoint), window=256, max_windows=2)
+
+
+@pytest.fixture(scope="module")
+def reference(real_checkpoint, windows):
+    model = AutoModelForCausalLM.from_pretrained(real_checkpoint, dtype=torch.float32).eval()
+    return score(windows, torch_logits(model))
+
+
+@pytest.mark.parametrize("variant", list(LIMITS))
+def test_variant_quality_against_pytorch(with_variants, windows, reference, variant):
+    folder, _ = with_variants
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session, chosen = create_session(folder / "model.onnx", ["CPUExecutionProvider"], options, variant=variant)
+    assert chosen == (None if variant == "main" else variant)
+    model = ORTModelForCausalLM(session, AutoConfig.from_pretrained(folder), model_path=folder / "model.onnx")
+    got = score(windows, onnx_logits(model), reference.top1_ids)
+    increase = got.perplexity / reference.perplexity - 1
+    max_increase, min_agreement = LIMITS[variant]
+    assert increase <= max_increase and got.agreement >= min_agreement, (
+        f"{variant}: perplexity {got.perplexity:.3f} vs PyTorch {reference.perplexity:.3f} ({increase:+.2%}), "
+        f"top-1 agreement {got.agreement:.1%}"
+    )
+
+
+def test_variants_report_what_they_quantized(with_variants):
+    _, report = with_variants
+    int4, int8 = report["variants"]["ort-cpu-int4"], report["variants"]["ort-cpu-int8"]
+    for entry in (int4, int8):  # one MatMulNBits per linear layer (211) + the residual Skip-norms (60)
+        assert entry["ops"] == ["com.microsoft::MatMulNBits", "com.microsoft::SkipSimplifiedLayerNormalization"]
+        assert entry["nodes"] == 211 + 60
+    # int8: 1 byte + a float32 scale per 32 weights. int4: half a byte + scale + zero point per 32,
+    # with the lm_head and the MLP down projections in int8.
+    assert 145e6 < int8["owned_bytes"] < 155e6 and 105e6 < int4["owned_bytes"] < 120e6
