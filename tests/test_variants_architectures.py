@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from architecture_records import record
 
 from optimum_onnx23.variants import attach_builtin_variants, select_variant
 from optimum_onnx23.variants.folder import load_model
@@ -64,3 +65,4 @@ def test_builtin_variants_on_architecture(exported_dir, tmp_path, model_type):
         assert relative <= MAX_RELATIVE[name], f"{model_type} {name}: relative logits error {relative:.3g}"
         for want, have in zip(main[1:], got[1:]):  # KV cache outputs keep their shapes and names
             assert want.shape == have.shape
+    record(model_type, "variants", applied=sorted(report["variants"]))
