@@ -53,7 +53,11 @@ def test_static_matches_dynamic(model_type, exported_dir, capfd):
     graph = onnx.load(str(static_dir / "model.onnx"), load_external_data=False)
     ops = [node.op_type for node in graph.graph.node]
     assert ops.count("TensorScatter") == 2 * static.io.num_layers
-    assert "ScatterElements" not in ops and "ScatterND" not in ops
+    # Every cache write is a TensorScatter: no other scatter reads a past buffer (minicpm3 keeps
+    # ScatterNDs of its own, assembling each step's keys from the latent, not writing the cache).
+    scatters = [node for node in graph.graph.node if node.op_type in ("ScatterElements", "ScatterND")]
+    assert not [node.name for node in scatters if node.input[0].startswith("past_key_values.")]
+    assert model_type in LATENT_CACHE or not scatters
     assert {o.domain: o.version for o in graph.opset_import}[""] == 24
     assert {p.key: p.value for p in graph.metadata_props}["optimum_onnx23.cache"] == "static"
     # Attention reads the written buffers themselves: no repeat_kv copy of the kv heads in between.

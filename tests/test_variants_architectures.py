@@ -1,6 +1,7 @@
 """Every built-in variant on architectures whose graphs differ where the producers look: GPT-2
 (Gemm linears, LayerNorm, no GQA), Gemma-2 (softcapped attention), Phi-3 (fused QKV), Qwen-3 (QK
-norms), SmolLM-3 (layers without RoPE). Uses the shared default exports."""
+norms), SmolLM-3 (layers without RoPE), BLOOM (ALiBi bias in the attention mask, fused QKV with
+bias), MiniCPM3 (MLA: latent cache, low-rank projections). Uses the shared default exports."""
 
 from __future__ import annotations
 
@@ -38,13 +39,13 @@ def _run(path, ids):
     return session.run(None, feeds)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", "phi3", "qwen3", "smollm3"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", "phi3", "qwen3", "smollm3", "bloom", "minicpm3"])
 def test_builtin_variants_on_architecture(exported_dir, tmp_path, model_type):
     base = exported_dir(model_type)
     folder = tmp_path / model_type
     shutil.copytree(base, folder)
     report = attach_builtin_variants(folder, ALL)
-    if model_type == "gpt2":  # LayerNorm and plain multi-head attention: nothing for ort-cpu to rewrite
+    if model_type in ("gpt2", "bloom"):  # LayerNorm and plain multi-head attention: nothing for ort-cpu to rewrite
         assert list(report["skipped"]) == ["ort-cpu"] and "nothing to rewrite" in report["skipped"]["ort-cpu"]
     else:
         assert not report["skipped"]

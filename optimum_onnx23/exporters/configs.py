@@ -270,27 +270,27 @@ def register_export_config(entry: DecoderExportConfig) -> DecoderExportConfig:
     return entry
 
 
-# Model types that fail, with the supported type they are closest to (architecture, not name),
-# and what keeps them out; anything else falls back to the closest name.
-_NOT_SUPPORTED: dict[str, tuple[str, str]] = {}
-
-
 def nearest_supported(model_type: str) -> str:
-    """The supported model type closest to `model_type`: a known relative, else the nearest name."""
-    if model_type in _NOT_SUPPORTED:
-        return _NOT_SUPPORTED[model_type][0]
+    """The supported model type closest to `model_type` by architecture (exporters.unsupported),
+    else by name (Hub repositories' own model types, e.g. under --trust-remote-code)."""
+    from .unsupported import NOT_SUPPORTED
+
+    if model_type in NOT_SUPPORTED and NOT_SUPPORTED[model_type][0] in EXPORT_CONFIGS:
+        return NOT_SUPPORTED[model_type][0]
     close = difflib.get_close_matches(model_type, sorted(EXPORT_CONFIGS), n=1, cutoff=0.0)
     return close[0] if close else "llama"
 
 
 def get_export_config(model_type: str) -> DecoderExportConfig:
+    from .unsupported import NOT_SUPPORTED
+
     try:
         return EXPORT_CONFIGS[model_type]
     except KeyError:
-        reason = f" ({_NOT_SUPPORTED[model_type][1]})" if model_type in _NOT_SUPPORTED else ""
+        reason = f": {NOT_SUPPORTED[model_type][1]}" if model_type in NOT_SUPPORTED else ""
         raise UnsupportedArchitectureError(
-            f"Architecture `{model_type}` is not supported by the dynamo ONNX exporter{reason}; the nearest supported "
-            f"one is `{nearest_supported(model_type)}` (all: {', '.join(sorted(EXPORT_CONFIGS))})."
+            f"Architecture `{model_type}` is not supported by the dynamo ONNX exporter{reason}. The nearest supported "
+            f"one is `{nearest_supported(model_type)}`; all: {', '.join(sorted(EXPORT_CONFIGS))}."
         ) from None
 
 
