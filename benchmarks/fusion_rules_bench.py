@@ -23,9 +23,9 @@ import numpy as np
 
 MEDIUM = dict(
     hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
-    vocab_size=4096, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
+    vocab_size=4096, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3,
 )
-GPT_MEDIUM = dict(n_embd=512, n_layer=6, n_head=8, n_positions=1024, vocab_size=4096, bos_token_id=1, eos_token_id=2)
+GPT_MEDIUM = dict(n_embd=512, n_layer=6, n_head=8, n_positions=1024, vocab_size=4096, bos_token_id=1, eos_token_id=2, pad_token_id=3)
 # family -> (config, the rules of ours it exercises)
 FAMILIES = {
     "glm": (dict(MEDIUM), ["InterleavedRotaryEmbedding", "PartialRotaryEmbedding"]),
@@ -37,10 +37,10 @@ FAMILIES = {
              vocab_size_per_layer_input=4096, sliding_window=512),
         ["PowRmsNormalization", "RotaryEmbeddingBSHD"],
     ),
-    "bloom": (dict(hidden_size=512, n_layer=6, n_head=8, vocab_size=4096, bos_token_id=1, eos_token_id=2), ["AlibiAttention"]),
+    "bloom": (dict(hidden_size=512, n_layer=6, n_head=8, vocab_size=4096, bos_token_id=1, eos_token_id=2, pad_token_id=3), ["AlibiAttention"]),
     "falcon": (
         dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, vocab_size=4096, ffn_hidden_size=1376, multi_query=True,
-             parallel_attn=True, new_decoder_architecture=False, alibi=False, bos_token_id=1, eos_token_id=2),
+             parallel_attn=True, new_decoder_architecture=False, alibi=False, bos_token_id=1, eos_token_id=2, pad_token_id=3),
         ["EagerAttention"],
     ),
 }

@@ -91,6 +91,19 @@ def render(records: dict[str, dict[str, dict]], registered: list[str]) -> str:
         lines.append(f"| {name} | {_fused(export)} | {_rotary(export)} | {unfused} | {static} | {variants} | {runtimes} |")
     if untested:
         lines += ["", "Registered but not verified by this run: " + ", ".join(f"`{m}`" for m in untested) + "."]
+    refused = {name: why for name, why in not_supported().items() if name not in registered and name not in records}
+    if refused:
+        lines += [
+            "",
+            "## Not supported yet",
+            "",
+            "Every other text decoder of transformers' `AutoModelForCausalLM` is refused with this reason and the "
+            "nearest supported type (`optimum_onnx23/exporters/unsupported.py`):",
+            "",
+            "| model type | nearest supported | why |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| `{name}` | `{nearest}` | {why} |" for name, (nearest, why) in sorted(refused.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -100,6 +113,14 @@ def registered_types() -> list[str]:
     except ImportError:
         return []
     return sorted(EXPORT_CONFIGS)
+
+
+def not_supported() -> dict[str, tuple[str, str]]:
+    try:
+        from optimum_onnx23.exporters.unsupported import NOT_SUPPORTED
+    except ImportError:
+        return {}
+    return dict(NOT_SUPPORTED)
 
 
 def main() -> int:
