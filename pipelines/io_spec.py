@@ -20,7 +20,11 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 
 @dataclass(frozen=True)
 class DecoderIO:
-    """The decoder's I/O contract. `max_cache_len` is set only for static-cache graphs."""
+    """The decoder's I/O contract. `max_cache_len` is set only for static-cache graphs.
+
+    `num_kv_heads`/`head_dim` are layer 0's key layout; `cache_dims` holds (heads, head size) of
+    every past tensor in `past_names()` order, since keys and values may differ (MLA: keys carry
+    the rotary part, values do not) and so may layers (gemma4's full-attention layers)."""
 
     input_names: tuple[str, ...]
     num_layers: int
@@ -30,6 +34,7 @@ class DecoderIO:
     has_position_ids: bool
     max_cache_len: int | None
     logits_last_only: bool
+    cache_dims: tuple[tuple[int, int], ...] = ()
 
     @property
     def static(self) -> bool:
@@ -41,10 +46,17 @@ class DecoderIO:
     def present_names(self) -> list[str]:
         return [f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
 
+    def cache_shapes(self, batch_size: int, length: int) -> list[tuple[int, int, int, int]]:
+        """`[batch, heads, length, head size]` of every past tensor, in `past_names()` order."""
+        dims = self.cache_dims or ((self.num_kv_heads, self.head_dim),) * (2 * self.num_layers)
+        return [(batch_size, heads, length, size) for heads, size in dims]
 
-def _dim(value, fallback: int | None, what: str, where: str) -> int:
+
+def _dim(value, fallback, what: str, where: str) -> int:
+    """`value` if the graph fixes it, else `fallback()` (read from config.json only when needed)."""
     if isinstance(value, int):
         return value
+    fallback = fallback()
     if fallback is None:
         raise UnsafeModelFileError(f"{where}: the graph leaves the {what} of the KV cache symbolic and config.json lacks it.")
     return int(fallback)
@@ -71,14 +83,23 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
         raise InvalidArgumentError(
             f"{where} has a {first.type} KV cache, which the runtime cannot feed; export with --dtype fp32 or fp16."
         )
-    heads_fallback = head_dim_fallback = None
-    if config is not None:
-        heads_fallback = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
-        head_dim_fallback = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads if getattr(config, "hidden_size", None) else None
-        )
+
+    def heads_fallback():
+        return None if config is None else getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+
+    def head_dim_fallback():
+        if config is None:
+            return None
+        return getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads if getattr(config, "hidden_size", None) else None)
     static = WRITE_INDICES in inputs
-    max_cache_len = _dim(first.shape[2], None, "length", where) if static else None
+    cache_dims = tuple(
+        (
+            _dim(inputs[name].shape[1], heads_fallback, "head count", where),
+            _dim(inputs[name].shape[3], head_dim_fallback, "head size", where),
+        )
+        for name in (f"past_key_values.{i}.{kv}" for i in pasts for kv in ("key", "value"))
+    )
+    max_cache_len = _dim(first.shape[2], lambda: None, "length", where) if static else None
     logits_shape = outputs["logits"].shape
     return DecoderIO(
         input_names=tuple(inputs),
@@ -89,4 +110,5 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
         has_position_ids="position_ids" in inputs,
         max_cache_len=max_cache_len,
         logits_last_only=len(logits_shape) == 3 and logits_shape[1] == 1,
+        cache_dims=cache_dims,
     )

@@ -14,24 +14,68 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from architecture_records import record_export
 from transformers import AutoModelForCausalLM
 
 # Standard-op counts for the 2-layer tiny models of tests/tiny_models.py, worked out per
-# architecture by hand (not read from the exporter's registry): one Attention per layer; RMSNorm
-# 2 per layer + final (gemma: 4 per layer; qwen3/olmo2: + q/k norms); RotaryEmbedding on q and k of
-# every layer that uses rope (smollm3's tiny config: layer 0 only).
+# architecture by hand (not read from the exporter's registry): one Attention per layer; norms per
+# layer + final (llama-like: 2; gemma2/3, glm4: 4 with the post-norms; q/k norms 2 more; parallel
+# attention/MLP blocks (phi, gptj, codegen, cohere, falcon-7b): 1; bloom's embedding norm 1 more;
+# minicpm3's MLA: q_a and kv_a norms 2 more; gemma4: 4 block norms, q/k/v norms and a per-layer-input
+# norm a layer, plus the per-layer-input projection's norm); RotaryEmbedding on q and k of every layer that uses
+# rope (smollm3's, cohere2's and exaone4's tiny configs: layer 0 only; none with learned or ALiBi
+# positions).
+_RMS = "RMSNormalization"
+_LN = "LayerNormalization"
 EXPECTED_OPS = {
-    "llama": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
-    "mistral": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
-    "qwen2": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
-    "qwen3": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4},
-    "phi3": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
-    "gemma2": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4},
-    "gemma3_text": {"Attention": 2, "RMSNormalization": 13, "RotaryEmbedding": 4},
-    "gpt2": {"Attention": 2, "LayerNormalization": 5, "RotaryEmbedding": 0},
-    "granite": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4},
-    "olmo2": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4},
-    "smollm3": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 2},
+    "apertus": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "arcee": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "bloom": {"Attention": 2, _LN: 6, "RotaryEmbedding": 0},
+    "codegen": {"Attention": 2, _LN: 3, "RotaryEmbedding": 4},
+    "cohere": {"Attention": 2, _LN: 7, "RotaryEmbedding": 4},
+    "cohere2": {"Attention": 2, _LN: 3, "RotaryEmbedding": 2},
+    "ernie4_5": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "exaone4": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 2},
+    "falcon": {"Attention": 2, _LN: 3, "RotaryEmbedding": 4},
+    "gemma": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "gemma2": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "gemma3": {"Attention": 2, _RMS: 13, "RotaryEmbedding": 4},
+    "gemma3_text": {"Attention": 2, _RMS: 13, "RotaryEmbedding": 4},
+    "gemma4_text": {"Attention": 2, _RMS: 18, "RotaryEmbedding": 4},
+    "glm": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "glm4": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "gpt2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 0},
+    "gpt_bigcode": {"Attention": 2, _LN: 5, "RotaryEmbedding": 0},
+    "gpt_neox": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    "gptj": {"Attention": 2, _LN: 3, "RotaryEmbedding": 4},
+    "granite": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "helium": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "hunyuan_v1_dense": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "llama": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "minicpm3": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "ministral": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "mistral": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "nemotron": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    "olmo": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    "olmo2": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "olmo3": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "opt": {"Attention": 2, _LN: 5, "RotaryEmbedding": 0},
+    "phi": {"Attention": 2, _LN: 3, "RotaryEmbedding": 4},
+    "phi3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "qwen2": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "qwen3": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "seed_oss": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "smollm3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 2},
+    "stablelm": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    "starcoder2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+}
+# (rotary_embedding_dim, interleaved) of every RotaryEmbedding node where not (0, 0): partial
+# rotary rotates the first r channels of each 16-wide head (phi, glm, nemotron: half; gpt_neox,
+# stablelm: a quarter; gptj/codegen: rotary_dim 8); pairs instead of halves for the GPT-J lineage,
+# GLM, Cohere, Helium and ERNIE.
+ROTARY_ATTRIBUTES = {
+    "codegen": (8, 1), "cohere": (0, 1), "cohere2": (0, 1), "ernie4_5": (0, 1), "glm": (8, 1), "glm4": (8, 1),
+    "gpt_neox": (4, 0), "gptj": (8, 1), "helium": (0, 1), "nemotron": (8, 0), "phi": (8, 0), "stablelm": (4, 0),
 }
 # Ops that must be gone once attention is fused (decomposed softmax attention, softcap included).
 UNFUSED_ATTENTION_OPS = ("Softmax",)
@@ -47,16 +91,17 @@ def run_both(folder, model_dir, batch, seq, past, pad, seed):
     from transformers import DynamicCache
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    config = model.config
-    layers = config.num_hidden_layers
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    config = model.config.get_text_config()
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    # (heads, head size) of each past from the graph: keys and values may differ (MLA's latent).
+    dims = [(i.shape[1], i.shape[3]) for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    layers = len(dims) // 2
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
     mask[-1, :pad] = 0
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
-    pasts = [torch.randn(batch, kv_heads, past, head_dim, generator=g) for _ in range(2 * layers)]
+    pasts = [torch.randn(batch, heads, past, size, generator=g) for heads, size in dims]
     cache = DynamicCache()
     for i in range(layers):
         cache.update(pasts[2 * i].clone(), pasts[2 * i + 1].clone(), i)
@@ -70,7 +115,6 @@ def run_both(folder, model_dir, batch, seq, past, pad, seed):
     for i in range(layers):
         feeds[f"past_key_values.{i}.key"] = pasts[2 * i].numpy()
         feeds[f"past_key_values.{i}.value"] = pasts[2 * i + 1].numpy()
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     actual = dict(zip(names, session.run(names, feeds)))
     valid_queries = mask[:, past:].bool().numpy()
@@ -83,19 +127,25 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
     for name in ("model.onnx", "model.onnx_data", "config.json", "generation_config.json", "tokenizer.json", "export_report.json"):
         assert (folder / name).is_file(), f"{name} missing from the export"
     # The weights live in the external data file, not in the graph proto.
-    assert (folder / "model.onnx_data").stat().st_size > 4 * (folder / "model.onnx").stat().st_size
-
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    inline = [t.name for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and np.prod(t.dims) > 1024]
+    assert not inline, f"{model_type}: weights stored in the graph proto: {inline[:3]}"
+    assert (folder / "model.onnx_data").stat().st_size > 100_000
     assert {o.domain: o.version for o in model.opset_import}[""] == 23
     counts = op_counts(folder / "model.onnx")
     for op, expected in EXPECTED_OPS[model_type].items():
         assert counts[op] == expected, f"{model_type}: {counts[op]} {op} nodes, expected {expected}"
     for op in UNFUSED_ATTENTION_OPS:
         assert counts[op] == 0, f"{model_type}: {counts[op]} leftover {op} nodes: attention not fully fused"
+    rotary = {
+        (a.get("rotary_embedding_dim", 0), a.get("interleaved", 0))
+        for a in ({x.name: x.i for x in n.attribute} for n in model.graph.node if n.op_type == "RotaryEmbedding")
+    }
+    assert rotary <= {ROTARY_ATTRIBUTES.get(model_type, (0, 0))}, f"{model_type}: RotaryEmbedding attributes {rotary}"
 
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers") or 2
+    layers = 2
     assert inputs == ["input_ids", "attention_mask", "position_ids"] + [
         f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")
     ]
@@ -103,6 +153,9 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
 
     report = json.loads((folder / "export_report.json").read_text())
     assert report["fusions"]["op_counts"]["Attention"] == EXPECTED_OPS[model_type]["Attention"]
+    # The report says what the architecture should have, and why where a standard op is absent.
+    assert {op: report["expected_fusions"].get(op, 0) for op in EXPECTED_OPS[model_type]} == EXPECTED_OPS[model_type]
+    assert all(report["unfused"].get(op) for op, count in EXPECTED_OPS[model_type].items() if count == 0)
     assert report["max_abs_diff"] <= 1e-4 and report["warnings"] == []
     assert report["files"]["model.onnx_data"] == (folder / "model.onnx_data").stat().st_size
 
@@ -116,6 +169,7 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
             if name == "logits":
                 ref, got = ref[valid], got[valid]
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0, err_msg=f"{model_type} {name} b={batch} s={seq} p={past}")
+    record_export(model_type, folder)
 
 
 def test_text_generation_task_without_past(exported_dir):

@@ -30,9 +30,25 @@ def test_unknown_architecture_lists_supported_ones(tmp_path, capsys):
     code, line = cli_error(capsys, "--dynamo", "--model", model, tmp_path / "out")
     assert code == 1
     assert line.startswith("error: Architecture `bert` is not supported")
+    assert "encoder" in line and "nearest supported one is `gpt2`" in line
     for supported in ("gemma2", "gpt2", "llama", "smollm3"):
         assert supported in line
     assert not (tmp_path / "out").exists()
+
+
+def test_every_transformers_text_decoder_is_supported_or_explained():
+    """Each model type of transformers' AutoModelForCausalLM mapping either exports or is refused
+    with a reason and the nearest supported type; a new transformers release with new types fails
+    here until they are triaged."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from optimum_onnx23.exporters.configs import EXPORT_CONFIGS, nearest_supported
+    from optimum_onnx23.exporters.unsupported import NOT_SUPPORTED
+
+    untriaged = sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(EXPORT_CONFIGS) - set(NOT_SUPPORTED))
+    assert not untriaged, f"model types neither exported nor explained: {untriaged}"
+    for model_type, (nearest, reason) in NOT_SUPPORTED.items():
+        assert reason and nearest_supported(model_type) in EXPORT_CONFIGS, model_type
 
 
 def test_missing_model_folder(tmp_path, capsys):

@@ -5,6 +5,7 @@ batch of 3 prompts of different lengths."""
 from __future__ import annotations
 
 import torch
+from architecture_records import record
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM
@@ -23,7 +24,7 @@ def test_generate_matches_transformers(model_type, tiny_model_dir, exported_dir)
     source = tiny_model_dir(model_type)
     reference = AutoModelForCausalLM.from_pretrained(source).eval()
     model = ORTModelForCausalLM.from_pretrained(exported_dir(model_type))
-    assert model.io.num_layers == reference.config.num_hidden_layers
+    assert model.io.num_layers == reference.config.get_text_config().num_hidden_layers
     single, batch = _encode(source, PROMPTS[:1]), _encode(source, PROMPTS)
     assert batch["attention_mask"][:, 0].tolist().count(0) == 2  # rows really are padded
     cases = {
@@ -42,3 +43,4 @@ def test_generate_matches_transformers(model_type, tiny_model_dir, exported_dir)
             seen.update(got[:, -NEW_TOKENS:].flatten().tolist())
     # Not a trivial comparison: the new tokens vary across rows and strategies.
     assert len(seen) > 2, seen
+    record(model_type, "generate")

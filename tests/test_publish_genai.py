@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from architecture_records import record
 
 from huggingface_hub import snapshot_download
 
@@ -82,6 +83,7 @@ def test_greedy_ids_match_transformers(pushed, tiny_model_dir, model_type):
         expected = reference.generate(ids, attention_mask=torch.ones_like(ids), **_GREEDY)
     assert len(got) == len(prompt) + NEW_TOKENS
     assert got == expected[0].tolist()
+    record(model_type, "onnxruntime_genai")
 
 
 def test_greedy_ids_match_our_pipeline(hub_folder, tiny_model_dir):

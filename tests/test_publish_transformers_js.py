@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from architecture_records import record
 
 from optimum_onnx23.publish import save_pretrained
 
@@ -79,6 +80,7 @@ def test_card_snippet_generates_like_transformers(exported_dir, tiny_model_dir, 
     expected = reference(prompt.group(1), max_new_tokens=int(prompt.group(2)), do_sample=False)[0]["generated_text"]
     assert got == expected
     assert len(got) > len(prompt.group(1))
+    record(model_type, "transformers_js")
 
 
 def _printed(stdout: str, tag: str):

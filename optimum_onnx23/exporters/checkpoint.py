@@ -146,9 +146,13 @@ def load_model_config(model: str, revision=None, cache_dir=None, trust_remote_co
     return dequantized_config(config) if gguf_file else config
 
 
-def load_causal_lm(model: str, config, *, dtype, revision=None, cache_dir=None, trust_remote_code=False, token=None, gguf_file=None):
+def load_causal_lm(
+    model: str, config, *, dtype, revision=None, cache_dir=None, trust_remote_code=False, token=None, gguf_file=None, **architecture
+):
     """`AutoModelForCausalLM.from_pretrained`, weights checked first (local folders) and load errors
-    reported in one line naming the file."""
+    reported in one line naming the file. `architecture`: what the export config asks of the load
+    (`key_mapping`, regex -> name, loads a multimodal checkpoint's text decoder alone;
+    `attn_implementation`)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(model).expanduser()
@@ -164,6 +168,7 @@ def load_causal_lm(model: str, config, *, dtype, revision=None, cache_dir=None, 
             token=token,
             dtype=dtype,
             **({"gguf_file": gguf_file} if gguf_file else {}),
+            **architecture,
         )
     except ImportError as error:
         raise InvalidArgumentError(f"Loading `{model}` needs a missing package ({_first_line(error)}); install it and retry.") from None

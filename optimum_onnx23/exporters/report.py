@@ -39,6 +39,8 @@ class ExportReport:
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
     fusions: dict = field(default_factory=dict)
     expected_fusions: dict[str, int] = field(default_factory=dict)
+    # Per standard op: why the architecture has none or fewer (ALiBi, learned positions, MLA).
+    unfused: dict[str, str] = field(default_factory=dict)
     op_histogram: dict[str, int] = field(default_factory=dict)
     gguf_file: str | None = None
     # Per validation shape and output: max |ONNX - PyTorch|, and the error allowed

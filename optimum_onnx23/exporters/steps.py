@@ -42,7 +42,8 @@ def _warn(ctx: ExportContext, message: str) -> None:
 
 def _load(ctx: ExportContext) -> None:
     options = ctx.options
-    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **options.hub_kwargs())
+    ctx.config = ctx.export_config.text_config(ctx.config)  # a multimodal checkpoint's text decoder
+    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **ctx.export_config.load_kwargs(), **options.hub_kwargs())
     ctx.model = model.to(torch.device(options.device)).eval()
     num_layers = ctx.export_config.num_layers(ctx.config)
     if options.static_len is None:
@@ -76,6 +77,7 @@ def _fuse(ctx: ExportContext) -> None:
     ctx.report.op_histogram = dict(sorted(fusions.count_ops(model).items()))
     if options.fusions_enabled and options.opset >= fusions.MIN_FUSION_OPSET:
         ctx.report.expected_fusions = ctx.export_config.expected_fusions(ctx.config)
+        ctx.report.unfused = ctx.export_config.unfused_ops(ctx.config)
         for op, expected in ctx.report.expected_fusions.items():
             got = fusion_report.op_counts.get(op, 0)
             if got != expected:

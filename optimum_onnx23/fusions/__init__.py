@@ -15,21 +15,41 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter.rules.fusion import _gqa, _rms_normalization, _rotary_embedding
 
-from .rules import fuse_attention_3d, fuse_grouped_kv_attention, fuse_softcap_attention
+from .rules import (
+    fuse_alibi_attention,
+    fuse_attention_3d,
+    fuse_centered_rms_normalization,
+    fuse_eager_attention,
+    fuse_grouped_kv_attention,
+    fuse_interleaved_rotary_embedding,
+    fuse_partial_rotary_embedding,
+    fuse_pow_rms_normalization,
+    fuse_rotary_embedding_bshd,
+    fuse_softcap_attention,
+)
 
 __all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
 
 STANDARD_OPS = ("Attention", "RMSNormalization", "LayerNormalization", "RotaryEmbedding")
 MIN_FUSION_OPSET = 23
 
-# (who, name, function) in the order they must run: our softcap rule must see the graph before
-# onnxscript's GQA rule folds cache concatenation into Attention nodes; ours drops the repeat_kv
-# expansion wherever that rule did not apply, then moves the cache concatenation and the head
-# reshapes inside Attention (3-D inputs), which needs the grouped form.
+# (who, name, function) in the order they must run: a centered RMSNormalization (hand-written
+# LayerNorm) exists only once onnxscript's RMS rule ran; partial rotary folds the RotaryEmbedding
+# nodes both rotary rules write; our softcap, ALiBi and eager-attention rules must see the graph before onnxscript's GQA rule
+# folds cache concatenation into Attention nodes; ours drops the repeat_kv expansion wherever that
+# rule did not apply, then moves the cache concatenation and the head reshapes inside Attention
+# (3-D inputs), which needs the grouped form and whole-head RotaryEmbedding inputs.
 FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("onnxscript", "RMSNormalization", _rms_normalization.fuse_rms_normalization),
+    ("optimum_onnx23", "PowRmsNormalization", fuse_pow_rms_normalization),
+    ("optimum_onnx23", "CenteredRmsNormalization", fuse_centered_rms_normalization),
     ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
+    ("optimum_onnx23", "RotaryEmbeddingBSHD", fuse_rotary_embedding_bshd),
+    ("optimum_onnx23", "InterleavedRotaryEmbedding", fuse_interleaved_rotary_embedding),
+    ("optimum_onnx23", "PartialRotaryEmbedding", fuse_partial_rotary_embedding),
     ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),
+    ("optimum_onnx23", "AlibiAttention", fuse_alibi_attention),
+    ("optimum_onnx23", "EagerAttention", fuse_eager_attention),
     ("onnxscript", "GQA", _gqa.fuse_gqa),
     ("optimum_onnx23", "GroupedKvAttention", fuse_grouped_kv_attention),
     ("optimum_onnx23", "Attention3D", fuse_attention_3d),

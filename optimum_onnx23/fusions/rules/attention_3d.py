@@ -25,7 +25,7 @@ def _int(dim) -> int | None:
 
 
 class Attention3D(pattern.RewriteRuleClassBase):
-    def pattern(self, op, q_lin, k_lin, v_lin, q_shape, k_shape, v_shape, q_cos, q_sin, k_cos, k_sin, past_k, past_v, mask, out_shape):
+    def pattern(self, op, q_lin, k_lin, v_lin, q_shape, k_shape, v_shape, q_cos, q_sin, k_cos, k_sin, past_k, past_v, mask, out_shape, y_shape):
         q = op.Transpose(op.Reshape(q_lin, q_shape, _allow_other_attributes=True), perm=_BHSD, _outputs=["q"])
         k = op.Transpose(op.Reshape(k_lin, k_shape, _allow_other_attributes=True), perm=_BHSD, _outputs=["k"])
         v = op.Transpose(op.Reshape(v_lin, v_shape, _allow_other_attributes=True), perm=_BHSD, _outputs=["v"])
@@ -34,11 +34,15 @@ class Attention3D(pattern.RewriteRuleClassBase):
         present_k = op.Concat(past_k, k_rot, _allow_other_attributes=True, _outputs=["present_k"])
         present_v = op.Concat(past_v, v, _allow_other_attributes=True, _outputs=["present_v"])
         y = op.Attention(q_rot, present_k, present_v, mask, _allow_other_attributes=True, _outputs=["y"])
+        # GLM views the output as its own shape first: a Reshape that changes nothing.
+        y = pattern.OrValue([op.Reshape(y, y_shape, _allow_other_attributes=True, _outputs=["y_view"]), y])
         out = op.Reshape(op.Transpose(y, perm=_BHSD), out_shape, _allow_other_attributes=True)
         return out, present_k, present_v
 
-    def check(self, context, q, k, v, q_rot, k_rot, y, present_k, present_v, **_) -> pattern.MatchResult:
+    def check(self, context, q, k, v, q_rot, k_rot, y, present_k, present_v, y_view=None, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
+        if y_view is not None and (y_view.shape is None or y.shape is None or list(y_view.shape) != list(y.shape)):
+            return result.fail("the Reshape after Attention changes its shape", y_view)
         for concat in (present_k.producer(), present_v.producer()):
             if concat.attributes.get_int("axis", 0) not in (2, -2):
                 return result.fail("the cache is not concatenated on the sequence axis")
