@@ -1,0 +1,60 @@
+"""Hybrid decoders with Mamba-2 layers (conv + ssm states): Granite 4 (`granitemoehybrid`), Bamba,
+Falcon-H1 (attention and Mamba-2 in every layer), Nemotron-H (with an MLP-only layer) and Mamba-2,
+exported from tiny seeded configs with default flags, against transformers on the same weights.
+The tiny configs use a Mamba chunk of 4, so prompts span many chunks (tests/hybrid_checks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+import hybrid_checks as checks
+from conftest import _export_once
+from optimum_onnx23.pipelines import ORTModelForCausalLM
+from tiny_models import save_tiny_hybrid_model
+
+FAMILIES = ["granitemoehybrid", "bamba", "falcon_h1", "nemotron_h", "mamba2"]
+
+
+@pytest.fixture(scope="session")
+def hybrid_model_dir(shared_tmp):
+    return lambda model_type: save_tiny_hybrid_model(model_type, shared_tmp / f"hybrid-model-{model_type}")
+
+
+@pytest.fixture(scope="session")
+def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
+    return lambda model_type, *cli: _export_once(shared_tmp, f"hybrid-{model_type}", hybrid_model_dir(model_type), cli)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_export_validates_every_state(model_type, hybrid_exported_dir):
+    checks.check_export(hybrid_exported_dir(model_type), model_type)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_states_match_transformers_cache(model_type, hybrid_exported_dir, hybrid_model_dir):
+    checks.check_states_match_transformers(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_generate_matches_transformers(model_type, hybrid_exported_dir, hybrid_model_dir):
+    checks.check_generation(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_heavy_left_padding_does_not_leak_into_states(model_type, hybrid_exported_dir, hybrid_model_dir):
+    checks.check_left_padding(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
+
+
+def test_sampling_reproduces_under_seed(hybrid_exported_dir, hybrid_model_dir):
+    checks.check_sampling(hybrid_exported_dir("bamba"), hybrid_model_dir("bamba"))
+
+
+def test_mamba2_layout(hybrid_exported_dir):
+    """No attention layer: no past_key_values, no position_ids; conv [expand*hidden + 2*groups*state, K-1]
+    and ssm [heads, head_dim, state] per layer; Nemotron-H's MLP layer holds nothing."""
+    mamba = ORTModelForCausalLM.from_pretrained(hybrid_exported_dir("mamba2"))
+    assert mamba.io.past_names() == ["past_conv.0", "past_ssm.0", "past_conv.1", "past_ssm.1"]
+    assert not mamba.io.has_position_ids
+    assert mamba.io.cache[0].shape == (128 + 2 * 2 * 8, 3) and mamba.io.cache[1].shape == (8, 16, 8)
+    nemotron = ORTModelForCausalLM.from_pretrained(hybrid_exported_dir("nemotron_h"))
+    assert {c.layer for c in nemotron.io.cache} == {0, 1}  # layer 2 is an MLP
