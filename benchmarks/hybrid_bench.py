@@ -95,13 +95,13 @@ def model_tables(work: Path, repeat: int) -> None:
     torch_model = AutoModelForCausalLM.from_pretrained(source).eval()
     short = torch.from_numpy(rng.integers(4, 65536, (1, 32)))
     long = torch.from_numpy(rng.integers(4, 65536, (1, 512)))
-    forced = dict(do_sample=False, eos_token_id=None, pad_token_id=3)
+    forced = dict(do_sample=False, pad_token_id=3)  # min_new_tokens = max_new_tokens: no early EOS
     results = {}
     for name, model in (("PyTorch eager", torch_model), ("optimum-onnx23", ours)):
         with torch.no_grad():
-            t1 = best(lambda: model.generate(short, max_new_tokens=1, **forced), repeat)
-            tn = best(lambda: model.generate(short, max_new_tokens=64, **forced), repeat)
-            ttft = best(lambda: model.generate(long, max_new_tokens=1, **forced), repeat)
+            t1 = best(lambda: model.generate(short, max_new_tokens=1, min_new_tokens=1, **forced), repeat)
+            tn = best(lambda: model.generate(short, max_new_tokens=64, min_new_tokens=64, **forced), repeat)
+            ttft = best(lambda: model.generate(long, max_new_tokens=1, min_new_tokens=1, **forced), repeat)
         results[name] = (63 / (tn - t1), ttft * 1e3)
     base = results["PyTorch eager"]
     for name, (tps, ttft) in results.items():

@@ -163,3 +163,35 @@ def state_buffers(model: ORTModelForCausalLM, prompt_ids: np.ndarray, steps: int
             [v.data_ptr() for spec, v in zip(model.io.cache, state.cache.values) if spec.is_state]
         )
     return addresses
+
+
+def check_transformers_js(folder, source, tmp_path, prompt: str = "Hello world, this is a test", new_tokens: int = 16) -> None:
+    """The Hub layout of `folder` through transformers.js' text-generation pipeline (node), greedy:
+    the same text as transformers' pipeline on the PyTorch weights. Skips without node / the package."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+    import transformers
+
+    from optimum_onnx23.publish import save_pretrained
+
+    js_root = os.environ.get("OPTIMUM_ONNX23_TRANSFORMERS_JS", "")
+    if not shutil.which("node") or not (Path(js_root) / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.skip("transformers.js is not installed (OPTIMUM_ONNX23_TRANSFORMERS_JS, needs node)")
+    save_pretrained(folder, tmp_path / "onnx-community-test" / "hybrid", "onnx-community-test/hybrid")
+    code = (
+        'import { env, pipeline } from "@huggingface/transformers";\n'
+        "env.allowRemoteModels = false; env.localModelPath = process.argv.at(-1);\n"
+        'const generator = await pipeline("text-generation", "onnx-community-test/hybrid", { dtype: "fp32" });\n'
+        f"const output = await generator({json.dumps(prompt)}, {{ max_new_tokens: {new_tokens}, min_new_tokens: {new_tokens}, do_sample: false }});\n"
+        'console.log("OUT " + JSON.stringify(output[0].generated_text));\n'
+    )
+    run = subprocess.run(["node", "--input-type=module", "-e", code, str(tmp_path)], cwd=js_root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(next(line for line in reversed(run.stdout.splitlines()) if line.startswith("OUT "))[4:])
+    reference = transformers.pipeline("text-generation", model=str(source))
+    expected = reference(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)[0]["generated_text"]
+    assert got == expected and len(got) > len(prompt)

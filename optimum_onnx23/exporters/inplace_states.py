@@ -7,7 +7,7 @@ happens before `present_X` is written. This module proves it from the graph alon
   while it reads its inputs);
 - every node reading `past_X`, directly or through a view of it (Reshape, Identity, Squeeze,
   Unsqueeze, Flatten: onnxruntime may alias these to their input), is an ancestor of P, so it
-  has run before P starts;
+  has run before P starts (Shape and Size read the dims only and are not readers);
 - none of those readers is a control-flow node (Scan, Loop, If): their bodies may read the
   initial value after writing the final one into the same buffer (onnxruntime's Scan writes its
   last iteration's state straight into the output).
@@ -25,6 +25,7 @@ import onnx_ir as ir
 __all__ = ["inplace_safe_states"]
 
 _VIEWS = frozenset({"Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"})
+_METADATA_ONLY = frozenset({"Shape", "Size"})  # read the dims, never the data
 
 
 def _readers(value: ir.Value) -> list[ir.Node]:
@@ -32,6 +33,8 @@ def _readers(value: ir.Value) -> list[ir.Node]:
     out, stack = [], [value]
     while stack:
         for node, _ in stack.pop().uses():
+            if node.op_type in _METADATA_ONLY and node.domain in ("", "ai.onnx"):
+                continue
             out.append(node)
             if node.op_type in _VIEWS and node.domain in ("", "ai.onnx"):
                 stack.extend(node.outputs)
