@@ -1,7 +1,7 @@
 """Hybrid decoders (conv / state-space / linear-attention caches): speed of the exported graph against
 PyTorch eager in the same run, and the two formulation choices of exporters/recurrences.py.
 
-    python benchmarks/hybrid_bench.py [--work DIR] [--repeat 3] [--skip-kernels] [--skip-model]
+    python benchmarks/hybrid_bench.py [--work DIR] [--repeat 3] [--tables 1,2,3]
 
 Tables (each time is the best of `--repeat` runs, backends interleaved; the machine may be shared,
 so read the ratios):
@@ -11,8 +11,10 @@ so read the ratios):
    decode tok/s = (N - 1) / (t(N forced new tokens) - t(1 new token)), prompt 32, N = 64;
    TTFT 512 = t(1 new token) for a 512-token prompt.
 2. Decode ms/token at 128 and 1,500 positions of context (a prefill of that length, then 32 steps)
-   for the same model and for its all-conv variant (12 conv layers): the conv state is fixed-size,
-   so only the attention layers' share grows with the context. Also Mamba-2 (all-state).
+   for the same model (the conv states are fixed-size, only the 4 attention layers' share grows
+   with the context) and for a 12-layer Mamba-2 (hidden 512, 16 heads x 64, state 64): states only.
+   (An all-conv LFM2 has no cache in transformers: its mask code asks an attention layer for the
+   sequence length.)
 3. Kernels, one layer's recurrence exported alone (ONNX, onnxruntime, 2 threads):
    Mamba-2 SSD scan (48 heads x 64, state 128, chunk 256) at 1 and 512 tokens: transformers'
    fixed 256-token chunks (a one-token step padded to a chunk) / our chunk = min(S, 256) / the
@@ -73,20 +75,26 @@ def export(source: Path, out: Path) -> Path:
 
 
 # ---- 1 and 2: the model ------------------------------------------------------------------------------
-def model_tables(work: Path, repeat: int) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from optimum_onnx23.pipelines import ORTModelForCausalLM
-
+def model_tables(work: Path, repeat: int, tables: set[str], only: str = "") -> None:
     models = {
         "lfm2 (8 conv + 4 attn)": build(work / "lfm2", "lfm2", num_hidden_layers=12, layer_types=LFM2_TYPES, **LFM2_SHAPE),
-        "lfm2 all-conv (12 conv)": build(work / "lfm2-conv", "lfm2", num_hidden_layers=12, layer_types=["conv"] * 12, **LFM2_SHAPE),
         "mamba2 (12 layers)": build(
             work / "mamba2", "mamba2", num_hidden_layers=12, hidden_size=512, num_heads=16, head_dim=64, expand=2,
             state_size=64, n_groups=1, chunk_size=256, vocab_size=65536, bos_token_id=1, eos_token_id=2, pad_token_id=3,
         ),
     }
     rng = np.random.default_rng(0)
+    if "1" in tables:
+        decode_and_ttft(work, models, rng, repeat)
+    if "2" in tables:
+        context_growth(work, {k: v for k, v in models.items() if only in k}, rng, repeat)
+
+
+def decode_and_ttft(work, models, rng, repeat) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
     print("\n## 1. LFM2-shaped model: decode and TTFT, ours vs PyTorch eager (batch 1, fp32)\n")
     print("| backend | decode tok/s | TTFT 512 (ms) |")
     print("| --- | --- | --- |")
@@ -106,6 +114,13 @@ def model_tables(work: Path, repeat: int) -> None:
     base = results["PyTorch eager"]
     for name, (tps, ttft) in results.items():
         print(f"| {name} | {tps:.1f} ({tps / base[0]:.2f}x) | {ttft:.0f} ({ttft / base[1]:.2f}x) |")
+
+
+
+def context_growth(work, models, rng, repeat) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
 
     print("\n## 2. Decode ms/token vs context length (32 steps after a prefill of the context)\n")
     print("| model | backend | ctx 128 | ctx 1500 | 1500 / 128 |")
@@ -279,14 +294,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "optimum-onnx23-hybrid-bench")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip-kernels", action="store_true")
-    parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--tables", default="1,2,3", help="comma-separated subset of 1,2,3")
+    parser.add_argument("--models", default="", help="table 2: only the models whose label contains this")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    tables = set(args.tables.split(","))
     print(f"torch threads {torch.get_num_threads()}; work folder {args.work}")
-    if not args.skip_model:
-        model_tables(args.work, args.repeat)
-    if not args.skip_kernels:
+    if tables & {"1", "2"}:
+        model_tables(args.work, args.repeat, tables, args.models)
+    if "3" in tables:
         kernel_tables(args.work, args.repeat)
 
 

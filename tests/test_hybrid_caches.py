@@ -98,7 +98,7 @@ def test_static_cache_generates_like_transformers(hybrid_exported_dir, hybrid_mo
         assert torch.equal(model.generate(**batch, **kwargs), reference.generate(**batch, **kwargs))
 
 
-def test_static_cache_refused_without_attention(hybrid_model_dir, tmp_path):
+def test_static_cache_refused_without_attention(tmp_path):
     from optimum_onnx23 import export
 
     source = save_tiny_hybrid_model("mamba2", tmp_path / "mamba2")

@@ -70,3 +70,23 @@ def test_transformers_js_runs_the_falcon_h1_folder(hybrid_exported_dir, hybrid_m
     not run there: transformers.js looks for layer types `mamba`/`attention`, transformers 5 writes
     `linear_attention`/`full_attention`, so it feeds none of the cache inputs.)"""
     checks.check_transformers_js(hybrid_exported_dir("falcon_h1"), hybrid_model_dir("falcon_h1"), tmp_path)
+
+
+def test_layouts_from_default_configs():
+    """Each family's layout from transformers' default config (real attribute sets: Mamba-2's config
+    has no attention head counts), without building a model."""
+    from transformers import AutoConfig
+
+    from optimum_onnx23.exporters import get_export_config
+    from optimum_onnx23.exporters.hybrid import HYBRID_MODEL_TYPES
+
+    gdn, mamba = {"conv", "recurrent", "key", "value"}, {"conv", "ssm"}
+    expected = {  # transformers' defaults: LFM2 all attention, Granite 4 / Bamba all Mamba-2
+        "lfm2": {"key", "value"}, "qwen3_5_text": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
+        "falcon_h1": mamba | {"key", "value"}, "nemotron_h": mamba | {"key", "value"}, "mamba2": mamba,
+    }
+    assert set(HYBRID_MODEL_TYPES) == set(expected)
+    for model_type in HYBRID_MODEL_TYPES:
+        layout = get_export_config(model_type).cache_layout(AutoConfig.for_model(model_type))
+        assert {t.kind for t in layout.tensors} == expected[model_type], model_type
+        assert all(isinstance(d, int) for t in layout.tensors if t.is_state for d in t.shape), model_type

@@ -77,10 +77,11 @@ class HybridExportConfig(DecoderExportConfig):
         kinds = [tuple(self.state_kind if k == "state" else k for k in _KINDS[t]) for t in types]
         conv = self.conv_shape(config) if self.conv_shape else None
         state = self.state_shape(config) if self.state_shape else None
+        attention = any("attention" in k for k in kinds)  # Mamba-2 configs have no head counts
         return CacheLayout.build(
             kinds,
-            kv_heads=self.num_kv_heads(config),
-            head_dim=self.head_dim(config),
+            kv_heads=self.num_kv_heads(config) if attention else None,
+            head_dim=self.head_dim(config) if attention else None,
             conv_shape=lambda i: conv,
             state_shape=lambda i: state,
             layer_types=types,
