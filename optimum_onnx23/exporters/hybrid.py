@@ -63,6 +63,15 @@ class HybridExportConfig(DecoderExportConfig):
     state_shape: Callable | None = None
     norms: Callable | None = None
     uses_position_ids: bool = True
+    # The scan's chunk length (recurrences.py cuts min(S, chunk)): the trace sample is longer, so
+    # torch.export sees two chunks and keeps their count symbolic. Traced with one chunk (S = 5 <
+    # 256), it settles shapes on a single chunk: onnxruntime's Split fusion then fails on prompts
+    # longer than a chunk (measured on a Mamba-2 with chunks of 256 and a 1,500-token prompt).
+    scan_chunk: Callable | None = None
+
+    def trace_length(self, config, limit: int | None = None) -> int:
+        length = _TRACE_SEQ if self.scan_chunk is None else max(_TRACE_SEQ, self.scan_chunk(config) + 3)
+        return length if limit is None else max(2, min(length, limit))
 
     # ---- the layout -------------------------------------------------------------------------
     def cache_layout(self, config) -> CacheLayout:
@@ -116,12 +125,14 @@ class HybridExportConfig(DecoderExportConfig):
         config,
         with_past: bool,
         batch_size: int = _TRACE_BATCH,
-        sequence_length: int = _TRACE_SEQ,
+        sequence_length: int | None = None,
         past_length: int = _TRACE_PAST,
         left_padding: int = 0,
         dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, ...]:
+        """Inputs in the wrapper's order; `sequence_length` defaults to the trace length."""
+        sequence_length = self.trace_length(config) if sequence_length is None else sequence_length
         past_length = past_length if with_past else 0
         total = past_length + sequence_length
         input_ids = torch.randint(0, config.vocab_size, (batch_size, sequence_length), generator=generator)
@@ -174,13 +185,16 @@ class HybridExportConfig(DecoderExportConfig):
         config,
         max_cache_len: int,
         batch_size: int = _TRACE_BATCH,
-        sequence_length: int = _TRACE_SEQ,
+        sequence_length: int | None = None,
         past_length: int = _TRACE_PAST,
         left_padding: int = 0,
         dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """As `static_cache.static_dummy_inputs`: `past_length` filled slots of N, then the new tokens."""
+        """As `static_cache.static_dummy_inputs`: `past_length` filled slots of N, then the new tokens.
+        (A static prompt is at most N - 1 long: if N - 1 is within one chunk, one chunk it is.)"""
+        if sequence_length is None:
+            sequence_length = self.trace_length(config, max_cache_len - past_length)
         total = past_length + sequence_length
         if total > max_cache_len:
             raise ValueError(f"sample of {total} positions exceeds max_cache_len={max_cache_len}")
@@ -363,6 +377,7 @@ for _entry in (
         state_kind="recurrent",
         conv_shape=_gdn_conv,
         state_shape=_gdn_state,
+        scan_chunk=lambda c: 64,  # transformers' torch_chunk_gated_delta_rule default
         # interleaved partial MRoPE: Mul/Add in the graph, not a RotaryEmbedding pattern
         rotary_layers=None,
         norms=_gdn_norms,
@@ -373,6 +388,7 @@ for _entry in (
         state_kind="recurrent",
         conv_shape=_gdn_conv,
         state_shape=_gdn_state,
+        scan_chunk=lambda c: 64,
         rotary_layers=_attention_layers,
         norms=_gdn_norms,
         notes="gated DeltaNet (conv + recurrent state) and gated attention, MoE",
@@ -381,6 +397,7 @@ for _entry in (
         "granitemoehybrid",
         conv_shape=_granite_conv,
         state_shape=_granite_ssm,
+        scan_chunk=lambda c: c.mamba_chunk_size,
         # Granite 4.0-H attention has no positions (NoPE) unless position_embedding_type is "rope"
         rotary_layers=lambda c: _attention_layers(c) if c.position_embedding_type == "rope" else 0,
         norms=_two_per_layer,
@@ -388,20 +405,24 @@ for _entry in (
     ),
     HybridExportConfig(
         "bamba", conv_shape=_granite_conv, state_shape=_granite_ssm, rotary_layers=_attention_layers, norms=_two_per_layer,
+        scan_chunk=lambda c: c.mamba_chunk_size,
         notes="Mamba-2 and attention",
     ),
     HybridExportConfig(
         "falcon_h1", conv_shape=_falcon_conv, state_shape=_falcon_ssm, rotary_layers=_attention_layers, norms=_two_per_layer,
+        scan_chunk=lambda c: c.mamba_chunk_size,
         notes="Mamba-2 beside attention in every layer",
     ),
     HybridExportConfig(
         "nemotron_h", conv_shape=_nemotron_conv, state_shape=_nemotron_ssm, rotary_layers=None, norms=_one_per_layer,
+        scan_chunk=lambda c: c.chunk_size,
         notes="Mamba-2, attention (no positions), MLP/MoE layers",
     ),
     HybridExportConfig(
         "mamba2",
         conv_shape=_mamba2_conv,
         state_shape=_mamba2_ssm,
+        scan_chunk=lambda c: c.chunk_size,
         rotary_layers=None,
         norms=_one_per_layer,
         uses_position_ids=False,

@@ -157,7 +157,7 @@ def static_dummy_inputs(
     config,
     max_cache_len: int,
     batch_size: int = 2,
-    sequence_length: int = 5,
+    sequence_length: int | None = None,
     past_length: int = 3,
     left_padding: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -169,6 +169,7 @@ def static_dummy_inputs(
         return export_config.static_dummy_inputs(
             config, max_cache_len, batch_size, sequence_length, past_length, left_padding, dtype, generator
         )
+    sequence_length = 5 if sequence_length is None else sequence_length
     total = past_length + sequence_length
     if total > max_cache_len:
         raise ValueError(f"sample of {total} positions exceeds max_cache_len={max_cache_len}")
