@@ -43,15 +43,17 @@ def _flat_cache(cache, count: int) -> list[np.ndarray] | None:
     if cache is None:
         return None
     if isinstance(cache, Cache):
+        if any(hasattr(layer, "conv_states") for layer in cache.layers):
+            raise InvalidArgumentError(
+                "A transformers hybrid Cache cannot be fed as is: pass the tuple of present tensors forward() returned."
+            )
         tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
     elif cache and isinstance(cache[0], (tuple, list)):
         tensors = [t for pair in cache for t in pair]
     else:
         tensors = list(cache)
     if len(tensors) != count or any(t is None for t in tensors):
-        raise InvalidArgumentError(
-            f"The cache holds {len(tensors)} tensors; this model takes {count} (a key and a value for each of {count // 2} layers)."
-        )
+        raise InvalidArgumentError(f"The cache holds {len(tensors)} tensors; this model takes {count} (its past_* inputs, in graph order).")
     return [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in tensors]
 
 
@@ -352,10 +354,12 @@ class ORTModelForCausalLM:
         use_torch = isinstance(input_ids, torch.Tensor)
         ids = _as_int64(input_ids, "input_ids")
         batch, length = ids.shape
-        pasts = _flat_cache(cache if cache is not None else past_key_values, 2 * self.io.num_layers)
-        if pasts is None:
-            pasts = [np.zeros(shape, self.io.dtype) for shape in self.io.cache_shapes(batch, 0)]
-        past_length = pasts[0].shape[2]
+        pasts = _flat_cache(cache if cache is not None else past_key_values, len(self.io.cache))
+        if pasts is None:  # hybrid decoders' states start at zero
+            pasts = [np.zeros(shape, c.dtype) for shape, c in zip(self.io.cache_shapes(batch, 0), self.io.cache)]
+        past_length = next((p.shape[2] for p, c in zip(pasts, self.io.cache) if not c.is_state), None)
+        if past_length is None:  # no attention layer (Mamba-2): the mask says how long the past is
+            past_length = 0 if attention_mask is None else _as_int64(attention_mask, "attention_mask").shape[1] - length
         mask = np.ones((batch, past_length + length), np.int64) if attention_mask is None else _as_int64(attention_mask, "attention_mask")
         if mask.shape != (batch, past_length + length):
             raise InvalidArgumentError(
@@ -366,13 +370,15 @@ class ORTModelForCausalLM:
             if position_ids is None:  # transformers' and optimum-onnx's forward: the cache positions, padding or not
                 position_ids = np.broadcast_to(np.arange(past_length, past_length + length), (batch, length))
             feeds["position_ids"] = _as_int64(position_ids, "position_ids")
-        feeds.update(zip(self.io.past_names(), (np.ascontiguousarray(p, dtype=self.io.dtype) for p in pasts)))
+        feeds.update((c.past, np.ascontiguousarray(p, dtype=c.dtype)) for c, p in zip(self.io.cache, pasts))
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         names = ["logits", *(self.io.present_names() if use_cache else [])]
         outputs = self.session.run(names, feeds)
         logits = outputs[0].astype(np.float32, copy=False)
         present = None
-        if use_cache:
+        if use_cache and self.io.hybrid:  # the graph's order, as the next call takes it
+            present = tuple(torch.from_numpy(o) for o in outputs[1:])
+        elif use_cache:
             tensors = [torch.from_numpy(o) for o in outputs[1:]]
             present = DynamicCache()
             for i in range(self.io.num_layers):

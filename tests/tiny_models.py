@@ -133,3 +133,67 @@ def save_tiny_model(model_type: str, folder: Path, seed: int = 0, num_layers: in
             model.save_pretrained(folder)
             AutoTokenizer.from_pretrained(BUNDLED).save_pretrained(folder)
     return folder
+
+
+# ---- hybrid decoders (conv / state-space / linear-attention caches; tests/test_hybrid_caches.py) ----------
+# Kept out of ARCHITECTURES: the generic tests assume a past_key_values-only cache. Two layers, one
+# of each kind (Falcon-H1: every layer has both; Mamba-2: no attention), small state sizes, and a
+# Mamba chunk of 4 / a DeltaNet chunk of transformers' 64 so that prompts span several chunks.
+_MAMBA = dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_d_conv=4, mamba_expand=1, mamba_chunk_size=4)
+TINY_HYBRID_CONFIGS: dict[str, dict] = {
+    "lfm2": dict(layer_types=["conv", "full_attention"], block_auto_adjust_ff_dim=False, conv_L_cache=3),
+    "qwen3_5_text": dict(
+        head_dim=16,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
+    ),
+    "qwen3_next": dict(
+        head_dim=16,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        # Dense MLPs: the MoE experts (transformers' grouped_mm op) are the MoE exporter's part, not the cache's.
+        mlp_only_layers=[0, 1], partial_rotary_factor=0.5,
+    ),
+    "granitemoehybrid": dict(
+        # Granite 4.0-H micro's shape: no routed experts, a shared MLP.
+        layer_types=["linear_attention", "full_attention"], num_local_experts=0, shared_intermediate_size=64, embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5,
+        logits_scaling=2.0, **_MAMBA,
+    ),
+    "bamba": dict(attn_layer_indices=[1], **_MAMBA),
+    "falcon_h1": dict(head_dim=16, mamba_d_ssm=64, **_MAMBA),
+    "nemotron_h": dict(
+        layers_block_type=["linear_attention", "full_attention", "mlp"], head_dim=16,
+        mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=8, n_groups=2, conv_kernel=4, chunk_size=4,
+    ),
+    "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=2, conv_kernel=4, expand=2, chunk_size=4),
+}
+HYBRID_ARCHITECTURES = sorted(TINY_HYBRID_CONFIGS)
+
+
+def tiny_hybrid_config(model_type: str):
+    kwargs = {**_COMMON, **TINY_HYBRID_CONFIGS[model_type]}
+    layers = kwargs.get("layer_types") or kwargs.get("layers_block_type")
+    kwargs["num_hidden_layers"] = len(layers) if layers else 2
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def build_tiny_hybrid_model(model_type: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hybrid_config(model_type))
+    with torch.no_grad():  # as build_tiny_model: logits far from ties
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(4.0)
+    return model.eval()
+
+
+def save_tiny_hybrid_model(model_type: str, folder: Path, seed: int = 0) -> Path:
+    folder = Path(folder)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "config.json").exists():
+            model = build_tiny_hybrid_model(model_type, seed)
+            model.generation_config.pad_token_id = 3
+            model.save_pretrained(folder)
+            AutoTokenizer.from_pretrained(BUNDLED).save_pretrained(folder)
+    return folder

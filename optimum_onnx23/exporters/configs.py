@@ -228,6 +228,23 @@ class DecoderExportConfig:
             inputs += [torch.randn(shape, generator=generator, dtype=dtype) for shape in self.cache_shapes(config, batch_size, past_length)]
         return tuple(inputs)
 
+    # ---- the module torch.export traces -------------------------------------------------------
+    # Whether layer_replication may trace 4 layers and clone the last for the others.
+    replicable = True
+
+    def make_wrapper(self, model, config, options):
+        """The flat-tensor view of `model` for these export `options` (pipeline.ExportOptions)."""
+        from . import static_cache
+        from .wrapper import DecoderWrapper
+
+        if options.static_len is None:
+            return DecoderWrapper(model, self.num_layers(config), options.with_past, options.logits_to_keep)
+        return static_cache.StaticCacheWrapper(model, self.num_layers(config), options.logits_to_keep)
+
+    def static_kv_writes(self, config) -> int:
+        """KV writes the static-cache lowering must find (a key and a value per attention layer)."""
+        return 2 * self.num_layers(config)
+
     # ---- what the fused graph must contain -------------------------------------------------
     def expected_fusions(self, config) -> dict[str, int]:
         layers = self.num_layers(config)
@@ -405,3 +422,6 @@ for _entry in (
     DecoderExportConfig("starcoder2", norm_op="LayerNormalization", sliding_window_attr="sliding_window"),
 ):
     register_export_config(_entry)
+
+# Hybrid decoders (conv / state-space / linear-attention caches) register themselves.
+from . import hybrid  # noqa: E402,F401

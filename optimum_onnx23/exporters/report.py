@@ -43,6 +43,8 @@ class ExportReport:
     unfused: dict[str, str] = field(default_factory=dict)
     op_histogram: dict[str, int] = field(default_factory=dict)
     gguf_file: str | None = None
+    # Hybrid decoders: per layer, the cache tensors it holds (exporters.cache_layout); {} otherwise.
+    cache_layout: dict = field(default_factory=dict)
     # Per validation shape and output: max |ONNX - PyTorch|, and the error allowed
     # (atol + rtol * max |PyTorch|); per shape, positions whose logits picked another top-1 token.
     validation: dict[str, dict[str, float]] = field(default_factory=dict)

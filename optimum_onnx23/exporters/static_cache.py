@@ -135,6 +135,8 @@ def check_static_arguments(cache: str, max_cache_len: int | None, with_past: boo
 
 
 def static_input_names(export_config: DecoderExportConfig, config) -> list[str]:
+    if hasattr(export_config, "static_input_names"):  # hybrid decoders (exporters.hybrid)
+        return export_config.static_input_names(config)
     names = export_config.input_names(config, with_past=True)
     return names[:3] + [WRITE_INDICES] + names[3:]
 
@@ -142,6 +144,8 @@ def static_input_names(export_config: DecoderExportConfig, config) -> list[str]:
 def static_dynamic_shapes(export_config: DecoderExportConfig, config) -> tuple:
     from torch.export import Dim
 
+    if hasattr(export_config, "static_dynamic_shapes"):
+        return export_config.static_dynamic_shapes(config)
     batch = Dim("batch_size")
     seq = Dim("sequence_length")
     past = tuple({0: batch} for _ in range(2 * export_config.num_layers(config)))
@@ -153,7 +157,7 @@ def static_dummy_inputs(
     config,
     max_cache_len: int,
     batch_size: int = 2,
-    sequence_length: int = 5,
+    sequence_length: int | None = None,
     past_length: int = 3,
     left_padding: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -161,6 +165,11 @@ def static_dummy_inputs(
 ) -> tuple[torch.Tensor, ...]:
     """Inputs in the wrapper's order: `past_length` filled slots, then `sequence_length` new tokens;
     row 0 has `left_padding` masked slots; unfilled slots hold random values (they must be masked)."""
+    if hasattr(export_config, "static_dummy_inputs"):
+        return export_config.static_dummy_inputs(
+            config, max_cache_len, batch_size, sequence_length, past_length, left_padding, dtype, generator
+        )
+    sequence_length = 5 if sequence_length is None else sequence_length
     total = past_length + sequence_length
     if total > max_cache_len:
         raise ValueError(f"sample of {total} positions exceeds max_cache_len={max_cache_len}")

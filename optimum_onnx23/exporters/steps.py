@@ -16,7 +16,7 @@ import torch
 
 from .. import fusions
 from ..errors import UnsupportedArchitectureError
-from . import static_cache
+from . import hybrid, static_cache
 from .checkpoint import dequantized_config, load_causal_lm
 from .memory import free_pytorch_weights
 from .optimize import optimize
@@ -24,7 +24,6 @@ from .pipeline import ExportContext, ExportStep
 from .tokenizer import save_tokenizer
 from .trace import strip_trace_metadata, trace
 from .validate import Tolerance, compare_with_references, pytorch_references
-from .wrapper import DecoderWrapper
 
 __all__ = ["STEPS", "DTYPES", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
 
@@ -45,11 +44,7 @@ def _load(ctx: ExportContext) -> None:
     ctx.config = ctx.export_config.text_config(ctx.config)  # a multimodal checkpoint's text decoder
     model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **ctx.export_config.load_kwargs(), **options.hub_kwargs())
     ctx.model = model.to(torch.device(options.device)).eval()
-    num_layers = ctx.export_config.num_layers(ctx.config)
-    if options.static_len is None:
-        ctx.wrapper = DecoderWrapper(ctx.model, num_layers, options.with_past, options.logits_to_keep)
-    else:
-        ctx.wrapper = static_cache.StaticCacheWrapper(ctx.model, num_layers, options.logits_to_keep)
+    ctx.wrapper = ctx.export_config.make_wrapper(ctx.model, ctx.config, options)
 
 
 def _trace(ctx: ExportContext) -> None:
@@ -87,7 +82,7 @@ def _fuse(ctx: ExportContext) -> None:
 
 def _lower_static_cache(ctx: ExportContext) -> None:
     writes = static_cache.lower_kv_writes(ctx.onnx_model)
-    expected = 2 * ctx.export_config.num_layers(ctx.config)
+    expected = ctx.export_config.static_kv_writes(ctx.config)
     if writes != expected:
         raise UnsupportedArchitectureError(
             f"Static cache: found {writes} KV writes to lower where the model has {expected}; "
@@ -173,6 +168,10 @@ STEPS: list[ExportStep] = [
     ExportStep(
         "static_cache", _lower_static_cache, lambda ctx: "Writing the static cache in place (TensorScatter)",
         applies=lambda ctx: ctx.options.static_len is not None,
+    ),
+    ExportStep(
+        "cache_layout", hybrid.record_cache_layout, lambda ctx: "Recording the cache layout (attention, conv, state layers)",
+        applies=hybrid.applies,
     ),
     ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
     ExportStep(

@@ -24,7 +24,7 @@ def trace(
 ) -> tuple[ir.Model, int]:
     """The ONNX graph of `wrapper` and how many layers torch.export traced."""
     num_layers = export_config.num_layers(config)
-    if layer_replication.plan(config, num_layers, wrapper):
+    if export_config.replicable and layer_replication.plan(config, num_layers, wrapper):
         with layer_replication.truncated_model(wrapper, config, num_layers):
             shallow = _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, device, max_cache_len)
         model = layer_replication.replicate(shallow, wrapper, num_layers)

@@ -24,6 +24,7 @@ GENAI_MODEL_TYPES = frozenset(
 )
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_STATE = re.compile(r"^past_(conv|ssm|recurrent)\.(\d+)$")
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
@@ -53,7 +54,9 @@ def make_genai_config(
         raise GenaiConfigError(
             f"{onnx_model.name} has no past_key_values inputs (exported without the KV cache), which onnxruntime-genai needs"
         )
-    unknown = [n for n in onnx_model.graph_inputs if n not in _KNOWN_INPUTS and not _PAST.match(n)]
+    states = {m.group(1) for name in onnx_model.graph_inputs if (m := _STATE.match(name))}
+    hybrid = _hybrid_decoder(states, config, onnx_model.name)
+    unknown = [n for n in onnx_model.graph_inputs if n not in _KNOWN_INPUTS and not _PAST.match(n) and not _STATE.match(n)]
     if unknown:
         # e.g. the static cache's `write_indices`: onnxruntime-genai has no way to feed it.
         raise GenaiConfigError(f"{onnx_model.name} has inputs onnxruntime-genai cannot feed ({', '.join(unknown)})")
@@ -94,12 +97,12 @@ def make_genai_config(
                 "inputs": inputs,
                 "outputs": outputs,
                 "num_attention_heads": int(heads),
-                "num_hidden_layers": len(layers),
+                "num_hidden_layers": len(hybrid.get("layer_types", layers)),
                 "num_key_value_heads": int(kv_heads),
             },
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "type": model_type if model_type in GENAI_MODEL_TYPES else "llama",
+            "type": model_type if model_type in GENAI_MODEL_TYPES or hybrid else "llama",
             "vocab_size": int(text_config.get("vocab_size")),
         },
         "search": {
@@ -121,8 +124,36 @@ def make_genai_config(
             "top_p": search_value("top_p", 1.0),
         },
     }
+    if hybrid:
+        genai_config["model"]["decoder"].update(hybrid)
+        inputs["past_conv_names"] = "past_conv.%d"
+        outputs["present_conv_names"] = "present_conv.%d"
     # onnxruntime-genai's parser rejects null ("Expected a number"); an absent token id is fine.
     for key in ("bos_token_id", "pad_token_id"):
         if genai_config["model"][key] is None:
             del genai_config["model"][key]
     return genai_config
+
+
+def _hybrid_decoder(states: set[str], config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The decoder keys onnxruntime-genai 0.18 needs for a hybrid graph ({} for a plain one).
+
+    0.18 runs LFM2 (conv states beside attention, its `LFM2Cache`), with our names given as the
+    `past_conv_names` / `present_conv_names` templates. It has no Mamba-2 (ssm) state, and its
+    Qwen3.5 takes 3-D MRoPE position ids ([3, batch, sequence]) where our graph, like
+    transformers' text model, takes [batch, sequence]: both are refused here."""
+    if not states:
+        return {}
+    model_type = config.get("model_type")
+    if states != {"conv"} or model_type not in _CONV_ONLY_TYPES:
+        raise GenaiConfigError(
+            f"{name} keeps {'/'.join(sorted(states))} states of `{model_type}`, which onnxruntime-genai 0.18 cannot "
+            "feed with this graph's inputs (it runs conv states for lfm2 only)"
+        )
+    layout = config.get("optimum_onnx23_cache_layout", {}).get("layers", [])
+    widths = {t["shape"][-1] for layer in layout for kind, t in layer.get("tensors", {}).items() if kind == "conv"}
+    width = widths.pop() if len(widths) == 1 else config["conv_L_cache"] - 1
+    return {"layer_types": list(config["layer_types"]), "conv_cache_size": int(width)}
+
+
+_CONV_ONLY_TYPES = frozenset({"lfm2"})
