@@ -122,12 +122,14 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
     ):
         raise UnsafeModelFileError(f"{where} declares an incomplete KV cache (past/present names do not pair up).")
 
-    heads_fallback = head_dim_fallback = None
-    if config is not None:
-        heads_fallback = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
-        head_dim_fallback = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads if getattr(config, "hidden_size", None) else None
-        )
+    def heads_fallback():
+        return None if config is None else getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+
+    def head_dim_fallback():
+        if config is None:
+            return None
+        return getattr(config, "head_dim", None) or (config.hidden_size // config.num_attention_heads if getattr(config, "hidden_size", None) else None)
+
     static = WRITE_INDICES in inputs
     cache: list[CacheIO] = []
     num_kv_heads = head_dim = 0
@@ -138,7 +140,7 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
             num_kv_heads = _dim(value.shape[1], heads_fallback, "head count", where)
             head_dim = _dim(value.shape[3], head_dim_fallback, "head size", where)
             if static:
-                max_cache_len = _dim(value.shape[2], None, "length", where)
+                max_cache_len = _dim(value.shape[2], lambda: None, "length", where)
             cache.append(CacheIO(value.name, f"present.{i}.{kv}", kv, i, (num_kv_heads, None, head_dim), _check_type(value, where)))
     for kind, i, name in states:
         value = inputs[name]

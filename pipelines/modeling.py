@@ -38,8 +38,9 @@ def _as_int64(value, name: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-def _flat_cache(cache, count: int) -> list[np.ndarray] | None:
-    """[k0, v0, k1, v1, ...] as numpy from a transformers `Cache`, per-layer pairs or a flat tuple."""
+def _flat_cache(cache, io: DecoderIO) -> list[np.ndarray] | None:
+    """[k0, v0, k1, v1, ...] (hybrids: the past_* inputs in graph order) as numpy from a
+    transformers `Cache`, per-layer pairs or a flat tuple."""
     if cache is None:
         return None
     if isinstance(cache, Cache):
@@ -52,8 +53,10 @@ def _flat_cache(cache, count: int) -> list[np.ndarray] | None:
         tensors = [t for pair in cache for t in pair]
     else:
         tensors = list(cache)
+    count = len(io.cache)
     if len(tensors) != count or any(t is None for t in tensors):
-        raise InvalidArgumentError(f"The cache holds {len(tensors)} tensors; this model takes {count} (its past_* inputs, in graph order).")
+        layout = "its past_* inputs, in graph order" if io.hybrid else f"a key and a value for each of {io.num_layers} layers"
+        raise InvalidArgumentError(f"The cache holds {len(tensors)} tensors; this model takes {count} ({layout}).")
     return [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in tensors]
 
 
@@ -354,7 +357,7 @@ class ORTModelForCausalLM:
         use_torch = isinstance(input_ids, torch.Tensor)
         ids = _as_int64(input_ids, "input_ids")
         batch, length = ids.shape
-        pasts = _flat_cache(cache if cache is not None else past_key_values, len(self.io.cache))
+        pasts = _flat_cache(cache if cache is not None else past_key_values, self.io)
         if pasts is None:  # hybrid decoders' states start at zero
             pasts = [np.zeros(shape, c.dtype) for shape, c in zip(self.io.cache_shapes(batch, 0), self.io.cache)]
         past_length = next((p.shape[2] for p, c in zip(pasts, self.io.cache) if not c.is_state), None)

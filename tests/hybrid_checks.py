@@ -89,7 +89,7 @@ def check_states_match_transformers(folder, source) -> None:
             expected = reference(
                 input_ids=step_ids, attention_mask=mask, position_ids=position_ids, cache=ref_cache, use_cache=True
             )
-        got = model(step_ids, attention_mask=mask, cache=cache)
+        got = model(step_ids, attention_mask=mask, position_ids=position_ids, cache=cache)
         real = mask[:, -step_ids.shape[1] :].bool()
         scale = float(expected.logits[real].abs().max())
         assert torch.allclose(got.logits[real], expected.logits[real], atol=2e-4 * max(scale, 1.0)), f"logits at step {step}"

@@ -16,7 +16,7 @@ dynamic axes, dummy inputs) is shared by all decoders and derived from the entry
 - Block: `parallel_block` (attention and MLP add to the same residual; informational).
 - KV cache: `cache_dims(config)` gives (kv heads, key size, value size) of every layer; the
   defaults read `num_key_value_heads` and `head_dim`; `kv_heads` and `value_head_dim` override
-  them, `cache_layout` replaces the whole list (MLA caches a compressed latent: `mla_cache_dims`).
+  them, `kv_layout` replaces the whole list (MLA caches a compressed latent: `mla_cache_dims`).
 - Multimodal checkpoints: `decoder_config` names the config attribute of the text decoder to
   export, `key_mapping` renames the checkpoint's weights to the text model's names.
 - `attn_implementation`: transformers' attention code to trace where the default does not export.
@@ -128,7 +128,7 @@ class DecoderExportConfig:
     # KV-cache layout overrides: value head size, or every layer's (heads, key size, value size).
     kv_heads: Callable[[Any], int] | None = None
     value_head_dim: Callable[[Any], int] | None = None
-    cache_layout: Callable[[Any], list[tuple[int, int, int]]] | None = None
+    kv_layout: Callable[[Any], list[tuple[int, int, int]]] | None = None
     decoder_config: str | None = None
     key_mapping: dict[str, str] | None = None
     # transformers' attention implementation to trace, where the default one does not export.
@@ -169,8 +169,8 @@ class DecoderExportConfig:
 
     def cache_dims(self, config) -> list[tuple[int, int, int]]:
         """(kv heads, key head size, value head size) of each layer's cache."""
-        if self.cache_layout is not None:
-            return list(self.cache_layout(config))
+        if self.kv_layout is not None:
+            return list(self.kv_layout(config))
         heads, key = self.num_kv_heads(config), self.head_dim(config)
         value = self.value_head_dim(config) if self.value_head_dim else key
         return [(heads, key, value)] * self.num_layers(config)
@@ -378,7 +378,7 @@ for _entry in (
         notes="the text decoder of a Gemma3ForConditionalGeneration checkpoint, exported as gemma3_text",
     ),
     DecoderExportConfig(
-        "gemma4_text", norm_count=_gemma4_norms, cache_layout=per_layer_cache_dims, sliding_window_attr="sliding_window",
+        "gemma4_text", norm_count=_gemma4_norms, kv_layout=per_layer_cache_dims, sliding_window_attr="sliding_window",
         notes="per-layer cache shapes (full-attention layers: global_head_dim); per-layer input embeddings; "
         "kv-sharing layers keep cache I/O they pass through unchanged",
     ),
@@ -395,7 +395,7 @@ for _entry in (
     DecoderExportConfig("helium", rotary_interleaved=True),
     DecoderExportConfig("hunyuan_v1_dense", qk_norm=True, notes="q/k norms after the rotary embedding"),
     DecoderExportConfig(
-        "minicpm3", norms_per_layer=lambda c: 3 + (c.q_lora_rank is not None), cache_layout=mla_cache_dims,
+        "minicpm3", norms_per_layer=lambda c: 3 + (c.q_lora_rank is not None), kv_layout=mla_cache_dims,
         unfused={
             "Attention": "multi-head latent attention: the cache holds the compressed latent (as transformers' does) and "
             "kv_b_proj expands it to per-head keys/values before a standard Attention every step; the absorbed form "

@@ -83,19 +83,27 @@ def input_hessians(
     proto = ir.serde.serialize_model(probe).SerializeToString()
     session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
+    # An empty past: K/V of length 0, or for static-cache exports the whole (zero) buffer written
+    # from slot 0 with the mask covering it; hybrids' fixed-size states are zero too.
+    static = "write_indices" in inputs
+    pasts = {name: info for name, info in inputs.items() if name.startswith("past_")}
+    capacity = next((info.shape[2] for name, info in pasts.items() if name.startswith("past_key_values")), None) if static else None
     sums: dict[str, np.ndarray] = {}
     rows = 0
     for ids in windows:
-        ids = ids[None]
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        ids = ids[None, :capacity] if static else ids[None]
+        length = ids.shape[1]
+        mask = np.zeros((1, capacity if static else length), np.int64)
+        mask[:, :length] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask, "write_indices": np.zeros(1, np.int64)}
         if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None]
-        for name, info in inputs.items():
-            if name.startswith("past_key_values"):
-                feeds[name] = np.zeros((1, info.shape[1], 0, info.shape[3]), np.float32)
+            feeds["position_ids"] = np.arange(length, dtype=np.int64)[None]
+        for name, info in pasts.items():
+            shape = [1] + [d if isinstance(d, int) else 0 for d in info.shape[1:]]
+            feeds[name] = np.zeros(shape, np.float16 if info.type == "tensor(float16)" else np.float32)
         outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
         for name, x in zip(names, outputs):
             x = x.reshape(-1, x.shape[-1]).astype(np.float32)
             sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
-        rows += ids.shape[1]
+        rows += length
     return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
