@@ -20,7 +20,11 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 
 @dataclass(frozen=True)
 class DecoderIO:
-    """The decoder's I/O contract. `max_cache_len` is set only for static-cache graphs."""
+    """The decoder's I/O contract. `max_cache_len` is set only for static-cache graphs.
+
+    `num_kv_heads`/`head_dim` are layer 0's key layout; `cache_dims` holds (heads, head size) of
+    every past tensor in `past_names()` order, since keys and values may differ (MLA: keys carry
+    the rotary part, values do not) and so may layers (gemma4's full-attention layers)."""
 
     input_names: tuple[str, ...]
     num_layers: int
@@ -30,6 +34,7 @@ class DecoderIO:
     has_position_ids: bool
     max_cache_len: int | None
     logits_last_only: bool
+    cache_dims: tuple[tuple[int, int], ...] = ()
 
     @property
     def static(self) -> bool:
@@ -40,6 +45,11 @@ class DecoderIO:
 
     def present_names(self) -> list[str]:
         return [f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
+
+    def cache_shapes(self, batch_size: int, length: int) -> list[tuple[int, int, int, int]]:
+        """`[batch, heads, length, head size]` of every past tensor, in `past_names()` order."""
+        dims = self.cache_dims or ((self.num_kv_heads, self.head_dim),) * (2 * self.num_layers)
+        return [(batch_size, heads, length, size) for heads, size in dims]
 
 
 def _dim(value, fallback: int | None, what: str, where: str) -> int:
@@ -78,6 +88,13 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
             config.hidden_size // config.num_attention_heads if getattr(config, "hidden_size", None) else None
         )
     static = WRITE_INDICES in inputs
+    cache_dims = tuple(
+        (
+            _dim(inputs[name].shape[1], heads_fallback, "head count", where),
+            _dim(inputs[name].shape[3], head_dim_fallback, "head size", where),
+        )
+        for name in (f"past_key_values.{i}.{kv}" for i in pasts for kv in ("key", "value"))
+    )
     max_cache_len = _dim(first.shape[2], None, "length", where) if static else None
     logits_shape = outputs["logits"].shape
     return DecoderIO(
@@ -89,4 +106,5 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
         has_position_ids="position_ids" in inputs,
         max_cache_len=max_cache_len,
         logits_last_only=len(logits_shape) == 3 and logits_shape[1] == 1,
+        cache_dims=cache_dims,
     )

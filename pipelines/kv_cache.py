@@ -96,8 +96,7 @@ class DynamicKVCache(_KVCacheBase):
     def __init__(self, session: ort.InferenceSession, io: DecoderIO, batch_size: int):
         super().__init__(session, io)
         self.batch_size = batch_size
-        empty = (batch_size, io.num_kv_heads, 0, io.head_dim)
-        self.values = [self._zeros(empty) for _ in range(2 * io.num_layers)]
+        self.values = [self._zeros(shape) for shape in io.cache_shapes(batch_size, 0)]
 
     def attention_mask_width(self, step_length: int) -> int:
         return self.length + step_length
@@ -119,8 +118,7 @@ class StaticKVCache(_KVCacheBase):
     def __init__(self, session: ort.InferenceSession, io: DecoderIO, batch_size: int):
         super().__init__(session, io)
         self.batch_size = batch_size
-        shape = (batch_size, io.num_kv_heads, io.max_cache_len, io.head_dim)
-        self.values = [self._zeros(shape) for _ in range(2 * io.num_layers)]
+        self.values = [self._zeros(shape) for shape in io.cache_shapes(batch_size, io.max_cache_len)]
 
     def attention_mask_width(self, step_length: int) -> int:
         return self.io.max_cache_len

@@ -154,8 +154,7 @@ class ORTModelForCausalLM:
         batch, length = ids.shape
         pasts = _flat_cache(cache if cache is not None else past_key_values, 2 * self.io.num_layers)
         if pasts is None:
-            empty = np.zeros((batch, self.io.num_kv_heads, 0, self.io.head_dim), self.io.dtype)
-            pasts = [empty] * (2 * self.io.num_layers)
+            pasts = [np.zeros(shape, self.io.dtype) for shape in self.io.cache_shapes(batch, 0)]
         past_length = pasts[0].shape[2]
         mask = np.ones((batch, past_length + length), np.int64) if attention_mask is None else _as_int64(attention_mask, "attention_mask")
         if mask.shape != (batch, past_length + length):

@@ -9,6 +9,7 @@ is shared by all decoders and derived here from the entry and the model's `Pretr
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +50,8 @@ class DecoderExportConfig:
     # Config attributes; the sliding window is applied through the mask, the cache stays full-length.
     sliding_window_attr: str | None = None
     softcap_attr: str | None = None
+    # Per standard op, why the family has none (or fewer) where a reader would expect one.
+    unfused: dict[str, str] = field(default_factory=dict)
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -61,6 +64,16 @@ class DecoderExportConfig:
 
     def head_dim(self, config) -> int:
         return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def cache_shapes(self, config, batch_size, length) -> list[tuple]:
+        """`[batch, heads, length, size]` of every past tensor, in I/O order (key, value per layer)."""
+        shape = (batch_size, self.num_kv_heads(config), length, self.head_dim(config))
+        return [shape] * (2 * self.num_layers(config))
+
+    # ---- tracing ---------------------------------------------------------------------------
+    def tracing(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Entered around torch.export: torch-side patches a family needs to trace (MoE experts)."""
+        return contextlib.nullcontext()
 
     # ---- graph I/O -------------------------------------------------------------------------
     def input_names(self, config, with_past: bool) -> list[str]:
@@ -108,8 +121,7 @@ class DecoderExportConfig:
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_length:]
         inputs = [input_ids, attention_mask, position_ids]
         if with_past:
-            shape = (batch_size, self.num_kv_heads(config), past_length, self.head_dim(config))
-            inputs += [torch.randn(shape, generator=generator, dtype=dtype) for _ in range(2 * self.num_layers(config))]
+            inputs += [torch.randn(shape, generator=generator, dtype=dtype) for shape in self.cache_shapes(config, batch_size, past_length)]
         return tuple(inputs)
 
     # ---- what the fused graph must contain -------------------------------------------------
@@ -120,6 +132,10 @@ class DecoderExportConfig:
         if self.rotary_layers is not None:
             expected["RotaryEmbedding"] = 2 * self.rotary_layers(config)
         return expected
+
+    def unfused_ops(self, config) -> dict[str, str]:
+        """Per standard op, why the graph has none (or fewer than a reader would expect)."""
+        return dict(self.unfused)
 
 
 EXPORT_CONFIGS: dict[str, DecoderExportConfig] = {}
@@ -165,3 +181,5 @@ for _entry in (
     ),
 ):
     register_export_config(_entry)
+
+from . import moe  # noqa: E402,F401  (registers the Mixture-of-Experts families)

@@ -39,6 +39,7 @@ class ExportReport:
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
     fusions: dict = field(default_factory=dict)
     expected_fusions: dict[str, int] = field(default_factory=dict)
+    unfused: dict[str, str] = field(default_factory=dict)  # standard op -> why the graph has fewer than expected
     op_histogram: dict[str, int] = field(default_factory=dict)
     gguf_file: str | None = None
     # Per validation shape and output: max |ONNX - PyTorch|, and the error allowed

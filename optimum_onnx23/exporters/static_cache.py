@@ -170,8 +170,8 @@ def static_dummy_inputs(
     attention_mask[0, : min(left_padding, total - 1)] = 0
     position_ids = (attention_mask[:, :total].cumsum(-1) - 1).clamp(min=0)[:, past_length:]
     write_indices = torch.full((batch_size,), past_length, dtype=torch.int64)
-    shape = (batch_size, export_config.num_kv_heads(config), max_cache_len, export_config.head_dim(config))
-    past = [torch.randn(shape, generator=generator, dtype=dtype) for _ in range(2 * export_config.num_layers(config))]
+    shapes = export_config.cache_shapes(config, batch_size, max_cache_len)
+    past = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
     return (input_ids, attention_mask, position_ids, write_indices, *past)
 
 

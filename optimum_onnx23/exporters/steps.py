@@ -53,10 +53,11 @@ def _load(ctx: ExportContext) -> None:
 
 def _trace(ctx: ExportContext) -> None:
     options = ctx.options
-    ctx.onnx_model, ctx.report.traced_layers = trace(
-        ctx.wrapper, ctx.export_config, ctx.config, options.with_past, options.opset,
-        DTYPES[options.dtype], torch.device(options.device), options.static_len,
-    )
+    with ctx.export_config.tracing(ctx.model):
+        ctx.onnx_model, ctx.report.traced_layers = trace(
+            ctx.wrapper, ctx.export_config, ctx.config, options.with_past, options.opset,
+            DTYPES[options.dtype], torch.device(options.device), options.static_len,
+        )
 
 
 def _optimize(ctx: ExportContext) -> None:
@@ -76,6 +77,7 @@ def _fuse(ctx: ExportContext) -> None:
     ctx.report.op_histogram = dict(sorted(fusions.count_ops(model).items()))
     if options.fusions_enabled and options.opset >= fusions.MIN_FUSION_OPSET:
         ctx.report.expected_fusions = ctx.export_config.expected_fusions(ctx.config)
+        ctx.report.unfused = ctx.export_config.unfused_ops(ctx.config)
         for op, expected in ctx.report.expected_fusions.items():
             got = fusion_report.op_counts.get(op, 0)
             if got != expected:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter.rules.fusion import _gqa, _rms_normalization, _rotary_embedding
 
-from .rules import fuse_attention_3d, fuse_grouped_kv_attention, fuse_softcap_attention
+from .rules import fuse_attention_3d, fuse_grouped_kv_attention, fuse_softcap_attention, fuse_split_halves_rotary_embedding
 
 __all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
 
@@ -29,6 +29,7 @@ MIN_FUSION_OPSET = 23
 FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("onnxscript", "RMSNormalization", _rms_normalization.fuse_rms_normalization),
     ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
+    ("optimum_onnx23", "SplitHalvesRotaryEmbedding", fuse_split_halves_rotary_embedding),
     ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),
     ("onnxscript", "GQA", _gqa.fuse_gqa),
     ("optimum_onnx23", "GroupedKvAttention", fuse_grouped_kv_attention),
