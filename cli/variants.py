@@ -14,7 +14,7 @@ from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 __all__ = ["ONNX23Command", "VariantsCommand"]
 
-BUILTIN_NAMES = ("ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context")  # checked again in run()
+BUILTIN_NAMES = ("ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu", "backend-context")  # checked again in run()
 
 
 def _model_path(value: Path) -> Path:

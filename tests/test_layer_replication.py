@@ -17,8 +17,10 @@ from tiny_models import save_tiny_model, tiny_config
 LAYERS = 6
 # Uniform decoders of different shapes (plain llama: the full-trace comparison below): per-head q/k
 # norms, fused qkv/gate_up, LayerNorm with learned positions and gpt2's `h` layer list, post-norms,
-# ALiBi (bloom: one bias for all layers in the mask), MLA (minicpm3: latent cache of another shape).
-UNIFORM = ["qwen3", "phi3", "gpt2", "olmo2", "bloom", "minicpm3"]
+# ALiBi (bloom: one bias for all layers in the mask), MLA (minicpm3: latent cache of another shape);
+# and a MoE whose layer 0 is dense (the first MoE layer computes what later ones share) and whose
+# MoE layers hold an `If` with subgraphs reading the layer's weights.
+UNIFORM = ["qwen3", "phi3", "gpt2", "olmo2", "bloom", "minicpm3", "deepseek_v3"]
 
 
 def graph_io(path) -> tuple[list[str], list[str], collections.Counter]:

@@ -120,6 +120,8 @@ def build_tiny_model(model_type: str, seed: int = 0, num_layers: int = 2):
                 p.mul_(4.0)
             else:
                 p.add_(0.1 * torch.randn_like(p))
+        if model_type in TINY_MOE_CONFIGS:
+            _randomize_gating_biases(model)
     return model.eval()
 
 
@@ -197,3 +199,54 @@ def save_tiny_hybrid_model(model_type: str, folder: Path, seed: int = 0) -> Path
             model.save_pretrained(folder)
             AutoTokenizer.from_pretrained(BUNDLED).save_pretrained(folder)
     return folder
+
+
+# Mixture-of-Experts decoders: 8 experts, top-2, so that decode rows (rows * k < experts) take the
+# gathered-experts branch of the graph and prefill the dense one; small expert MLPs.
+_MOE = dict(num_experts_per_tok=2)
+TINY_MOE_CONFIGS: dict[str, dict] = {
+    "mixtral": dict(_MOE, num_local_experts=8, sliding_window=6),
+    "qwen2_moe": dict(_MOE, num_experts=8, moe_intermediate_size=32, shared_expert_intermediate_size=64, use_sliding_window=False),
+    "qwen3_moe": dict(_MOE, num_experts=8, moe_intermediate_size=32, norm_topk_prob=True, head_dim=16),
+    "olmoe": dict(_MOE, num_experts=8, intermediate_size=32),
+    "granitemoe": dict(
+        _MOE, num_local_experts=8, intermediate_size=32,
+        embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.0,
+    ),
+    "phimoe": dict(_MOE, num_local_experts=8, intermediate_size=32, sliding_window=6),
+    # Attention sinks, alternating sliding/full layers, clamped SwiGLU experts with biases.
+    "gpt_oss": dict(
+        _MOE, num_local_experts=8, intermediate_size=32, head_dim=16, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"], swiglu_limit=2.0,
+        rope_parameters=dict(
+            rope_type="yarn", rope_theta=150000.0, factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
+            original_max_position_embeddings=8,
+        ),
+    ),
+    # MLA; layer 0 dense, layer 1 MoE with grouped top-k (2 of 4 groups), routed scaling, a shared expert.
+    "deepseek_v3": dict(
+        _MOE, n_routed_experts=8, n_group=4, topk_group=2, n_shared_experts=1, moe_intermediate_size=32,
+        first_k_dense_replace=1, routed_scaling_factor=2.5, q_lora_rank=32, kv_lora_rank=32,
+        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, num_key_value_heads=4,
+    ),
+    "ernie4_5_moe": dict(
+        moe_num_experts=8, moe_k=2, moe_intermediate_size=32, moe_num_shared_experts=1,
+        moe_layer_start_index=1, moe_layer_end_index=1, head_dim=16,
+    ),
+    # Partial rotary; layer 0 dense; grouped top-k with a score-correction bias; a shared expert.
+    "glm4_moe": dict(
+        _MOE, n_routed_experts=8, n_group=2, topk_group=1, n_shared_experts=1, moe_intermediate_size=32,
+        first_k_dense_replace=1, routed_scaling_factor=1.5, head_dim=16,
+    ),
+}
+TINY_CONFIGS.update(TINY_MOE_CONFIGS)
+ARCHITECTURES = sorted(TINY_CONFIGS)
+
+
+def _randomize_gating_biases(model) -> None:
+    """Zero-initialized routing biases (DeepSeek/GLM's score correction, ERNIE's moe_statics, expert
+    biases) set to random values, so that the export is checked on the routing they change."""
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if ("bias" in name or "moe_statics" in name) and tensor.is_floating_point() and not tensor.any():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)

@@ -27,6 +27,7 @@ dynamic axes, dummy inputs) is shared by all decoders and derived from the entry
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -133,6 +134,7 @@ class DecoderExportConfig:
     key_mapping: dict[str, str] | None = None
     # transformers' attention implementation to trace, where the default one does not export.
     attn_implementation: str | None = None
+    # Per standard op, why the family has none (or fewer) where a reader would expect one.
     unfused: dict[str, str] = field(default_factory=dict)
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -178,6 +180,11 @@ class DecoderExportConfig:
     def cache_shapes(self, config, batch_size, length) -> list[tuple]:
         """`[batch, heads, length, size]` of every past tensor, in I/O order (key, value per layer)."""
         return [(batch_size, h, length, d) for h, k, v in self.cache_dims(config) for d in (k, v)]
+
+    # ---- tracing ---------------------------------------------------------------------------
+    def tracing(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Entered around torch.export: torch-side patches a family needs to trace (MoE experts)."""
+        return contextlib.nullcontext()
 
     # ---- graph I/O -------------------------------------------------------------------------
     def input_names(self, config, with_past: bool) -> list[str]:
@@ -423,5 +430,7 @@ for _entry in (
 ):
     register_export_config(_entry)
 
-# Hybrid decoders (conv / state-space / linear-attention caches) register themselves.
+# Hybrid decoders (conv / state-space / linear-attention caches) and Mixture-of-Experts families
+# register themselves.
 from . import hybrid  # noqa: E402,F401
+from . import moe  # noqa: E402,F401

@@ -11,6 +11,8 @@ Guarantees:
   `layer_types` or `no_rope_layers` holds one value) and the traced layers 2 and 3 are the same
   graph node for node (op, attributes, and where each input comes from). Otherwise `plan`
   returns False or `replicate` None, and the caller traces every layer.
+- Control flow (the `If` of MoE layers) is compared and cloned with its subgraphs: a subgraph
+  node's input is either computed inside the subgraph or read like any other input of its layer.
 - Clone k reads layer k's own weights (the PyTorch parameters, never copied), its own
   `past_key_values.k.*` inputs and writes `present.k.*`; everything layers share (masks, rotary
   tables, constants) is shared. The export's validation against the full PyTorch model then
@@ -100,6 +102,7 @@ def _nodes_by_layer(graph: ir.Graph, prefix: str) -> dict[int, list[ir.Node]] | 
     ones that read only its own cache inputs and feed only that layer (the wrapper's cache
     set-up). Unscoped nodes that feed shared computations (shape symbols, masks) stay shared."""
     nodes = list(graph)
+    owner = _subgraph_owners(nodes)
     scoped = {id(node): _layer_of(node, prefix) for node in nodes}
     candidate: dict[int, int] = {}  # id(value) -> layer, read off the cache inputs forwards
     for value in graph.inputs:
@@ -116,7 +119,7 @@ def _nodes_by_layer(graph: ir.Graph, prefix: str) -> dict[int, list[ir.Node]] | 
         if scoped[id(node)] is not None or not node.outputs or id(node.outputs[0]) not in candidate:
             continue
         layer = candidate[id(node.outputs[0])]
-        users = [user for value in node.outputs for user, _ in value.uses()]
+        users = [owner.get(id(user), user) for value in node.outputs for user, _ in value.uses()]
         if users and all(assigned.get(id(user)) == layer for user in users):
             assigned[id(node)] = layer
     by_layer: dict[int, list[ir.Node]] = {i: [] for i in range(TRACED_LAYERS)}
@@ -129,6 +132,29 @@ def _nodes_by_layer(graph: ir.Graph, prefix: str) -> dict[int, list[ir.Node]] | 
     return by_layer
 
 
+def _subgraphs(node: ir.Node) -> list[ir.Graph]:
+    graphs = []
+    for attribute in node.attributes.values():
+        if attribute.type == ir.AttributeType.GRAPH:
+            graphs.append(attribute.value)
+        elif attribute.type == ir.AttributeType.GRAPHS:
+            graphs.extend(attribute.value)
+    return graphs
+
+
+def _subgraph_owners(nodes: list[ir.Node]) -> dict[int, ir.Node]:
+    """id(node inside a subgraph, at any depth) -> the top-level node that holds it."""
+    owners: dict[int, ir.Node] = {}
+    for node in nodes:
+        pending = _subgraphs(node)
+        while pending:
+            graph = pending.pop()
+            for inner in graph:
+                owners[id(inner)] = node
+                pending.extend(_subgraphs(inner))
+    return owners
+
+
 def _per_layer_name(name: str, layer: int, new_layer: int, prefix: str) -> str | None:
     """`name` with its layer index replaced, if `name` is layer `layer`'s weight or cache I/O."""
     for pattern in (rf"^({re.escape(prefix)}\.){layer}(\.)", rf"^(past_key_values\.){layer}(\.)", rf"^(present\.){layer}(\.)"):
@@ -138,6 +164,8 @@ def _per_layer_name(name: str, layer: int, new_layer: int, prefix: str) -> str |
 
 
 def _attribute_key(attribute: ir.Attr) -> str:
+    if attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+        return attribute.type.name  # compared node by node by `_same_nodes`
     value = attribute.value
     if isinstance(value, ir.TensorProtocol):
         return f"{value.dtype}{value.shape}{value.tobytes()!r}"
@@ -148,6 +176,7 @@ class _Layer:
     def __init__(self, nodes: list[ir.Node]):
         self.nodes = nodes
         self.position = {id(node): i for i, node in enumerate(nodes)}
+        self.members = set(self.position) | set(_subgraph_owners(nodes))  # subgraph nodes included
 
 
 def _input_role(value: ir.Value | None, layer: int, own: _Layer, previous: _Layer, prefix: str):
@@ -158,26 +187,96 @@ def _input_role(value: ir.Value | None, layer: int, own: _Layer, previous: _Laye
     if producer is not None and id(producer) in own.position:
         return ("own", own.position[id(producer)], value.index())
     if producer is not None and id(producer) in previous.position:
-        return ("previous", previous.position[id(producer)], value.index())
+        if any(id(user) not in own.members and id(user) not in previous.members for user, _ in value.uses()):
+            # Computed by the previous layer for the ones after it too (the first MoE layer's row
+            # count, where dense layers come first): shared, not the layer-to-layer stream.
+            return ("shared", id(value))
+        # Counted from the end: the layer before may hold such shared computations besides.
+        return ("previous", len(previous.nodes) - previous.position[id(producer)], value.index())
     if value.name and _per_layer_name(value.name, layer, 0, prefix) is not None:
         return ("per_layer", _per_layer_name(value.name, layer, 0, prefix))
     return ("shared", id(value))
 
 
-def _isomorphic(layers: list[_Layer], index: int, prefix: str) -> bool:
-    """Layer `index` and `index - 1` are the same graph, each read against its own predecessor."""
-    (before, first), (_, second) = (layers[index - 2], layers[index - 1]), (layers[index - 1], layers[index])
-    if len(first.nodes) != len(second.nodes):
+def _same_nodes(first: list[ir.Node], second: list[ir.Node], role_a, role_b, outputs=((), ())) -> bool:
+    """Two node lists compute the same thing: op by op, attributes (subgraphs recursively), and
+    inputs (and `outputs`) of the same role; `role_a`/`role_b` say where a value not computed in
+    the list comes from."""
+    if len(first) != len(second):
         return False
-    for a, b in zip(first.nodes, second.nodes):
+    position_a = {id(node): i for i, node in enumerate(first)}
+    position_b = {id(node): i for i, node in enumerate(second)}
+
+    def local(role, position):
+        def where(value):
+            producer = value.producer() if value is not None else None
+            if producer is not None and id(producer) in position:
+                return ("local", position[id(producer)], value.index())
+            return role(value)
+
+        return where
+
+    where_a, where_b = local(role_a, position_a), local(role_b, position_b)
+    for a, b in zip(first, second):
         if (a.op_type, a.domain, a.overload, len(a.inputs), len(a.outputs)) != (b.op_type, b.domain, b.overload, len(b.inputs), len(b.outputs)):
             return False
         if {k: _attribute_key(v) for k, v in a.attributes.items()} != {k: _attribute_key(v) for k, v in b.attributes.items()}:
             return False
-        for x, y in zip(a.inputs, b.inputs):
-            if _input_role(x, index - 1, first, before, prefix) != _input_role(y, index, second, first, prefix):
+        if any(where_a(x) != where_b(y) for x, y in zip(a.inputs, b.inputs)):
+            return False
+        graphs_a, graphs_b = _subgraphs(a), _subgraphs(b)
+        if len(graphs_a) != len(graphs_b):
+            return False
+        for graph_a, graph_b in zip(graphs_a, graphs_b):
+            if not _same_nodes(list(graph_a), list(graph_b), where_a, where_b, (graph_a.outputs, graph_b.outputs)):
                 return False
-    return True
+    return [where_a(v) for v in outputs[0]] == [where_b(v) for v in outputs[1]]
+
+
+def _isomorphic(layers: list[_Layer], index: int, prefix: str) -> bool:
+    """Layer `index` and `index - 1` are the same graph, each read against its own predecessor."""
+    (before, first), (_, second) = (layers[index - 2], layers[index - 1]), (layers[index - 1], layers[index])
+    return _same_nodes(
+        first.nodes,
+        second.nodes,
+        lambda value: _input_role(value, index - 1, first, before, prefix),
+        lambda value: _input_role(value, index, second, first, prefix),
+    )
+
+
+def _clone_attributes(node: ir.Node, resolve, label: str) -> list[ir.Attr]:
+    """The node's attributes; subgraphs are cloned with their outer values mapped by `resolve`."""
+    attributes = []
+    for attribute in node.attributes.values():
+        if attribute.type == ir.AttributeType.GRAPH:
+            attributes.append(ir.Attr(attribute.name, attribute.type, _clone_graph(attribute.value, resolve, label)))
+        elif attribute.type == ir.AttributeType.GRAPHS:
+            graphs = [_clone_graph(graph, resolve, label) for graph in attribute.value]
+            attributes.append(ir.Attr(attribute.name, attribute.type, graphs))
+        else:
+            attributes.append(attribute)
+    return attributes
+
+
+def _clone_graph(graph: ir.Graph, resolve, label: str) -> ir.Graph:
+    mapping: dict[int, ir.Value] = {}
+
+    def inner(value: ir.Value | None) -> ir.Value | None:
+        if value is None:
+            return None
+        return mapping[id(value)] if id(value) in mapping else resolve(value)
+
+    nodes = []
+    for node in graph:
+        clone = ir.Node(
+            node.domain, node.op_type, [inner(v) for v in node.inputs], attributes=_clone_attributes(node, inner, label),
+            overload=node.overload, num_outputs=len(node.outputs), name=f"{label}/{node.name}",
+        )
+        for original, output in zip(node.outputs, clone.outputs):
+            output.name, output.type, output.shape = f"{label}/{original.name}", original.type, original.shape
+            mapping[id(original)] = output
+        nodes.append(clone)
+    return ir.Graph([], [inner(v) for v in graph.outputs], nodes=nodes, name=graph.name)
 
 
 def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model | None:
@@ -208,6 +307,7 @@ def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir
     graph_outputs = {id(value): value.name for value in graph.outputs}
     new_io: dict[str, ir.Value] = {}  # by name, ordered below as a full trace orders them
     in_layers = {id(node) for nodes in by_layer.values() for node in nodes}
+    in_layers |= {inner for inner, node in _subgraph_owners(list(graph)).items() if id(node) in in_layers}
     # Uses of the last traced layer's values outside the layers (the final norm): moved to the last clone.
     outside_uses = [
         (user, index, value)
@@ -250,7 +350,7 @@ def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir
         for node in last.nodes:
             clone = ir.Node(
                 node.domain, node.op_type, [resolve(v) for v in node.inputs],
-                attributes=list(node.attributes.values()), overload=node.overload,
+                attributes=_clone_attributes(node, resolve, f"layers.{k}"), overload=node.overload,
                 num_outputs=len(node.outputs), name=f"layers.{k}/{node.name}",
             )
             for original, output in zip(node.outputs, clone.outputs):

@@ -49,10 +49,11 @@ def _load(ctx: ExportContext) -> None:
 
 def _trace(ctx: ExportContext) -> None:
     options = ctx.options
-    ctx.onnx_model, ctx.report.traced_layers = trace(
-        ctx.wrapper, ctx.export_config, ctx.config, options.with_past, options.opset,
-        DTYPES[options.dtype], torch.device(options.device), options.static_len,
-    )
+    with ctx.export_config.tracing(ctx.model):
+        ctx.onnx_model, ctx.report.traced_layers = trace(
+            ctx.wrapper, ctx.export_config, ctx.config, options.with_past, options.opset,
+            DTYPES[options.dtype], torch.device(options.device), options.static_len,
+        )
 
 
 def _optimize(ctx: ExportContext) -> None:

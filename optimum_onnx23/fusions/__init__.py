@@ -25,7 +25,9 @@ from .rules import (
     fuse_partial_rotary_embedding,
     fuse_pow_rms_normalization,
     fuse_rotary_embedding_bshd,
+    fuse_rotary_embedding_cast,
     fuse_softcap_attention,
+    fuse_split_halves_rotary_embedding,
 )
 
 __all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
@@ -44,7 +46,9 @@ FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("optimum_onnx23", "PowRmsNormalization", fuse_pow_rms_normalization),
     ("optimum_onnx23", "CenteredRmsNormalization", fuse_centered_rms_normalization),
     ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
+    ("optimum_onnx23", "RotaryEmbeddingCast", fuse_rotary_embedding_cast),
     ("optimum_onnx23", "RotaryEmbeddingBSHD", fuse_rotary_embedding_bshd),
+    ("optimum_onnx23", "SplitHalvesRotaryEmbedding", fuse_split_halves_rotary_embedding),
     ("optimum_onnx23", "InterleavedRotaryEmbedding", fuse_interleaved_rotary_embedding),
     ("optimum_onnx23", "PartialRotaryEmbedding", fuse_partial_rotary_embedding),
     ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),

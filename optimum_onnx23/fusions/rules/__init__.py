@@ -9,7 +9,9 @@ from .interleaved_rotary_embedding import fuse_interleaved_rotary_embedding
 from .partial_rotary_embedding import fuse_partial_rotary_embedding
 from .pow_rms_normalization import fuse_pow_rms_normalization
 from .rotary_embedding_bshd import fuse_rotary_embedding_bshd
+from .rotary_embedding_cast import fuse_rotary_embedding_cast
 from .softcap_attention import fuse_softcap_attention
+from .split_halves_rotary_embedding import fuse_split_halves_rotary_embedding
 
 __all__ = [
     "fuse_alibi_attention",
@@ -21,5 +23,7 @@ __all__ = [
     "fuse_partial_rotary_embedding",
     "fuse_pow_rms_normalization",
     "fuse_rotary_embedding_bshd",
+    "fuse_rotary_embedding_cast",
     "fuse_softcap_attention",
+    "fuse_split_halves_rotary_embedding",
 ]

@@ -1,0 +1,229 @@
+"""Mixture-of-Experts decoders: their export configs and the experts computation they are traced with.
+
+transformers 5 computes every MoE family's routed experts in one place: the experts module's
+forward, chosen by `config._experts_implementation` (`eager` loops over the experts hit,
+`grouped_mm` sorts tokens by expert; both have data-dependent shapes and do not convert to ONNX).
+The router (softmax/sigmoid, top-k, grouped top-k, normalization, routed scaling) and the shared
+experts stay in each family's own modules and are traced as they are, so every gating quirk is
+transformers' own code. Only the experts forward is swapped, during tracing only
+(`static_experts`), for one with static shapes that computes exactly what transformers' experts do:
+
+    gathered (few rows): W[top_k_index] -> batched MatMul -> gate/activation -> MatMul -> * weights -> sum over k
+    dense (many rows):   every expert on every row, weights scattered into [rows, experts] (zeros off the top-k)
+
+Gathering copies the k selected experts' weights per row, so it pays while rows * k is below the
+number of experts (decode); beyond that computing all experts reads fewer bytes and runs as a few
+large MatMuls (prefill). The exported graph holds both, behind one `If` on the row count
+(`torch.cond`), so one file serves both phases; `FORMS` lets benchmarks trace one form alone.
+Both forms use the weights as `x @ W` ([experts, in, out]): transformers' [experts, out, in]
+layout is transposed once, and the optimizer folds that transpose into the initializer.
+
+The validation step then checks the graph against the model with its own experts implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .configs import DecoderExportConfig, register_export_config
+
+__all__ = ["FORMS", "MoeExportConfig", "MlaMoeExportConfig", "static_experts", "static_experts_forward"]
+
+EXPERTS_IMPLEMENTATION = "optimum_onnx23_static"
+FORMS = ("auto", "gather", "dense")
+# Which form `static_experts` traces by default; benchmarks set another to measure it alone.
+DEFAULT_FORM = "auto"
+
+
+def _weights(experts: torch.nn.Module):
+    """(first projection [E, H, 2I or I], its bias [E, 2I or I] | None, down [E, I, H], its bias | None)."""
+    first = experts.gate_up_proj if experts.has_gate else experts.up_proj
+    down = experts.down_proj
+    if not experts.is_transposed:  # [E, out, in] -> [E, in, out]
+        first, down = first.transpose(1, 2), down.transpose(1, 2)
+    if not experts.has_bias:
+        return first, None, down, None
+    first_bias = experts.gate_up_proj_bias if experts.has_gate else experts.up_proj_bias
+    return first, first_bias, down, experts.down_proj_bias
+
+
+def _activate(experts: torch.nn.Module, projected: torch.Tensor) -> torch.Tensor:
+    # `_apply_gate` is the family's own (gpt-oss: interleaved, clamped SwiGLU); it works on the last axis.
+    return experts._apply_gate(projected) if experts.has_gate else experts.act_fn(projected)
+
+
+def _gathered(experts, hidden, index, weights, first, first_bias, down, down_bias):
+    """[T, H] -> [T, H] through the k experts of each row, their weights gathered by index."""
+    rows, k = index.shape
+    flat = index.reshape(-1)
+    up = torch.matmul(hidden[:, None, None, :], first.index_select(0, flat).view(rows, k, *first.shape[1:]))
+    up = up.squeeze(2)  # [T, k, 2I]
+    if first_bias is not None:
+        up = up + first_bias.index_select(0, flat).view(rows, k, -1)
+    act = _activate(experts, up)
+    out = torch.matmul(act.unsqueeze(2), down.index_select(0, flat).view(rows, k, *down.shape[1:])).squeeze(2)
+    if down_bias is not None:
+        out = out + down_bias.index_select(0, flat).view(rows, k, -1)
+    if experts.has_post_expert_norm:
+        out = experts.post_expert_norm(out)
+    return (out * weights.unsqueeze(-1)).sum(dim=1)
+
+
+def _dense(experts, hidden, index, weights, first, first_bias, down, down_bias):
+    """[T, H] -> [T, H] through every expert; experts outside a row's top-k get weight 0."""
+    up = torch.matmul(hidden, first)  # [E, T, 2I]
+    if first_bias is not None:
+        up = up + first_bias[:, None, :]
+    act = _activate(experts, up)
+    out = torch.matmul(act, down)  # [E, T, H]
+    if down_bias is not None:
+        out = out + down_bias[:, None, :]
+    if experts.has_post_expert_norm:
+        out = experts.post_expert_norm(out)
+    dense = torch.zeros(hidden.shape[0], first.shape[0], dtype=weights.dtype, device=hidden.device)
+    dense = dense.scatter(1, index, weights)  # [T, E]
+    # Adding the exact zeros of unselected experts leaves transformers' sum over k unchanged.
+    return (out * dense.transpose(0, 1).unsqueeze(-1)).sum(dim=0)
+
+
+def static_experts_forward(self, hidden_states, top_k_index, top_k_weights, form: str | None = None):
+    """transformers' experts forward signature; `form` defaults to `DEFAULT_FORM`."""
+    form = form or DEFAULT_FORM
+    first, first_bias, down, down_bias = _weights(self)
+    biases = tuple(b for b in (first_bias, down_bias) if b is not None)
+
+    def unpack(args):
+        hidden, index, weights, first, down, *rest = args
+        first_bias = rest.pop(0) if self.has_bias else None
+        down_bias = rest.pop(0) if self.has_bias else None
+        return hidden, index, weights, first, first_bias, down, down_bias
+
+    def gathered(*args):
+        return _gathered(self, *unpack(args))
+
+    def dense(*args):
+        return _dense(self, *unpack(args))
+
+    operands = (hidden_states, top_k_index, top_k_weights, first, down, *biases)
+    if form == "gather":
+        out = gathered(*operands)
+    elif form == "dense":
+        out = dense(*operands)
+    else:
+        # Gather while the selected experts are fewer than all of them.
+        few_rows = hidden_states.shape[0] * top_k_index.shape[-1] < first.shape[0]
+        out = torch.cond(few_rows, gathered, dense, operands)
+    return out.to(hidden_states.dtype)
+
+
+@contextlib.contextmanager
+def static_experts(model: torch.nn.Module, form: str | None = None) -> Iterator[None]:
+    """Within the block, `model`'s experts modules run `static_experts_forward`; restored afterwards."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    chosen = form or DEFAULT_FORM
+    if chosen not in FORMS:
+        raise ValueError(f"Unknown MoE experts form `{chosen}`; use one of {', '.join(FORMS)}.")
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        return static_experts_forward(self, hidden_states, top_k_index, top_k_weights, chosen)
+
+    saved = model.get_experts_implementation()
+    ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION] = forward  # this interface instance only
+    try:
+        model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+        yield
+    finally:
+        model.set_experts_implementation(saved)
+        del ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION]
+
+
+@dataclass(frozen=True)
+class MoeExportConfig(DecoderExportConfig):
+    """A decoder whose MLPs are (partly) transformers experts modules, traced with `static_experts`.
+
+    `fused_attention=False` where no standard op computes the family's attention (gpt-oss's sinks);
+    `unfused` then says why."""
+
+    fused_attention: bool = True
+
+    def tracing(self, model: torch.nn.Module):
+        return static_experts(model)
+
+    def expected_fusions(self, config) -> dict[str, int]:
+        expected = super().expected_fusions(config)
+        if not self.fused_attention:
+            expected["Attention"] = 0
+        return expected
+
+
+@dataclass(frozen=True)
+class MlaMoeExportConfig(MoeExportConfig):
+    """Multi-head latent attention (DeepSeek-V2/V3): transformers caches the compressed latent, one
+    head per layer: `key` = the normalized kv latent [B, 1, S, kv_lora_rank], `value` = the roped
+    shared key [B, 1, S, qk_rope_head_dim]; every step expands them to per-head keys and values
+    (`kv_b_proj`) before a standard Attention. Norms: the kv latent's and, with a q LoRA, the q
+    latent's, besides the two of every layer."""
+
+    def num_kv_heads(self, config) -> int:
+        return 1
+
+    def head_dim(self, config) -> int:
+        return config.kv_lora_rank
+
+    def cache_shapes(self, config, batch_size, length) -> list[tuple]:
+        key, value = (batch_size, 1, length, config.kv_lora_rank), (batch_size, 1, length, config.qk_rope_head_dim)
+        return [key, value] * self.num_layers(config)
+
+    def expected_fusions(self, config) -> dict[str, int]:
+        expected = super().expected_fusions(config)
+        per_layer = self.norms_per_layer + 1 + (config.q_lora_rank is not None)
+        expected[self.norm_op] = self.num_layers(config) * per_layer + 1
+        return expected
+
+
+_INTERLEAVED_ROTARY = (
+    "interleaved rotary (ERNIE's rotate_every_two): fused by the interleaved_rotary_embedding rule, which this "
+    "branch does not have yet"
+)
+
+for _entry in (
+    MoeExportConfig("mixtral", sliding_window_attr="sliding_window"),
+    MoeExportConfig("qwen2_moe", sliding_window_attr="sliding_window", notes="shared expert with a sigmoid gate"),
+    MoeExportConfig("qwen3_moe", qk_norm=True, sliding_window_attr="sliding_window"),
+    MoeExportConfig("olmoe", qk_norm=True, notes="full-width q/k norms"),
+    MoeExportConfig("granitemoe", notes="embedding, attention, residual and logits multipliers"),
+    MoeExportConfig(
+        "phimoe", norm_op="LayerNormalization", sliding_window_attr="sliding_window", notes="LayerNorm; sparsemixer routing"
+    ),
+    MoeExportConfig(
+        "gpt_oss",
+        sliding_window_attr="sliding_window",
+        fused_attention=False,
+        unfused={
+            "Attention": "attention sinks (a learned per-head logit in the softmax's denominator) have no standard op: "
+            "ONNX Attention-23/24 take no sink, so the attention stays MatMul/Softmax/MatMul"
+        },
+        notes="clamped SwiGLU experts with biases; router bias; attention sinks; alternating sliding/full layers",
+    ),
+    MlaMoeExportConfig(
+        "deepseek_v3",
+        rotary_layers=lambda config: config.num_hidden_layers,  # on the shared roped key and the queries' rope part
+        notes="MLA with a latent cache; grouped top-k routing with score correction and routed scaling; shared experts; "
+        "first_k_dense_replace dense layers",
+    ),
+    MoeExportConfig(
+        "ernie4_5_moe",
+        rotary_layers=lambda config: 0,
+        unfused={"RotaryEmbedding": _INTERLEAVED_ROTARY},
+        notes="shared experts; router score correction (moe_statics); dense layers before moe_layer_start_index",
+    ),
+    MoeExportConfig(
+        "glm4_moe", notes="partial rotary; grouped top-k routing with score correction and routed scaling; shared experts"
+    ),
+):
+    register_export_config(_entry)
