@@ -17,6 +17,8 @@ import torch
 from architecture_records import record_export
 from transformers import AutoModelForCausalLM
 
+from optimum_onnx23.fusions import STANDARD_OPS
+
 # Standard-op counts for the 2-layer tiny models of tests/tiny_models.py, worked out per
 # architecture by hand (not read from the exporter's registry): one Attention per layer; norms per
 # layer + final (llama-like: 2; gemma2/3, glm4: 4 with the post-norms; q/k norms 2 more; parallel
@@ -74,12 +76,13 @@ EXPECTED_OPS = {
 # stablelm: a quarter; gptj/codegen: rotary_dim 8); pairs instead of halves for the GPT-J lineage,
 # GLM, Cohere, Helium and ERNIE.
 ROTARY_ATTRIBUTES = {
-    "codegen": (8, 1), "cohere": (0, 1), "cohere2": (0, 1), "ernie4_5": (0, 1), "glm": (8, 1), "glm4": (8, 1),
+    "codegen": (8, 1), "cohere": (0, 1), "cohere2": (0, 1), "ernie4_5": (0, 1), "ernie4_5_moe": (0, 1), "glm": (8, 1), "glm4": (8, 1),
+    "glm4_moe": (8, 0),
     "gpt_neox": (4, 0), "gptj": (8, 1), "helium": (0, 1), "nemotron": (8, 0), "phi": (8, 0), "stablelm": (4, 0),
 }
 # Mixture-of-Experts families (TINY_MOE_CONFIGS): as above (gpt-oss: no Attention, its sinks have no
-# standard op; ernie4_5_moe: its interleaved rotary is not fused on this branch; deepseek_v3: MLA's
-# q_a and kv_a norms 2 more a layer), plus one `If` per MoE layer (gathered experts for few rows, all
+# standard op; ernie4_5_moe: interleaved rotary, glm4_moe: partial; deepseek_v3: MLA's q_a and kv_a
+# norms 2 more a layer), plus one `If` per MoE layer (gathered experts for few rows, all
 # experts for many; deepseek_v3, ernie4_5_moe, glm4_moe: layer 0 is dense) and the routers' own
 # Softmax: 1 a layer for softmax routers, 2 for phimoe's sparsemixer, none for sigmoid routers
 # (deepseek_v3, glm4_moe), gpt-oss 1 over its top-k logits plus 1 of its unfused attention.
@@ -92,7 +95,7 @@ EXPECTED_MOE_OPS = {
     "phimoe": {"Attention": 2, "LayerNormalization": 5, "RotaryEmbedding": 4, "If": 2, "Softmax": 4},
     "gpt_oss": {"Attention": 0, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2, "Softmax": 4},
     "deepseek_v3": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 1, "Softmax": 0},
-    "ernie4_5_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 0, "If": 1, "Softmax": 1},
+    "ernie4_5_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1, "Softmax": 1},
     "glm4_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1, "Softmax": 0},
 }
 EXPECTED_OPS.update(EXPECTED_MOE_OPS)
@@ -175,8 +178,9 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
     report = json.loads((folder / "export_report.json").read_text())
     assert report["fusions"]["op_counts"]["Attention"] == EXPECTED_OPS[model_type]["Attention"]
     # The report says what the architecture should have, and why where a standard op is absent.
-    assert {op: report["expected_fusions"].get(op, 0) for op in EXPECTED_OPS[model_type]} == EXPECTED_OPS[model_type]
-    assert all(report["unfused"].get(op) for op, count in EXPECTED_OPS[model_type].items() if count == 0)
+    standard = {op: n for op, n in EXPECTED_OPS[model_type].items() if op in STANDARD_OPS}
+    assert {op: report["expected_fusions"].get(op, 0) for op in standard} == standard
+    assert all(report["unfused"].get(op) for op, count in standard.items() if count == 0)
     assert report["max_abs_diff"] <= 1e-4 and report["warnings"] == []
     assert report["files"]["model.onnx_data"] == (folder / "model.onnx_data").stat().st_size
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hybrid_checks as checks
+from architecture_records import record, record_export
 from conftest import _export_once
 from optimum_onnx23.errors import UnsupportedArchitectureError
 from optimum_onnx23.pipelines import ORTModelForCausalLM
@@ -36,6 +37,7 @@ def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_export_validates_every_state(model_type, hybrid_exported_dir):
     checks.check_export(hybrid_exported_dir(model_type), model_type)
+    record_export(model_type, hybrid_exported_dir(model_type))
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -46,6 +48,7 @@ def test_states_match_transformers_cache(model_type, hybrid_exported_dir, hybrid
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_generate_matches_transformers(model_type, hybrid_exported_dir, hybrid_model_dir):
     checks.check_generation(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
+    record(model_type, "generate")
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -96,6 +99,7 @@ def test_static_cache_generates_like_transformers(hybrid_exported_dir, hybrid_mo
     batch = checks.encode(source, checks.PROMPTS)
     for kwargs in (dict(max_new_tokens=8), dict(max_new_tokens=8, num_beams=4)):
         assert torch.equal(model.generate(**batch, **kwargs), reference.generate(**batch, **kwargs))
+    record("lfm2", "static_cache")
 
 
 def test_static_cache_refused_without_attention(tmp_path):
@@ -141,6 +145,7 @@ def test_onnxruntime_genai_runs_the_lfm2_folder(hybrid_exported_dir, hybrid_mode
     while not generator.is_done():
         generator.generate_next_token()
     assert [int(t) for t in generator.get_sequence(0)] == expected
+    record("lfm2", "onnxruntime_genai")
 
 
 def test_genai_config_refuses_states_genai_cannot_feed(hybrid_exported_dir):
@@ -160,3 +165,4 @@ def test_transformers_js_runs_the_lfm2_folder(hybrid_exported_dir, hybrid_model_
     """transformers.js builds the first (zero) conv states from the graph's declared shapes and feeds
     `present_conv.*` back as `past_conv.*`: same text as transformers' pipeline."""
     checks.check_transformers_js(hybrid_exported_dir("lfm2"), hybrid_model_dir("lfm2"), tmp_path)
+    record("lfm2", "transformers_js")

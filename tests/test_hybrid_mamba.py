@@ -10,6 +10,7 @@ import os
 import pytest
 
 import hybrid_checks as checks
+from architecture_records import record, record_export
 from conftest import _export_once
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 from tiny_models import save_tiny_hybrid_model
@@ -32,6 +33,7 @@ def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_export_validates_every_state(model_type, hybrid_exported_dir):
     checks.check_export(hybrid_exported_dir(model_type), model_type)
+    record_export(model_type, hybrid_exported_dir(model_type))
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -42,6 +44,7 @@ def test_states_match_transformers_cache(model_type, hybrid_exported_dir, hybrid
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_generate_matches_transformers(model_type, hybrid_exported_dir, hybrid_model_dir):
     checks.check_generation(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
+    record(model_type, "generate")
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -70,6 +73,7 @@ def test_transformers_js_runs_the_falcon_h1_folder(hybrid_exported_dir, hybrid_m
     not run there: transformers.js looks for layer types `mamba`/`attention`, transformers 5 writes
     `linear_attention`/`full_attention`, so it feeds none of the cache inputs.)"""
     checks.check_transformers_js(hybrid_exported_dir("falcon_h1"), hybrid_model_dir("falcon_h1"), tmp_path)
+    record("falcon_h1", "transformers_js")
 
 
 def test_layouts_from_default_configs():

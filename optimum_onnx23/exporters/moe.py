@@ -29,7 +29,7 @@ from typing import Iterator
 
 import torch
 
-from .configs import DecoderExportConfig, register_export_config
+from .configs import DecoderExportConfig, _partial_rotary, register_export_config
 
 __all__ = ["FORMS", "MoeExportConfig", "MlaMoeExportConfig", "static_experts", "static_experts_forward"]
 
@@ -186,11 +186,6 @@ class MlaMoeExportConfig(MoeExportConfig):
         return expected
 
 
-_INTERLEAVED_ROTARY = (
-    "interleaved rotary (ERNIE's rotate_every_two): fused by the interleaved_rotary_embedding rule, which this "
-    "branch does not have yet"
-)
-
 for _entry in (
     MoeExportConfig("mixtral", sliding_window_attr="sliding_window"),
     MoeExportConfig("qwen2_moe", sliding_window_attr="sliding_window", notes="shared expert with a sigmoid gate"),
@@ -218,12 +213,11 @@ for _entry in (
     ),
     MoeExportConfig(
         "ernie4_5_moe",
-        rotary_layers=lambda config: 0,
-        unfused={"RotaryEmbedding": _INTERLEAVED_ROTARY},
+        rotary_interleaved=True,
         notes="shared experts; router score correction (moe_statics); dense layers before moe_layer_start_index",
     ),
     MoeExportConfig(
-        "glm4_moe", notes="partial rotary; grouped top-k routing with score correction and routed scaling; shared experts"
+        "glm4_moe", rotary_dim=_partial_rotary, notes="partial rotary; grouped top-k routing with score correction and routed scaling; shared experts"
     ),
 ):
     register_export_config(_entry)
