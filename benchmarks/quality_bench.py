@@ -15,6 +15,7 @@ our main graph in this run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -45,7 +46,11 @@ def prepare(checkpoint: Path, work: Path, atol: float) -> tuple[Path, Path | Non
     from optimum_onnx23.variants import attach_builtin_variants
 
     exported = work / "onnx"
-    if not (exported / ".variants-done").is_file():
+    marker = exported / ".variants-done"
+    # Keyed by the exporter's and producers' code: a stale folder would measure the old variants.
+    source = Path(__file__).resolve().parents[1] / "optimum_onnx23"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(source.rglob("*.py")))).hexdigest()
+    if not marker.is_file() or marker.read_text().strip() != digest:
         shutil.rmtree(exported, ignore_errors=True)
         export(checkpoint, exported, atol=atol)
         start = time.perf_counter()
@@ -55,7 +60,7 @@ def prepare(checkpoint: Path, work: Path, atol: float) -> tuple[Path, Path | Non
         print(f"variants attached in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         owned = {name: entry["owned_bytes"] for name, entry in report["variants"].items()}
         (exported / ".variants-report.json").write_text(json.dumps(owned))
-        (exported / ".variants-done").touch()
+        marker.write_text(digest)
     genai = None
     if importlib.util.find_spec("onnxruntime_genai") is not None:
         genai = work / "genai-int4"

@@ -24,7 +24,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import ARCHITECTURES, BUNDLED, save_tiny_model  # noqa: E402
+from tiny_models import ARCHITECTURES, BUNDLED, save_tiny_hybrid_model, save_tiny_model  # noqa: E402
 
 INTEROP = "interop"
 
@@ -180,3 +180,14 @@ def quiet_onnxruntime():
     ort.set_default_logger_severity(3)
     yield
     ort.set_default_logger_severity(2)
+
+
+# Hybrid decoders (tests/test_hybrid_*.py): tiny seeded models and their default exports, once per run.
+@pytest.fixture(scope="session")
+def hybrid_model_dir(shared_tmp):
+    return lambda model_type: save_tiny_hybrid_model(model_type, shared_tmp / f"hybrid-model-{model_type}")
+
+
+@pytest.fixture(scope="session")
+def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
+    return lambda model_type, *cli: _export_once(shared_tmp, f"hybrid-{model_type}", hybrid_model_dir(model_type), cli)

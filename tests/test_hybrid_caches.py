@@ -14,24 +14,14 @@ import torch
 
 import hybrid_checks as checks
 from architecture_records import record, record_export
-from conftest import _export_once
+from tiny_models import save_tiny_hybrid_model
+
 from optimum_onnx23.errors import UnsupportedArchitectureError
 from optimum_onnx23.pipelines import ORTModelForCausalLM
-from tiny_models import save_tiny_hybrid_model
 
 # qwen3_next runs the same DeltaNet and cache code as qwen3_5_text (another ~90 s export): opt in with
 # OPTIMUM_ONNX23_HYBRID_ALL=1 (the CI budget of these two files is ~4 min on 2 cores).
 FAMILIES = ["lfm2", "qwen3_5_text"] + (["qwen3_next"] if os.environ.get("OPTIMUM_ONNX23_HYBRID_ALL") else [])
-
-
-@pytest.fixture(scope="session")
-def hybrid_model_dir(shared_tmp):
-    return lambda model_type: save_tiny_hybrid_model(model_type, shared_tmp / f"hybrid-model-{model_type}")
-
-
-@pytest.fixture(scope="session")
-def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
-    return lambda model_type, *cli: _export_once(shared_tmp, f"hybrid-{model_type}", hybrid_model_dir(model_type), cli)
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

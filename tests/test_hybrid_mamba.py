@@ -11,23 +11,11 @@ import pytest
 
 import hybrid_checks as checks
 from architecture_records import record, record_export
-from conftest import _export_once
 from optimum_onnx23.pipelines import ORTModelForCausalLM
-from tiny_models import save_tiny_hybrid_model
 
 # bamba runs the same Mamba-2 mixer and cache code as granitemoehybrid (with rotary attention):
 # opt in with OPTIMUM_ONNX23_HYBRID_ALL=1 (the CI budget of these two files is ~4 min on 2 cores).
 FAMILIES = ["granitemoehybrid", "falcon_h1", "nemotron_h", "mamba2"] + (["bamba"] if os.environ.get("OPTIMUM_ONNX23_HYBRID_ALL") else [])
-
-
-@pytest.fixture(scope="session")
-def hybrid_model_dir(shared_tmp):
-    return lambda model_type: save_tiny_hybrid_model(model_type, shared_tmp / f"hybrid-model-{model_type}")
-
-
-@pytest.fixture(scope="session")
-def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
-    return lambda model_type, *cli: _export_once(shared_tmp, f"hybrid-{model_type}", hybrid_model_dir(model_type), cli)
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -1,7 +1,6 @@
 """Quantized variants on the real checkpoint (SmolLM2-135M-Instruct), through the project's own
 `ORTModelForCausalLM.forward`, against PyTorch on the same weights: perplexity and top-1 agreement
-on a subset of the bundled evaluation texts (prose and code; benchmarks/quality_bench.py scores
-the whole set). Limits, from the issue: main graph within 0.1% of PyTorch's perplexity,
+on the bundled evaluation texts (prose and code), as benchmarks/quality_bench.py scores them. Limits, from the issue: main graph within 0.1% of PyTorch's perplexity,
 `ort-cpu-int8` within +2% with >= 95% top-1 agreement, `ort-cpu-int4` within +10%."""
 
 from __future__ import annotations
@@ -33,8 +32,10 @@ def with_variants(real_exported_dir, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def windows(real_checkpoint):
-    # 2 windows of 256 tokens per text: ~1,500 scored positions of prose and code
-    return eval_windows(AutoTokenizer.from_pretrained(real_checkpoint), window=256, max_windows=2)
+    # The quality bench's texts and 512-token windows (6,645 scored positions of prose and code):
+    # the limits are stated on those; a 1,500-position subset measured int4 at +10.2% where the
+    # whole set gives +8.5%.
+    return eval_windows(AutoTokenizer.from_pretrained(real_checkpoint))
 
 
 @pytest.fixture(scope="module")
@@ -67,5 +68,5 @@ def test_variants_report_what_they_quantized(with_variants):
         assert entry["ops"] == ["com.microsoft::MatMulNBits", "com.microsoft::SkipSimplifiedLayerNormalization"]
         assert entry["nodes"] == 211 + 60
     # int8: 1 byte + a float32 scale per 32 weights. int4: half a byte + scale + zero point per 32,
-    # with the lm_head and the MLP down projections in int8.
-    assert 145e6 < int8["owned_bytes"] < 155e6 and 105e6 < int4["owned_bytes"] < 120e6
+    # with the V and MLP down projections in int8 (the lm_head int4: int8 costs 3.2 ms a token).
+    assert 145e6 < int8["owned_bytes"] < 155e6 and 95e6 < int4["owned_bytes"] < 106e6

@@ -130,9 +130,9 @@ def test_select_quantized_variants_within_documented_tolerance(base, with_all, n
     lm_head = next(n for n in selected.graph if n.op_type == "MatMulNBits" and n.outputs[0].name == linears[-1].output.name)
     if name == "ort-cpu-int8":
         assert set(bits.values()) == {8}
-    else:  # int4, except the tied lm_head, the V and the MLP down projections (2 layers): int8
-        assert bits[lm_head.name] == 8 and list(bits.values()).count(8) == 1 + 2 + 2
-        assert list(bits.values()).count(4) == len(linears) - 5
+    else:  # int4 (the tied lm_head too), except the V and the MLP down projections (2 layers): int8
+        assert bits[lm_head.name] == 4 and list(bits.values()).count(8) == 2 + 2
+        assert list(bits.values()).count(4) == len(linears) - 4
     # the ort-cpu rewrites ride along: 2 layers x 2 residual norms
     assert ops.count("SkipSimplifiedLayerNormalization") == 4
     # Attention is already 3-D in the main graph, not rewritten

@@ -13,8 +13,8 @@ __all__ = ["NOT_SUPPORTED", "CATEGORIES"]
 
 _ENCODER = "a bidirectional encoder with a causal-LM head (BERT family), not a decoder LLM"
 _SEQ2SEQ = "the decoder half of an encoder-decoder model (cross-attention to encoder states); use optimum-onnx's seq2seq export"
-_MOE = "Mixture-of-Experts: the other half of issue 10 (exporters/moe.py)"
-_HYBRID = "recurrent / convolutional / linear-attention state layers: the hybrid-cache work"
+_MOE = "a Mixture-of-Experts family without an entry in exporters/moe.py yet (its router or experts differ from the 10 there)"
+_HYBRID = "recurrent / convolutional / linear-attention state layers without an entry in exporters/hybrid.py yet"
 _MULTIMODAL = "multimodal model whose text decoder is not separated for export yet"
 _PROVISIONAL = "exports with a provisional entry on a tiny config, but has no tested entry yet"
 

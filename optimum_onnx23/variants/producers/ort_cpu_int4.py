@@ -32,7 +32,7 @@ def produce(
     accuracy_level: int = 4,
     symmetric: bool = False,
     method: str = "search",
-    lm_head_bits: int = 8,
+    lm_head_bits: int = 4,
     mlp_down_bits: int = 8,
     attn_v_bits: int = 8,
     include_lm_head: bool = True,
