@@ -30,6 +30,8 @@ TESTS = [
     "tests/test_variants_architectures.py",
     "tests/test_publish_genai.py",
     "tests/test_publish_transformers_js.py",
+    "tests/test_hybrid_caches.py",
+    "tests/test_hybrid_mamba.py",
 ]
 RUNTIMES = [("generate", "ours"), ("optimum_onnx", "optimum-onnx"), ("onnxruntime_genai", "onnxruntime-genai"), ("transformers_js", "transformers.js")]
 OPS = ("Attention", "RMSNormalization", "LayerNormalization", "RotaryEmbedding")
