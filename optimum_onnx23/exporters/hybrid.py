@@ -193,19 +193,13 @@ class HybridExportConfig(DecoderExportConfig):
     ) -> tuple[torch.Tensor, ...]:
         """As `static_cache.static_dummy_inputs`: `past_length` filled slots of N, then the new tokens.
         (A static prompt is at most N - 1 long: if N - 1 is within one chunk, one chunk it is.)"""
+        from .static_cache import static_leading_inputs  # static_cache imports configs, which imports this module
+
         if sequence_length is None:
             sequence_length = self.trace_length(config, max_cache_len - past_length)
-        total = past_length + sequence_length
-        if total > max_cache_len:
-            raise ValueError(f"sample of {total} positions exceeds max_cache_len={max_cache_len}")
-        input_ids = torch.randint(0, config.vocab_size, (batch_size, sequence_length), generator=generator)
-        attention_mask = torch.zeros(batch_size, max_cache_len, dtype=torch.int64)
-        attention_mask[:, :total] = 1
-        attention_mask[0, : min(left_padding, total - 1)] = 0
-        position_ids = (attention_mask[:, :total].cumsum(-1) - 1).clamp(min=0)[:, past_length:]
-        write_indices = torch.full((batch_size,), past_length, dtype=torch.int64)
+        leading = static_leading_inputs(config, max_cache_len, batch_size, sequence_length, past_length, left_padding, generator)
         cache = self.cache_layout(config).dummy_tensors(batch_size, past_length, dtype, generator, kv_length=max_cache_len)
-        return (input_ids, attention_mask, position_ids, write_indices, *cache)
+        return (*leading, *cache)
 
     replicable = False  # layer_replication clones `past_key_values.*` I/O only
 

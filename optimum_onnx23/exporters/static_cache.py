@@ -170,6 +170,17 @@ def static_dummy_inputs(
             config, max_cache_len, batch_size, sequence_length, past_length, left_padding, dtype, generator
         )
     sequence_length = 5 if sequence_length is None else sequence_length
+    leading = static_leading_inputs(config, max_cache_len, batch_size, sequence_length, past_length, left_padding, generator)
+    shapes = export_config.cache_shapes(config, batch_size, max_cache_len)
+    past = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
+    return (*leading, *past)
+
+
+def static_leading_inputs(
+    config, max_cache_len: int, batch_size: int, sequence_length: int, past_length: int, left_padding: int, generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`input_ids`, the whole-buffer `attention_mask`, `position_ids` and `write_indices` of a
+    static-cache sample (the cache tensors follow; their layout is the export config's)."""
     total = past_length + sequence_length
     if total > max_cache_len:
         raise ValueError(f"sample of {total} positions exceeds max_cache_len={max_cache_len}")
@@ -179,9 +190,7 @@ def static_dummy_inputs(
     attention_mask[0, : min(left_padding, total - 1)] = 0
     position_ids = (attention_mask[:, :total].cumsum(-1) - 1).clamp(min=0)[:, past_length:]
     write_indices = torch.full((batch_size,), past_length, dtype=torch.int64)
-    shapes = export_config.cache_shapes(config, batch_size, max_cache_len)
-    past = [torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
-    return (input_ids, attention_mask, position_ids, write_indices, *past)
+    return input_ids, attention_mask, position_ids, write_indices
 
 
 # ---- lowering -------------------------------------------------------------------------------------------

@@ -70,11 +70,10 @@ def produce(model: ir.Model) -> VariantSpec:
     body, counts = ort_cpu_region(model)
     if body is None:
         raise VariantNotApplicableError("ort-cpu: nothing to rewrite in this graph (no Add + RMSNormalization, no repeated KV).")
-    return VariantSpec(
+    return VariantSpec.ort_cpu(
+        model,
         name=NAME,
         body=body,
-        providers=["CPUExecutionProvider"],
-        opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
         priority=10,
         description=f"{counts['SkipRmsNormalizationToOrt']} Add + RMSNormalization as com.microsoft::SkipSimplifiedLayerNormalization, "
         f"{counts['GroupedKvAttention']} Attention on grouped KV heads, {counts['Attention3D']} of them 3-D with the cache inside",

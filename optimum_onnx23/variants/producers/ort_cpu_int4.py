@@ -70,11 +70,10 @@ def produce(
         )
         if wide[bits] is not None and counts[key]
     )
-    return VariantSpec(
+    return VariantSpec.ort_cpu(
+        model,
         name=NAME,
         body=body,
-        providers=["CPUExecutionProvider"],
-        opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
         owned=owned,
         priority=30,
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "

@@ -33,11 +33,10 @@ def produce(
     """Symmetric int8 blocks use llama.cpp's Q8_0 rule (`scale = absmax / 127`)."""
     scheme = Scheme(8, block_size, symmetric)
     body, owned, counts = quantized_region(model, NAME, scheme, accuracy_level, include_lm_head=include_lm_head, pack=pack, fusions=fusions)
-    return VariantSpec(
+    return VariantSpec.ort_cpu(
+        model,
         name=NAME,
         body=body,
-        providers=["CPUExecutionProvider"],
-        opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
         owned=owned,
         priority=20,
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "

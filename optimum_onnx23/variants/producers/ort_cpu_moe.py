@@ -200,11 +200,10 @@ def produce(model: ir.Model, fusions: bool = True) -> VariantSpec:
     body = ir.Graph(list(inputs.values()), outputs, nodes=nodes)
     if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form
         body = merge_bodies(body, ort_cpu_region(model, NAME)[0])
-    return VariantSpec(
+    return VariantSpec.ort_cpu(
+        model,
         name=NAME,
         body=body,
-        providers=["CPUExecutionProvider"],
-        opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1},
         owned=owned,
         priority=15,
         description=f"{len(layers)} Mixture-of-Experts layers as com.microsoft::MoE (fp32 experts re-laid out for its CPU "

@@ -21,6 +21,13 @@ class VariantSpec:
     description: str = ""
     tolerance: str = ""
 
+    @classmethod
+    def ort_cpu(cls, model: ir.Model, **fields) -> "VariantSpec":
+        """A variant for onnxruntime's CPU provider: the main graph's opset plus `com.microsoft`."""
+        return cls(
+            providers=["CPUExecutionProvider"], opset_imports={"": model.opset_imports.get("", 23), "com.microsoft": 1}, **fields
+        )
+
     def attach_to(self, model: ir.Model) -> ir.Model:
         from ..attach import attach_variant
 
