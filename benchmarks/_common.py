@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -15,3 +16,13 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024 / 1e6  # kB (KiB) -> decimal MB
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def best(fn, repeats: int) -> float:
+    """The shortest of `repeats` wall-clock runs of `fn()`, in seconds (the machine may be shared)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

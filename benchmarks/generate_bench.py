@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import peak_rss_mb
+from _common import best, peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "optimum_onnx23" / "data" / "tiny-llama"
@@ -105,15 +105,6 @@ def prompt_text(tokenizer, length: int) -> str:
             continue
         text, i = candidate, i + 1
     return text
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run_case(case: str, args) -> dict:

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import best
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "optimum_onnx23" / "data" / "tiny-llama"
 LFM2_TYPES = ["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "full_attention", "conv"]
@@ -41,15 +43,6 @@ LFM2_SHAPE = dict(
     hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4, vocab_size=65536,
     max_position_embeddings=4096, block_auto_adjust_ff_dim=False, conv_L_cache=3, bos_token_id=1, eos_token_id=2, pad_token_id=3,
 )
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def build(folder: Path, model_type: str, **config) -> Path:

@@ -26,10 +26,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _common import peak_rss_mb
+from _common import best, peak_rss_mb
 
 MOE_SHAPE = dict(
     hidden_size=512,
@@ -101,15 +100,6 @@ def export_form(source: Path, out: Path, form: str, variant: str | None) -> dict
 
 
 # ---- measurements (one subprocess per row) ----------------------------------------------------------
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def run_case(case: str, args) -> dict:
     import torch
 
