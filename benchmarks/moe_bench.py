@@ -1,6 +1,6 @@
-"""Mixture-of-Experts generation speed: the exported standard-op graph (gathered experts for decode,
-all experts for prefill, one `If`), each form alone, and the `ort-cpu-moe` variant, against
-transformers' PyTorch eager `generate()` in the same run.
+"""Mixture-of-Experts generation speed: the exported standard-op graph (one `If` per expert), the
+other experts forms exporters/moe.py has (one `If` over gathered or all experts, each alone), and
+the `ort-cpu-moe` variant, against transformers' PyTorch eager `generate()` in the same run.
 
 Model: a Mixtral-shaped random MoE (hidden 512, 8 layers, 8 heads / 2 kv heads, 8 experts of
 intermediate 1024, top-2, vocab 32000), fp32, CPU, batch 1. Every row runs in its own subprocess,
@@ -48,6 +48,7 @@ PROMPT, LONG_PROMPT = 32, 512
 # Row -> (export folder, experts form traced, variant attached).
 ONNX_ROWS = {
     "onnx": ("onnx-auto", "auto", None),
+    "onnx-if": ("onnx-gather-or-dense", "gather_or_dense", None),
     "onnx-gather": ("onnx-gather", "gather", None),
     "onnx-dense": ("onnx-dense", "dense", None),
     "onnx-moe-variant": ("onnx-auto-ort-cpu-moe", "auto", "ort-cpu-moe"),
@@ -55,7 +56,8 @@ ONNX_ROWS = {
 LABELS = {
     "torch": "PyTorch eager generate() (transformers' default experts: grouped_mm)",
     "torch-loop": "PyTorch eager generate(), experts_implementation=eager (loop over experts hit)",
-    "onnx": "ONNX main graph: If(rows*k < experts: gathered, else all experts)",
+    "onnx": "ONNX main graph: one If per expert (taken when a row selected it)",
+    "onnx-if": "ONNX, If(rows*k < experts: gathered, else all experts) (the form beyond 16 experts)",
     "onnx-gather": "ONNX, gathered experts only",
     "onnx-dense": "ONNX, all experts only",
     "onnx-moe-variant": "ONNX + ort-cpu-moe variant (com.microsoft::MoE)",
@@ -168,11 +170,11 @@ def print_table(results: dict[str, dict], reports: dict[str, dict]) -> None:
             f"\nort-cpu-moe variant vs the main graph: decode {variant['decode_tok_s'] / main['decode_tok_s']:.2f}x, "
             f"TTFT 512 {main['ttft_512_s'] / variant['ttft_512_s']:.2f}x, beam-4 {variant['beam4_tok_s'] / main['beam4_tok_s']:.2f}x"
         )
-    for form in ("onnx-gather", "onnx-dense"):
+    for form in ("onnx-if", "onnx-gather", "onnx-dense"):
         r = results.get(form, {})
         if "decode_tok_s" in r and "decode_tok_s" in main:
             print(
-                f"{form[5:]} form alone vs the main graph's If: decode {r['decode_tok_s'] / main['decode_tok_s']:.2f}x, "
+                f"{form[5:]} form vs the main graph: decode {r['decode_tok_s'] / main['decode_tok_s']:.2f}x, "
                 f"TTFT 512 {main['ttft_512_s'] / r['ttft_512_s']:.2f}x, beam-4 {r['beam4_tok_s'] / main['beam4_tok_s']:.2f}x"
             )
     if "variant" in reports:

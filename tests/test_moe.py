@@ -1,6 +1,6 @@
 """Mixture-of-Experts exports (optimum_onnx23/exporters/moe.py) beyond what test_export and
-test_generation check for every family: the experts `If` has static shapes and both of its
-branches match transformers, the tiny configs really exercise each family's gating quirks, the
+test_generation check for every family: the per-expert `If`s have static shapes, read each expert's
+weights in place and match transformers whichever experts are taken, the tiny configs really exercise each family's gating quirks, the
 `ort-cpu-moe` variant, and the static cache."""
 
 from __future__ import annotations
@@ -37,19 +37,30 @@ def _branches(node: onnx.NodeProto) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("model_type", MOE)
-def test_experts_if_is_static_and_both_branches_match_transformers(model_type, exported_dir, tiny_model_dir):
+def test_per_expert_ifs_are_static_and_match_transformers(model_type, exported_dir, tiny_model_dir):
+    from transformers import AutoConfig
+
+    from optimum_onnx23.exporters.moe import PER_EXPERT_MAX_EXPERTS
+
     folder = exported_dir(model_type)
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     ops = {node.op_type for node in _all_nodes(model.graph)}
     assert not ops & DATA_DEPENDENT, f"{model_type}: data-dependent ops {ops & DATA_DEPENDENT}"
+    config = AutoConfig.from_pretrained(tiny_model_dir(model_type))
+    experts = next(getattr(config, key) for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts") if hasattr(config, key))
+    assert experts <= PER_EXPERT_MAX_EXPERTS
     ifs = [node for node in model.graph.node if node.op_type == "If"]
-    assert ifs
+    assert ifs and len(ifs) % experts == 0, (len(ifs), experts)
+    initializers = {t.name for t in model.graph.initializer}
     for node in ifs:
         branches = _branches(node)
-        # then: the k selected experts' weights gathered by index, batched MatMul; else: every expert.
-        assert branches["then_branch"].count("Gather") >= 2 and "MatMul" in branches["then_branch"], branches["then_branch"]
-        assert "Gather" not in branches["else_branch"] and "ScatterElements" in branches["else_branch"], branches["else_branch"]
-    # rows * k < 8 experts takes the gathered branch (decode at batch 1 and 3), more rows the dense one.
+        # then: this expert's two matmuls on weights of its own, read in place (no Gather copy); else: zeros.
+        assert branches["then_branch"].count("MatMul") == 2 and "Gather" not in branches["then_branch"], branches["then_branch"]
+        assert "MatMul" not in branches["else_branch"], branches["else_branch"]
+        then = next(a.g for a in node.attribute if a.name == "then_branch")
+        weights = [n.input[1] for n in then.node if n.op_type == "MatMul"]
+        assert all(w in initializers for w in weights), weights
+    # Decode (few experts taken: batch 1 and 3) and prefill (most taken) both match transformers.
     for batch, seq, past, pad, seed in ((1, 1, 6, 0, 5), (3, 1, 5, 2, 6), (1, 9, 0, 0, 7)):
         expected, actual, valid = run_both(folder, tiny_model_dir(model_type), batch, seq, past, pad, seed)
         for name, ref in expected.items():
@@ -57,6 +68,27 @@ def test_experts_if_is_static_and_both_branches_match_transformers(model_type, e
             if name == "logits":
                 ref, got = ref[valid], got[valid]
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0, err_msg=f"{model_type} {name} batch={batch} seq={seq}")
+
+
+def test_gathered_form_beyond_the_per_expert_limit(tmp_path, tiny_model_dir, quiet_onnxruntime, monkeypatch):
+    """Above `PER_EXPERT_MAX_EXPERTS` the export holds one If over gathered (few rows) or all
+    (many rows) experts instead; both branches match transformers."""
+    from optimum_onnx23 import export
+    from optimum_onnx23.exporters import moe
+
+    monkeypatch.setattr(moe, "PER_EXPERT_MAX_EXPERTS", 4)
+    source = tiny_model_dir("mixtral")
+    export(source, tmp_path / "onnx")
+    model = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False)
+    ifs = [node for node in model.graph.node if node.op_type == "If"]
+    assert len(ifs) == AutoModelForCausalLM.from_pretrained(source).config.num_hidden_layers
+    for node in ifs:
+        branches = _branches(node)
+        assert branches["then_branch"].count("Gather") >= 2 and "MatMul" in branches["then_branch"], branches["then_branch"]
+        assert "Gather" not in branches["else_branch"] and "ScatterElements" in branches["else_branch"], branches["else_branch"]
+    for batch, seq, past, pad, seed in ((1, 1, 6, 0, 5), (1, 9, 0, 0, 7)):  # rows * k < 8 gathers, more rows go dense
+        expected, actual, valid = run_both(tmp_path / "onnx", source, batch, seq, past, pad, seed)
+        np.testing.assert_allclose(actual["logits"][valid], expected["logits"][valid], atol=1e-4, rtol=0)
 
 
 def _routing(model, ids):
@@ -147,7 +179,11 @@ def test_ort_cpu_moe_variant_matches_main_graph_and_transformers(model_type, exp
     selected = select_variant(load_model(folder / "model.onnx"), variant="ort-cpu-moe")
     ops = [node.op_type for node in selected.graph.all_nodes()]
     main = onnx.load(str(exported_dir(model_type) / "model.onnx"), load_external_data=False)
-    assert ops.count("MoE") == [n.op_type for n in main.graph.node].count("If") and "If" not in ops
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir(model_type))
+    experts = next(getattr(config, key) for key in ("num_local_experts", "n_routed_experts") if hasattr(config, key))
+    assert ops.count("MoE") * experts == [n.op_type for n in main.graph.node].count("If") and "If" not in ops
     ir.save(selected, folder / "selected-moe.onnx")  # its external data is the folder's model.onnx_data
     sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (exported_dir(model_type) / "model.onnx", folder / "selected-moe.onnx")]
     rng = np.random.default_rng(0)

@@ -6,17 +6,27 @@ forward, chosen by `config._experts_implementation` (`eager` loops over the expe
 The router (softmax/sigmoid, top-k, grouped top-k, normalization, routed scaling) and the shared
 experts stay in each family's own modules and are traced as they are, so every gating quirk is
 transformers' own code. Only the experts forward is swapped, during tracing only
-(`static_experts`), for one with static shapes that computes exactly what transformers' experts do:
+(`static_experts`), for one with static shapes that computes exactly what transformers' experts do.
+
+Up to `PER_EXPERT_MAX_EXPERTS` experts per layer (`experts` form, the default there):
+
+    per expert e: If(any row selected e) then expert_e(x) * routing[:, e] else 0;  summed over e
+
+Each expert's weights become initializers of their own that its branch reads in place, so a
+decode step reads only the k selected experts and copies nothing, and a prefill computes what
+the dense form does, one expert at a time. On the Mixtral-shaped benchmark (8 experts, top-2) it
+measured faster than the form below in decode, prefill and beam search (benchmarks/moe_bench.py,
+docs/moe.md). With more experts every untaken `If` still costs a node per step, so beyond that:
 
     gathered (few rows): W[top_k_index] -> batched MatMul -> gate/activation -> MatMul -> * weights -> sum over k
     dense (many rows):   every expert on every row, weights scattered into [rows, experts] (zeros off the top-k)
 
-Gathering copies the k selected experts' weights per row, so it pays while rows * k is below the
-number of experts (decode); beyond that computing all experts reads fewer bytes and runs as a few
-large MatMuls (prefill). The exported graph holds both, behind one `If` on the row count
-(`torch.cond`), so one file serves both phases; `FORMS` lets benchmarks trace one form alone.
-Both forms use the weights as `x @ W` ([experts, in, out]): transformers' [experts, out, in]
-layout is transposed once, and the optimizer folds that transpose into the initializer.
+behind one `If` on the row count (`torch.cond`): gathering copies the k selected experts' weights
+per row, so it pays while rows * k is below the number of experts (decode); beyond that computing
+all experts reads fewer bytes and runs as a few large MatMuls (prefill). `FORMS` lets benchmarks
+trace one form alone (`gather_or_dense` is the If on the row count). All forms use the weights as `x @ W` ([experts, in, out]): transformers'
+[experts, out, in] layout is transposed once, and the optimizer folds that transpose into the
+initializer.
 
 The validation step then checks the graph against the model with its own experts implementation.
 """
@@ -34,7 +44,11 @@ from .configs import DecoderExportConfig, _partial_rotary, register_export_confi
 __all__ = ["FORMS", "MoeExportConfig", "MlaMoeExportConfig", "static_experts", "static_experts_forward"]
 
 EXPERTS_IMPLEMENTATION = "optimum_onnx23_static"
-FORMS = ("auto", "gather", "dense")
+# "auto": "experts" up to PER_EXPERT_MAX_EXPERTS experts, else "gather_or_dense" (the If on the row count).
+FORMS = ("auto", "experts", "gather_or_dense", "gather", "dense")
+# `auto`: one If per expert up to this many experts per layer; beyond, the If over gathered/all
+# experts (each untaken expert still costs its If, the gathered copy grows with k only).
+PER_EXPERT_MAX_EXPERTS = 16
 # Which form `static_experts` traces by default; benchmarks set another to measure it alone.
 DEFAULT_FORM = "auto"
 
@@ -90,9 +104,82 @@ def _dense(experts, hidden, index, weights, first, first_bias, down, down_bias):
     return (out * dense.transpose(0, 1).unsqueeze(-1)).sum(dim=0)
 
 
+PER_EXPERT = "_optimum_onnx23_per_expert"
+
+
+_PARTS = ("first", "first_bias", "down", "down_bias")
+
+
+def _split_experts(experts: torch.nn.Module) -> int:
+    """Per expert, its first [H, 2I or I], bias, down [I, H] and bias as parameters of their own,
+    so that each becomes an initializer a branch reads in place (a slice of the stacked weight
+    would be a Gather, i.e. a copy, on every step). Returns the number of experts."""
+    stacked = _weights(experts)
+    for e in range(stacked[0].shape[0]):
+        for label, tensor in zip(_PARTS, stacked):
+            if tensor is not None:
+                param = torch.nn.Parameter(tensor[e].detach().contiguous().clone(), requires_grad=False)
+                experts.register_parameter(f"{PER_EXPERT}_{label}_{e}", param)
+    return stacked[0].shape[0]
+
+
+def _expert_weights(experts: torch.nn.Module, e: int) -> tuple:
+    # Read as module attributes, so that tracing names them by their parameter path.
+    return tuple(getattr(experts, f"{PER_EXPERT}_{label}_{e}", None) for label in _PARTS)
+
+
+def _unsplit_experts(experts: torch.nn.Module) -> None:
+    for name in [n for n, _ in experts.named_parameters(recurse=False) if n.startswith(PER_EXPERT)]:
+        delattr(experts, name)
+
+
+def _per_expert(experts, hidden, index, weights):
+    """[T, H] -> [T, H]: one `If` per expert, taken when any row selected it; the taken branch runs
+    the expert on every row, scaled by each row's routing weight for it (exactly 0 where the row did
+    not select it). Decode reads only the k selected experts' weights, in place; prefill computes
+    what `_dense` does, one expert at a time."""
+    count = getattr(experts, PER_EXPERT)
+    hit = index.unsqueeze(-1) == torch.arange(count, device=index.device)  # [T, k, E]
+    routing = (weights.unsqueeze(-1) * hit.to(weights.dtype)).sum(dim=1)  # [T, E], the dense routing weights
+    taken = hit.flatten(0, 1).any(dim=0)  # [E]
+    out = None
+    for e in range(count):
+        first, first_bias, down, down_bias = _expert_weights(experts, e)
+        biases = tuple(b for b in (first_bias, down_bias) if b is not None)
+
+        def expert(hidden, weight, first, down, *biases):
+            first_bias, down_bias = biases if biases else (None, None)
+            up = torch.matmul(hidden, first)
+            if first_bias is not None:
+                up = up + first_bias
+            y = torch.matmul(_activate(experts, up), down)
+            if down_bias is not None:
+                y = y + down_bias
+            if experts.has_post_expert_norm:
+                y = experts.post_expert_norm(y)
+            return y.to(weight.dtype) * weight
+
+        def skip(hidden, weight, *_):
+            return torch.zeros_like(hidden, dtype=weight.dtype)
+
+        # The weights are operands, not closures: they keep their parameter names in the graph
+        # (layer replication maps each layer's weights by name). Experts in ascending order, as
+        # transformers' eager loop adds them.
+        y = torch.cond(taken[e], expert, skip, (hidden, routing[:, e : e + 1], first, down, *biases))
+        out = y if out is None else out + y
+    return out
+
+
+def _form_of(experts: torch.nn.Module, form: str) -> str:
+    """The form `auto` resolves to for this experts module."""
+    if form != "auto":
+        return form
+    return "experts" if _weights(experts)[0].shape[0] <= PER_EXPERT_MAX_EXPERTS else "gather_or_dense"
+
+
 def static_experts_forward(self, hidden_states, top_k_index, top_k_weights, form: str | None = None):
     """transformers' experts forward signature; `form` defaults to `DEFAULT_FORM`."""
-    form = form or DEFAULT_FORM
+    form = _form_of(self, form or DEFAULT_FORM)
     first, first_bias, down, down_bias = _weights(self)
     biases = tuple(b for b in (first_bias, down_bias) if b is not None)
 
@@ -109,6 +196,8 @@ def static_experts_forward(self, hidden_states, top_k_index, top_k_weights, form
         return _dense(self, *unpack(args))
 
     operands = (hidden_states, top_k_index, top_k_weights, first, down, *biases)
+    if form == "experts":
+        return _per_expert(self, hidden_states, top_k_index, top_k_weights).to(hidden_states.dtype)
     if form == "gather":
         out = gathered(*operands)
     elif form == "dense":
@@ -134,10 +223,16 @@ def static_experts(model: torch.nn.Module, form: str | None = None) -> Iterator[
 
     saved = model.get_experts_implementation()
     ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION] = forward  # this interface instance only
+    modules = [m for m in model.modules() if hasattr(m, "has_gate") and hasattr(m, "down_proj") and _form_of(m, chosen) == "experts"]
     try:
+        for module in modules:
+            setattr(module, PER_EXPERT, _split_experts(module))
         model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
         yield
     finally:
+        for module in modules:
+            _unsplit_experts(module)
+            delattr(module, PER_EXPERT)
         model.set_experts_implementation(saved)
         del ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION]
 
