@@ -99,9 +99,7 @@ def read_bandwidth(megabytes: int, repeats: int = 20) -> float:
     return weight.nbytes / best / 1e9
 
 
-def profile_decode(folder: Path, variant: str, prompt: np.ndarray, steps: int = 32) -> dict:
-    """onnxruntime's profile of `steps` decode steps through our `generate()`: kernel time per op
-    type and per layer, and how much of a step is outside the kernels (session overhead, Python)."""
+def _profiled_model(folder: Path, variant: str):
     import onnxruntime as ort
     from transformers import AutoConfig
 
@@ -113,7 +111,25 @@ def profile_decode(folder: Path, variant: str, prompt: np.ndarray, steps: int = 
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "profile")
     session, _ = create_session(folder / "model.onnx", ["CPUExecutionProvider"], options, variant=variant)
-    model = ORTModelForCausalLM(session, AutoConfig.from_pretrained(folder), model_path=folder / "model.onnx")
+    return session, ORTModelForCausalLM(session, AutoConfig.from_pretrained(folder), model_path=folder / "model.onnx")
+
+
+def _by_op(nodes: list[dict], count: int) -> tuple[list, dict]:
+    by_op, calls, by_layer = collections.Counter(), collections.Counter(), collections.Counter()
+    for event in nodes:
+        op = event["args"].get("op_name", "?")
+        by_op[op] += event["dur"]
+        calls[op] += 1
+        layer = re.search(r"layers\.(\d+)/", event["name"])
+        by_layer[int(layer.group(1)) if layer else -1] += event["dur"]
+    ops = [(op, d / count / 1000, calls[op] / count) for op, d in by_op.most_common()]
+    return ops, {k: v / count / 1000 for k, v in sorted(by_layer.items())}
+
+
+def profile_decode(folder: Path, variant: str, prompt: np.ndarray, steps: int = 32) -> dict:
+    """onnxruntime's profile of `steps` decode steps through our `generate()`: kernel time per op
+    type and per layer, and how much of a step is outside the kernels (session overhead, Python)."""
+    session, model = _profiled_model(folder, variant)
     start = time.perf_counter()
     model.generate(prompt[None], max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
     wall = time.perf_counter() - start
@@ -122,21 +138,26 @@ def profile_decode(folder: Path, variant: str, prompt: np.ndarray, steps: int = 
     prefill_end = runs[0]["ts"] + runs[0]["dur"]
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > prefill_end]
     count = len(runs) - 1
-    by_op, calls, by_layer = collections.Counter(), collections.Counter(), collections.Counter()
-    for event in nodes:
-        op = event["args"].get("op_name", "?")
-        by_op[op] += event["dur"]
-        calls[op] += 1
-        layer = re.search(r"layers\.(\d+)/", event["name"])
-        by_layer[int(layer.group(1)) if layer else -1] += event["dur"]
-    kernels = sum(by_op.values()) / count / 1000
-    run_ms = sum(r["dur"] for r in runs[1:]) / count / 1000
+    ops, layers = _by_op(nodes, count)
     return {
-        "steps": count, "run_ms": run_ms, "kernel_ms": kernels, "nodes": len(nodes) / count,
-        "wall_ms": (wall - runs[0]["dur"] / 1e6) / count * 1000,
-        "ops": [(op, d / count / 1000, calls[op] / count) for op, d in by_op.most_common()],
-        "layers": {k: v / count / 1000 for k, v in sorted(by_layer.items())},
+        "steps": count, "run_ms": sum(r["dur"] for r in runs[1:]) / count / 1000,
+        "kernel_ms": sum(ms for _, ms, _ in ops), "nodes": len(nodes) / count,
+        "wall_ms": (wall - runs[0]["dur"] / 1e6) / count * 1000, "ops": ops, "layers": layers,
     }
+
+
+def profile_prefill(folder: Path, variant: str, prompt: np.ndarray, repeats: int = 2) -> dict:
+    """Kernel time per op type of one `len(prompt)`-token prefill (the best of `repeats` runs)."""
+    session, model = _profiled_model(folder, variant)
+    for _ in range(repeats):
+        model.generate(prompt[None], max_new_tokens=1, do_sample=False)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    best_run = min(runs, key=lambda r: r["dur"])
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+             and best_run["ts"] <= e["ts"] <= best_run["ts"] + best_run["dur"]]
+    ops, _ = _by_op(nodes, 1)
+    return {"run_ms": best_run["dur"] / 1000, "ops": dict((op, ms) for op, ms, _ in ops)}
 
 
 def print_profile(name: str, p: dict) -> None:
@@ -150,6 +171,21 @@ def print_profile(name: str, p: dict) -> None:
     if layers:
         print(f"\nper layer (ms/step): min {min(layers):.3f}, median {np.median(layers):.3f}, max {max(layers):.3f} "
               f"over {len(layers)} layers; outside the layers (embedding, final norm, lm_head): {p['layers'].get(-1, 0):.2f}")
+
+
+def print_floors(decode: dict, prefill: dict, rival: float | None, main_ttft: float) -> None:
+    """What the targets would need of the matmul kernels alone, from the profiles of this run."""
+    nbits = dict((op, ms) for op, ms, _ in decode["ort-cpu-int4"]["ops"]).get("MatMulNBits", 0.0)
+    print(f"\nFloors, from the profiles above (the profiler adds little per kernel; its totals are upper bounds of what kernels cost):")
+    if rival and nbits:
+        print(f"- decode: the int4 variant's MatMulNBits kernels alone take {nbits:.2f} ms a step, so even with every other "
+              f"op, the session and Python free it could decode at most {1000 / nbits:.0f} tok/s; 1.5x the best rival is "
+              f"{1.5 * rival:.0f} tok/s, {1000 / (1.5 * rival):.2f} ms a token.")
+    int4_mm = prefill["ort-cpu-int4"]["ops"].get("MatMulNBits", 0.0)
+    fp32_mm = prefill["main"]["ops"].get("MatMul", 0.0)
+    print(f"- prefill ({LONG} tokens): MatMulNBits kernels {int4_mm:.0f} ms in the int4 variant against {fp32_mm:.0f} ms of "
+          f"MatMul kernels in the fp32 graph (whole runs {prefill['ort-cpu-int4']['run_ms']:.0f} and "
+          f"{prefill['main']['run_ms']:.0f} ms); the TTFT target, 0.6x the fp32 graph's, is {600 * main_ttft:.0f} ms.")
 
 
 def main() -> None:
@@ -198,8 +234,12 @@ def main() -> None:
         print(f"\nint4 variant weights read per token: {int4_bytes / 1e6:.1f} MB -> bandwidth bound "
               f"{bandwidth['dram'] * 1e9 / int4_bytes:.0f} tok/s (DRAM), {bandwidth['l3'] * 1e9 / int4_bytes:.0f} tok/s (cache)")
     if not args.no_profile:
+        decode = {}
         for name, variant in (("ours ort-cpu-int4", "ort-cpu-int4"), ("ours fp32 main graph", "main")):
-            print_profile(name, profile_decode(exported, variant, prompt))
+            decode[variant] = profile_decode(exported, variant, prompt)
+            print_profile(name, decode[variant])
+        prefill = {variant: profile_prefill(exported, variant, long_prompt) for variant in ("ort-cpu-int4", "main")}
+        print_floors(decode, prefill, rival, main_ttft)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from optimum_onnx23.variants import (
     strip_variants,
 )
 from optimum_onnx23.variants.folder import load_model, save_model, strip_folder
-from optimum_onnx23.variants.producers._linear import find_linears
+from optimum_onnx23.variants.producers._linear import find_linears, group_linears
 from optimum_onnx23.variants.runtime import create_session
 
 
@@ -124,19 +124,21 @@ def test_select_quantized_variants_within_documented_tolerance(base, with_all, n
     linears = find_linears(model.graph)
     selected = select_variant(model, variant=name)
     ops = [n.op_type for n in selected.graph]
-    assert ops.count("MatMulNBits") == len(linears)  # one per linear layer
+    groups = group_linears(linears, pack=name == "ort-cpu-int4")  # int4 packs linears that read one input
+    packed = sum(len(group) > 1 for group in groups)
+    assert ops.count("MatMulNBits") == len(groups)  # one per linear layer or packed group
     assert "MatMul" not in ops  # every linear, the tied lm_head included
     bits = {n.name: n.attributes["bits"].as_int() for n in selected.graph if n.op_type == "MatMulNBits"}
     lm_head = next(n for n in selected.graph if n.op_type == "MatMulNBits" and n.outputs[0].name == linears[-1].output.name)
     if name == "ort-cpu-int8":
         assert set(bits.values()) == {8}
-    else:  # int4 (the tied lm_head too), except the V and the MLP down projections (2 layers): int8
-        assert bits[lm_head.name] == 4 and list(bits.values()).count(8) == 2 + 2
-        assert list(bits.values()).count(4) == len(linears) - 4
+    else:  # int4 (the tied lm_head too), except the packed Q/K/V and the MLP down projections (2 layers): int8
+        assert packed == 2 * 2 and bits[lm_head.name] == 4 and list(bits.values()).count(8) == 2 + 2
+        assert list(bits.values()).count(4) == len(groups) - 4
     # the ort-cpu rewrites ride along: 2 layers x 2 residual norms
     assert ops.count("SkipSimplifiedLayerNormalization") == 4
     # Attention is already 3-D in the main graph, not rewritten
-    assert report["variants"][name]["nodes"] == len(linears) + 4
+    assert report["variants"][name]["nodes"] == len(groups) + 2 * packed + 4  # each packed group: its Split and sizes
     path = folder / f"test-{name}.onnx"
     ir.save(selected, path)
     main, got = run(base / "model.onnx", IDS), run(path, IDS)

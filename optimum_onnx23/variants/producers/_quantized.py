@@ -139,7 +139,7 @@ def quantized_region(
         elif mlp_down_scheme is not None and len(group) == 1 and is_mlp_down(nodes_of_linears, group[0]):
             chosen.append(mlp_down_scheme)
             counts["mlp_down"] += 1
-        elif attn_v_scheme is not None and len(group) == 1 and is_attention_value(group[0]):
+        elif attn_v_scheme is not None and any(is_attention_value(linear) for linear in group):  # packed QKV: all of it
             chosen.append(attn_v_scheme)
             counts["attn_v"] += 1
         else:
