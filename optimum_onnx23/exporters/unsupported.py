@@ -39,13 +39,13 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     **{name: (dense, _MOE) for name, dense in {
         "afmoe": "llama", "aria_text": "llama", "axk1": "minicpm3", "axk2": "minicpm3", "beam": "llama", "cohere2_moe": "cohere2",
         "dbrx": "llama", "deepseek_v2": "minicpm3", "deepseek_v3": "minicpm3", "deepseek_v32": "minicpm3", "deepseek_v4": "minicpm3",
-        "doge": "llama", "dots1": "qwen3", "dots3_note": "qwen3", "dots3_note_text": "qwen3", "ernie4_5_moe": "ernie4_5",
+        "doge": "llama", "dots1": "qwen3", "dots3_note": "qwen3", "dots3_note_text": "qwen3", "ergo": "llama", "ernie4_5_moe": "ernie4_5",
         "exaone_moe": "exaone4", "flex_olmo": "olmo2", "flint": "qwen3", "glm4_moe": "glm4", "glm4_moe_lite": "glm4",
         "glm_moe_dsa": "glm4", "gpt_oss": "mistral", "granitemoe": "granite", "granitemoe_swa": "granite",
         "granitemoeshared": "granite", "hunyuan_v1_moe": "hunyuan_v1_dense", "hy_v3": "hunyuan_v1_dense",
-        "hy_v4": "hunyuan_v1_dense", "jetmoe": "llama", "kolibri1": "qwen3", "laguna": "llama", "llama4": "llama",
+        "hy_v4": "hunyuan_v1_dense", "jetmoe": "llama", "kolibri1": "qwen3", "kolibri1_1": "qwen3", "laguna": "llama", "llama4": "llama",
         "llama4_text": "llama", "longcat_flash": "minicpm3", "mellum": "llama", "mimo_v2_flash": "qwen2", "minimax_m2": "mistral",
-        "minimax_m3_vl_text": "mistral", "mixtral": "mistral", "olmoe": "olmo2", "phimoe": "phi3", "qwen2_moe": "qwen2",
+        "minicpm5_moe": "llama", "minimax_m3_vl_text": "mistral", "mixtral": "mistral", "olmoe": "olmo2", "param2moe": "llama", "phimoe": "phi3", "qwen2_moe": "qwen2",
         "qwen3_moe": "qwen3", "sarvam_mla": "minicpm3", "sarvam_moe": "glm4", "solar_open": "glm4",
     }.items()},
     # ---- state-space / linear-attention hybrids ----------------------------------------------
