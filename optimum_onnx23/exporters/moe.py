@@ -24,9 +24,10 @@ docs/moe.md). With more experts every untaken `If` still costs a node per step, 
 behind one `If` on the row count (`torch.cond`): gathering copies the k selected experts' weights
 per row, so it pays while rows * k is below the number of experts (decode); beyond that computing
 all experts reads fewer bytes and runs as a few large MatMuls (prefill). `FORMS` lets benchmarks
-trace one form alone (`gather_or_dense` is the If on the row count). All forms use the weights as `x @ W` ([experts, in, out]): transformers'
-[experts, out, in] layout is transposed once, and the optimizer folds that transpose into the
-initializer.
+trace one form alone (`gather_or_dense` is the If on the row count). All forms use the weights as
+`x @ W` ([experts, in, out]): transformers' [experts, out, in] layout is transposed once (for the
+per-expert form, copied per expert while tracing: the experts' memory twice during an export), and
+the optimizer folds that transpose into the initializer.
 
 The validation step then checks the graph against the model with its own experts implementation.
 """
@@ -105,8 +106,6 @@ def _dense(experts, hidden, index, weights, first, first_bias, down, down_bias):
 
 
 PER_EXPERT = "_optimum_onnx23_per_expert"
-
-
 _PARTS = ("first", "first_bias", "down", "down_bias")
 
 
