@@ -114,6 +114,14 @@ def _profiled_model(folder: Path, variant: str):
     return session, ORTModelForCausalLM(session, AutoConfig.from_pretrained(folder), model_path=folder / "model.onnx")
 
 
+def _profile_events(session) -> tuple[list[dict], list[dict]]:
+    """(session runs, kernel events) of the profile onnxruntime wrote for `session`."""
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    return runs, kernels
+
+
 def _by_op(nodes: list[dict], count: int) -> tuple[list, dict]:
     by_op, calls, by_layer = collections.Counter(), collections.Counter(), collections.Counter()
     for event in nodes:
@@ -133,10 +141,9 @@ def profile_decode(folder: Path, variant: str, prompt: np.ndarray, steps: int = 
     start = time.perf_counter()
     model.generate(prompt[None], max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
     wall = time.perf_counter() - start
-    events = json.loads(Path(session.end_profiling()).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    runs, kernels = _profile_events(session)
     prefill_end = runs[0]["ts"] + runs[0]["dur"]
-    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > prefill_end]
+    nodes = [e for e in kernels if e["ts"] > prefill_end]
     count = len(runs) - 1
     ops, layers = _by_op(nodes, count)
     return {
@@ -151,11 +158,9 @@ def profile_prefill(folder: Path, variant: str, prompt: np.ndarray, repeats: int
     session, model = _profiled_model(folder, variant)
     for _ in range(repeats):
         model.generate(prompt[None], max_new_tokens=1, do_sample=False)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    runs, kernels = _profile_events(session)
     best_run = min(runs, key=lambda r: r["dur"])
-    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-             and best_run["ts"] <= e["ts"] <= best_run["ts"] + best_run["dur"]]
+    nodes = [e for e in kernels if best_run["ts"] <= e["ts"] <= best_run["ts"] + best_run["dur"]]
     ops, _ = _by_op(nodes, 1)
     return {"run_ms": best_run["dur"] / 1000, "ops": dict((op, ms) for op, ms, _ in ops)}
 

@@ -83,9 +83,9 @@ ROTARY_ATTRIBUTES = {
 # Mixture-of-Experts families (TINY_MOE_CONFIGS): as above (gpt-oss: no Attention, its sinks have no
 # standard op; ernie4_5_moe: interleaved rotary, glm4_moe: partial; deepseek_v3: MLA's q_a and kv_a
 # norms 2 more a layer), plus one `If` per expert of each MoE layer (8 experts; deepseek_v3,
-# ernie4_5_moe, glm4_moe: layer 0 is dense) and the routers' own
-# Softmax: 1 a layer for softmax routers, 2 for phimoe's sparsemixer, none for sigmoid routers
-# (deepseek_v3, glm4_moe), gpt-oss 1 over its top-k logits plus 1 of its unfused attention.
+# ernie4_5_moe, glm4_moe: layer 0 is dense) and the routers' own Softmax: 1 a layer for softmax
+# routers, 2 for phimoe's sparsemixer, none for sigmoid routers (deepseek_v3, glm4_moe), gpt-oss 1
+# over its top-k logits plus 1 of its unfused attention.
 EXPECTED_MOE_OPS = {
     "mixtral": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},
     "qwen2_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},

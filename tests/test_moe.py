@@ -1,7 +1,8 @@
 """Mixture-of-Experts exports (optimum_onnx23/exporters/moe.py) beyond what test_export and
 test_generation check for every family: the per-expert `If`s have static shapes, read each expert's
-weights in place and match transformers whichever experts are taken, the tiny configs really exercise each family's gating quirks, the
-`ort-cpu-moe` variant, and the static cache."""
+weights in place and match transformers whichever experts are taken (and the If over gathered/all
+experts beyond the per-expert limit), the tiny configs really exercise each family's gating quirks,
+the `ort-cpu-moe` variant, and the static cache."""
 
 from __future__ import annotations
 
@@ -36,18 +37,23 @@ def _branches(node: onnx.NodeProto) -> dict[str, list[str]]:
     return {a.name: [n.op_type for n in a.g.node] for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
 
 
-@pytest.mark.parametrize("model_type", MOE)
-def test_per_expert_ifs_are_static_and_match_transformers(model_type, exported_dir, tiny_model_dir):
+def _num_experts(model_dir) -> int:
     from transformers import AutoConfig
 
+    config = AutoConfig.from_pretrained(model_dir)
+    keys = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+    return next(getattr(config, key) for key in keys if hasattr(config, key))
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_per_expert_ifs_are_static_and_match_transformers(model_type, exported_dir, tiny_model_dir):
     from optimum_onnx23.exporters.moe import PER_EXPERT_MAX_EXPERTS
 
     folder = exported_dir(model_type)
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     ops = {node.op_type for node in _all_nodes(model.graph)}
     assert not ops & DATA_DEPENDENT, f"{model_type}: data-dependent ops {ops & DATA_DEPENDENT}"
-    config = AutoConfig.from_pretrained(tiny_model_dir(model_type))
-    experts = next(getattr(config, key) for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts") if hasattr(config, key))
+    experts = _num_experts(tiny_model_dir(model_type))
     assert experts <= PER_EXPERT_MAX_EXPERTS
     ifs = [node for node in model.graph.node if node.op_type == "If"]
     assert ifs and len(ifs) % experts == 0, (len(ifs), experts)
@@ -179,10 +185,7 @@ def test_ort_cpu_moe_variant_matches_main_graph_and_transformers(model_type, exp
     selected = select_variant(load_model(folder / "model.onnx"), variant="ort-cpu-moe")
     ops = [node.op_type for node in selected.graph.all_nodes()]
     main = onnx.load(str(exported_dir(model_type) / "model.onnx"), load_external_data=False)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(tiny_model_dir(model_type))
-    experts = next(getattr(config, key) for key in ("num_local_experts", "n_routed_experts") if hasattr(config, key))
+    experts = _num_experts(tiny_model_dir(model_type))
     assert ops.count("MoE") * experts == [n.op_type for n in main.graph.node].count("If") and "If" not in ops
     ir.save(selected, folder / "selected-moe.onnx")  # its external data is the folder's model.onnx_data
     sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (exported_dir(model_type) / "model.onnx", folder / "selected-moe.onnx")]

@@ -10,8 +10,8 @@ Routing stays the model's own: the top-k weights (whatever the family computed: 
 grouped top-k, score correction, routed scaling), as the dense [rows, experts] matrix the main
 graph builds (zero off each row's top-k), reach `MoE` as router logits `log(w / sum(w))`: `-inf`
 off the top-k, so its softmax gives back `w / sum(w)` on exactly those k; the output is multiplied
-by `sum(w)` again (`normalize_routing_weights=0`). Experts: SwiGLU (`activation_type="swiglu"`), silu-gated
-(`alpha=1, beta=0`) or gpt-oss's clamped form (`alpha`, `beta=1`, `swiglu_limit` read from the
+by `sum(w)` again (`normalize_routing_weights=0`). Experts: SwiGLU (`activation_type="swiglu"`),
+silu-gated (`alpha=1, beta=0`) or gpt-oss's clamped form (`alpha`, `beta=1`, `swiglu_limit` read from the
 graph). The CPU kernel takes fc1 as [E, 2I, H] with gate and up rows interleaved
 (`swiglu_fusion=1`) and fc2 as [E, H, I]: the main graph's weights are [E, H, 2I] and [E, I, H]
 (`x @ W`, gate and up halves concatenated except for gpt-oss), so this variant owns re-laid-out
@@ -214,6 +214,7 @@ def _per_expert_layers(graph: ir.Graph) -> list[MoeLayer]:
     for (hidden, routing), experts in groups.items():
         experts.sort(key=lambda e: e.column)
         total = _summed(experts)
+        # routing = ReduceSum over k of weights * (index == e): its input [T, k, E] gives k.
         mask = routing.producer().inputs[0] if routing.producer() is not None and routing.producer().op_type == "ReduceSum" else None
         k = mask.shape[1] if mask is not None and mask.shape is not None and mask.shape.rank() == 3 else None
         if total is None or not isinstance(k, int) or [e.column for e in experts] != list(range(len(experts))):
