@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from architecture_records import record_export
+from tiny_models import MOE_EXPERTS
 from transformers import AutoModelForCausalLM
 
 from optimum_onnx23.fusions import STANDARD_OPS
@@ -82,21 +83,21 @@ ROTARY_ATTRIBUTES = {
 }
 # Mixture-of-Experts families (TINY_MOE_CONFIGS): as above (gpt-oss: no Attention, its sinks have no
 # standard op; ernie4_5_moe: interleaved rotary, glm4_moe: partial; deepseek_v3: MLA's q_a and kv_a
-# norms 2 more a layer), plus one `If` per expert of each MoE layer (8 experts; deepseek_v3,
+# norms 2 more a layer), plus one `If` per expert of each MoE layer (MOE_EXPERTS; deepseek_v3,
 # ernie4_5_moe, glm4_moe: layer 0 is dense) and the routers' own Softmax: 1 a layer for softmax
 # routers, 2 for phimoe's sparsemixer, none for sigmoid routers (deepseek_v3, glm4_moe), gpt-oss 1
 # over its top-k logits plus 1 of its unfused attention.
 EXPECTED_MOE_OPS = {
-    "mixtral": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},
-    "qwen2_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},
-    "qwen3_moe": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},
-    "olmoe": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},
-    "granitemoe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 2},
-    "phimoe": {"Attention": 2, "LayerNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 4},
-    "gpt_oss": {"Attention": 0, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * 8, "Softmax": 4},
-    "deepseek_v3": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 1 * 8, "Softmax": 0},
-    "ernie4_5_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1 * 8, "Softmax": 1},
-    "glm4_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1 * 8, "Softmax": 0},
+    "mixtral": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "qwen2_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "qwen3_moe": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "olmoe": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "granitemoe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "phimoe": {"Attention": 2, "LayerNormalization": 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 4},
+    "gpt_oss": {"Attention": 0, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 4},
+    "deepseek_v3": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "ernie4_5_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 1},
+    "glm4_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
 }
 EXPECTED_OPS.update(EXPECTED_MOE_OPS)
 # Ops that must be gone once attention is fused (decomposed softmax attention, softcap included);

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from test_export import run_both
-from tiny_models import TINY_MOE_CONFIGS, build_tiny_model
+from tiny_models import MOE_EXPERTS, TINY_MOE_CONFIGS, build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM
@@ -82,7 +82,7 @@ def test_gathered_form_beyond_the_per_expert_limit(tmp_path, tiny_model_dir, qui
     from optimum_onnx23 import export
     from optimum_onnx23.exporters import moe
 
-    monkeypatch.setattr(moe, "PER_EXPERT_MAX_EXPERTS", 4)
+    monkeypatch.setattr(moe, "PER_EXPERT_MAX_EXPERTS", MOE_EXPERTS - 1)
     source = tiny_model_dir("mixtral")
     export(source, tmp_path / "onnx")
     model = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False)
@@ -92,7 +92,7 @@ def test_gathered_form_beyond_the_per_expert_limit(tmp_path, tiny_model_dir, qui
         branches = _branches(node)
         assert branches["then_branch"].count("Gather") >= 2 and "MatMul" in branches["then_branch"], branches["then_branch"]
         assert "Gather" not in branches["else_branch"] and "ScatterElements" in branches["else_branch"], branches["else_branch"]
-    for batch, seq, past, pad, seed in ((1, 1, 6, 0, 5), (1, 9, 0, 0, 7)):  # rows * k < 8 gathers, more rows go dense
+    for batch, seq, past, pad, seed in ((1, 1, 6, 0, 5), (1, 9, 0, 0, 7)):  # rows * k < experts gathers, more rows go dense
         expected, actual, valid = run_both(tmp_path / "onnx", source, batch, seq, past, pad, seed)
         np.testing.assert_allclose(actual["logits"][valid], expected["logits"][valid], atol=1e-4, rtol=0)
 
