@@ -119,6 +119,10 @@ class DynamicKVCache(_KVCacheBase):
     def attention_mask_width(self, step_length: int) -> int:
         return self.length + step_length
 
+    def feeds(self) -> dict[str, ort.OrtValue]:
+        """The pasts by input name, for a `run_with_ort_values` call (no output bound in place)."""
+        return {spec.past: value for spec, value in zip(self.io.cache, self.values)}
+
     def bind(self, binding: ort.IOBinding, step_length: int) -> None:
         for spec, value in zip(self.io.cache, self.values):
             if spec.is_state:

@@ -109,7 +109,8 @@ def _copy_replacing(source: Path, target: Path) -> None:
 class ORTModelForCausalLM:
     """A decoder exported by `optimum-cli export onnx --dynamo`, run by onnxruntime.
 
-    The KV cache stays in onnxruntime values on the provider's device between steps (IO binding);
+    The KV cache stays in onnxruntime values on the provider's device between steps (IO binding,
+    or `run_with_ort_values` for a dynamic cache on CPU);
     `generate()` takes transformers' `GenerationConfig` arguments and returns what
     `transformers.generate()` returns for the same weights: prompt + new tokens, rows that
     finish early padded with `pad_token_id`.
@@ -176,8 +177,9 @@ class ORTModelForCausalLM:
                 `providers` (a list) takes precedence over `provider`; `provider_options` is one dict
                 for the first provider or one per provider.
             use_io_binding: accepted for optimum-onnx's scripts and kept as `model.use_io_binding`,
-                but a no-op: `generate()` always keeps the KV cache in onnxruntime values bound as
-                outputs and inputs (IO binding) on every provider, and `forward()` exchanges torch or
+                but a no-op: `generate()` always keeps the KV cache in onnxruntime values on every
+                provider (bound as outputs and inputs, or passed as OrtValues to
+                `run_with_ort_values` on CPU), and `forward()` exchanges torch or
                 numpy tensors by definition.
             use_cache: becomes `config.use_cache`, so `forward()` returns the present cache or not.
                 The graph always has KV-cache inputs and outputs (one graph serves prefill and decode)

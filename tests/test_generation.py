@@ -4,8 +4,10 @@ batch of 3 prompts of different lengths."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from architecture_records import record
+from tiny_models import ARCHITECTURES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM
@@ -20,6 +22,9 @@ def _encode(folder, prompts):
     return tokenizer(prompts, return_tensors="pt", padding=True)
 
 
+# Reversed: test_export.py walks ARCHITECTURES forwards on the other xdist worker, and both share
+# one export per architecture; in the same order, one worker would wait on the other's every export.
+@pytest.mark.parametrize("model_type", ARCHITECTURES[::-1])
 def test_generate_matches_transformers(model_type, tiny_model_dir, exported_dir):
     source = tiny_model_dir(model_type)
     reference = AutoModelForCausalLM.from_pretrained(source).eval()
@@ -44,3 +49,20 @@ def test_generate_matches_transformers(model_type, tiny_model_dir, exported_dir)
     # Not a trivial comparison: the new tokens vary across rows and strategies.
     assert len(seen) > 2, seen
     record(model_type, "generate")
+
+
+def test_cpu_dynamic_cache_steps_without_binding_like_the_bound_path(exported_dir):
+    """On CPU a dynamic cache goes through `run_with_ort_values` (no per-name binding); the IO
+    binding path (static caches, in-place states, other devices) gives the same logits and cache."""
+    import numpy as np
+
+    model = ORTModelForCausalLM.from_pretrained(exported_dir("bundled"))
+    plain, bound = model.new_state(2), model.new_state(2)
+    assert plain._plain_run
+    bound._plain_run = False
+    steps = [(np.array([[5, 6, 7], [3, 8, 9]]), np.array([[1, 1, 1], [0, 1, 1]])), (np.array([[10], [11]]), None), (np.array([[12], [13]]), None)]
+    for ids, mask in steps:
+        assert torch.equal(plain.step(ids, mask), bound.step(ids, mask))
+    assert plain.cache.length == bound.cache.length == 5
+    for a, b in zip(plain.cache.values, bound.cache.values):
+        assert a.shape() == b.shape() and (a.numpy() == b.numpy()).all()
