@@ -191,3 +191,19 @@ def hybrid_model_dir(shared_tmp):
 @pytest.fixture(scope="session")
 def hybrid_exported_dir(shared_tmp, hybrid_model_dir):
     return lambda model_type, *cli: _export_once(shared_tmp, f"hybrid-{model_type}", hybrid_model_dir(model_type), cli)
+
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    import onnxruntime as _ort
+
+    class _OneThreadSessionOptions(_ort.SessionOptions):
+        """Under xdist the workers already share the cores: an onnxruntime session per worker with
+        its default thread per core spins beside the other worker's (measured on 19 export and
+        generate tests, 2 workers on 2 cores: 99 s with one intra-op thread, 125 s with the default).
+        Sessions given options that set `intra_op_num_threads` keep theirs."""
+
+        def __init__(self):
+            super().__init__()
+            self.intra_op_num_threads = 1
+
+    _ort.SessionOptions = _OneThreadSessionOptions

@@ -4,6 +4,7 @@ batch of 3 prompts of different lengths."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from architecture_records import record
@@ -54,14 +55,12 @@ def test_generate_matches_transformers(model_type, tiny_model_dir, exported_dir)
 def test_cpu_dynamic_cache_steps_without_binding_like_the_bound_path(exported_dir):
     """On CPU a dynamic cache goes through `run_with_ort_values` (no per-name binding); the IO
     binding path (static caches, in-place states, other devices) gives the same logits and cache."""
-    import numpy as np
-
     model = ORTModelForCausalLM.from_pretrained(exported_dir("bundled"))
     plain, bound = model.new_state(2), model.new_state(2)
     assert plain._plain_run
     bound._plain_run = False
-    steps = [(np.array([[5, 6, 7], [3, 8, 9]]), np.array([[1, 1, 1], [0, 1, 1]])), (np.array([[10], [11]]), None), (np.array([[12], [13]]), None)]
-    for ids, mask in steps:
+    prefill = (np.array([[5, 6, 7], [3, 8, 9]]), np.array([[1, 1, 1], [0, 1, 1]]))  # left-padded row
+    for ids, mask in (prefill, (np.array([[10], [11]]), None), (np.array([[12], [13]]), None)):
         assert torch.equal(plain.step(ids, mask), bound.step(ids, mask))
     assert plain.cache.length == bound.cache.length == 5
     for a, b in zip(plain.cache.values, bound.cache.values):
