@@ -4,26 +4,22 @@ session's inputs and outputs (and config.json only where the graph leaves a dime
 The cache is a list of input/output pairs: `past_key_values.{i}.key|value` -> `present.{i}.key|value`
 (growing along axis 2, attention layers) and, for hybrid decoders, fixed-size states
 `past_conv.{i}` -> `present_conv.{i}`, `past_ssm.{i}` -> `present_ssm.{i}`,
-`past_recurrent.{i}` -> `present_recurrent.{i}` (see optimum_onnx23.exporters.cache_layout)."""
+`past_recurrent.{i}` -> `present_recurrent.{i}` (names in optimum_onnx23.contract)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
+from optimum_onnx23.contract import INPLACE_STATES_KEY, PAST_KV_PATTERN, PAST_STATE_PATTERN, WRITE_INDICES, past_name, present_name
 from optimum_onnx23.errors import UnsafeModelFileError
 
 __all__ = ["CacheIO", "DecoderIO", "read_decoder_io", "WRITE_INDICES", "INPLACE_STATES_KEY"]
 
-WRITE_INDICES = "write_indices"  # present only in static-cache exports
-# ONNX metadata: comma-separated state inputs the graph reads entirely before it writes the
-# matching present, so the runtime may bind one buffer as both (exporters.hybrid records it).
-INPLACE_STATES_KEY = "optimum_onnx23.inplace_states"
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-_STATE = re.compile(r"^past_(conv|ssm|recurrent)\.(\d+)$")
+_PAST = PAST_KV_PATTERN
+_STATE = PAST_STATE_PATTERN
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -117,8 +113,8 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
         )
     if not states and pasts != list(range(len(pasts))):
         raise UnsafeModelFileError(f"{where} declares an incomplete KV cache (past/present names do not pair up).")
-    if any(f"present.{i}.{kv}" not in outputs for i in pasts for kv in ("key", "value")) or any(
-        f"present_{kind}.{i}" not in outputs for kind, i, _ in states
+    if any(present_name(kv, i) not in outputs for i in pasts for kv in ("key", "value")) or any(
+        present_name(kind, i) not in outputs for kind, i, _ in states
     ):
         raise UnsafeModelFileError(f"{where} declares an incomplete KV cache (past/present names do not pair up).")
 
@@ -136,17 +132,17 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
     max_cache_len = None
     for i in pasts:
         for kv in ("key", "value"):
-            value = inputs[f"past_key_values.{i}.{kv}"]
+            value = inputs[past_name(kv, i)]
             num_kv_heads = _dim(value.shape[1], heads_fallback, "head count", where)
             head_dim = _dim(value.shape[3], head_dim_fallback, "head size", where)
             if static:
                 max_cache_len = _dim(value.shape[2], lambda: None, "length", where)
-            cache.append(CacheIO(value.name, f"present.{i}.{kv}", kv, i, (num_kv_heads, None, head_dim), _check_type(value, where)))
+            cache.append(CacheIO(value.name, present_name(kv, i), kv, i, (num_kv_heads, None, head_dim), _check_type(value, where)))
     for kind, i, name in states:
         value = inputs[name]
         if not all(isinstance(d, int) for d in value.shape[1:]):
             raise UnsafeModelFileError(f"{where}: state input `{name}` has a symbolic shape {value.shape[1:]}; re-export it.")
-        cache.append(CacheIO(name, f"present_{kind}.{i}", kind, i, tuple(value.shape[1:]), _check_type(value, where)))
+        cache.append(CacheIO(name, present_name(kind, i), kind, i, tuple(value.shape[1:]), _check_type(value, where)))
     order = {"key": 0, "value": 1, "conv": 2, "ssm": 3, "recurrent": 3}
     cache.sort(key=lambda c: (c.layer, order[c.kind]))
     if static and max_cache_len is None:

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
+from ..contract import VARIANTS_INDEX_KEY
 from ..errors import UnsafeModelFileError
 from .errors import NoOnnxFilesError
 
@@ -24,7 +25,7 @@ _VARIANT = re.compile(r"^model_(?P<variant>[A-Za-z0-9][A-Za-z0-9_.-]*)\.onnx$")
 # backend variant at session creation; a local cache derived from model.onnx, never published.
 _SELECTED_CACHE = re.compile(r"\.variant-[^/]*\.onnx$")
 # Model metadata where optimum_onnx23.variants lists the backend variants attached inside a graph.
-ATTACHED_VARIANTS_KEY = "optimum_onnx23.variants"
+ATTACHED_VARIANTS_KEY = VARIANTS_INDEX_KEY
 
 
 @dataclass(frozen=True)

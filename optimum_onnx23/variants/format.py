@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from ..errors import InvalidArgumentError, VariantFormatError
+from ..contract import SELECTED_VARIANT_KEY, VARIANT_DOMAIN, VARIANTS_INDEX_KEY
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,9 +41,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = "1"
-VARIANT_DOMAIN = "pkg.optimum_onnx23.variant"
-MODEL_INDEX_KEY = "optimum_onnx23.variants"  # model metadata: JSON list of variant names, for tools that read metadata only
-SELECTED_KEY = "optimum_onnx23.selected_variant"  # model metadata of a selected (plain) model
+MODEL_INDEX_KEY = VARIANTS_INDEX_KEY
+SELECTED_KEY = SELECTED_VARIANT_KEY
 
 
 class KEYS:
