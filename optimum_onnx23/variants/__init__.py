@@ -31,7 +31,7 @@ __all__ = [
 def __getattr__(name: str):
     # The folder and runtime helpers import onnxruntime's quantizer; load them on first use.
     if name == "attach_builtin_variants":
-        from .folder import attach_builtin_variants
+        from .builtin import attach_builtin_variants
 
         return attach_builtin_variants
     if name == "select_for_providers":

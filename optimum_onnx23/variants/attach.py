@@ -12,7 +12,6 @@ from ._model import AnyModel, as_ir, like, main_values
 from .format import (
     FORMAT_VERSION,
     KEYS,
-    MODEL_INDEX_KEY,
     VARIANT_DOMAIN,
     check_variant_name,
     content_hash,
@@ -20,20 +19,12 @@ from .format import (
     helper_domain,
     ops_used,
     owned_prefix,
+    update_index,
     variant_functions,
 )
 from .providers import check_provider_names
 
-__all__ = ["attach_variant", "update_index"]
-
-
-def update_index(model: ir.Model) -> None:
-    """Keep the model-level list of variant names (read by tools that only see metadata)."""
-    names = [f.metadata_props.get(KEYS.NAME, f.name) for f in variant_functions(model)]
-    if names:
-        model.metadata_props[MODEL_INDEX_KEY] = json.dumps(names)
-    else:
-        model.metadata_props.pop(MODEL_INDEX_KEY, None)
+__all__ = ["attach_variant"]
 
 
 def _check_signature(name: str, body: ir.Function | ir.Graph, graph: ir.Graph, owned: Mapping) -> None:

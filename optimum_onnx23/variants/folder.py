@@ -10,16 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import onnx_ir as ir
 
-from ..errors import ModelNotFoundError, UnsafeModelFileError, VariantNotApplicableError
+from ..errors import ModelNotFoundError, UnsafeModelFileError
 from ..paths import external_data_path
-from .format import VARIANT_DOMAIN, function_id, variant_functions
+from .format import variant_functions
 
-__all__ = ["load_model", "save_model", "attach_builtin_variants", "strip_folder", "external_files", "remove_selected_files", "check_external_locations"]
+__all__ = ["load_model", "save_model", "data_file", "strip_folder", "external_files", "remove_selected_files"]
 
 logger = logging.getLogger(__name__)
 ALIGNMENT = 64  # appended tensors start on 64-byte boundaries (aligned loads, mmap-friendly)
@@ -35,17 +34,6 @@ def external_files(model: ir.Model, folder: Path) -> dict[str, Path]:
     return files
 
 
-def check_external_locations(proto, folder: Path) -> None:
-    """`external_files` for an `onnx.ModelProto` loaded without its weights."""
-    seen: set[str] = set()
-    for tensor in proto.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key != "location" or entry.value in seen:
-                continue
-            seen.add(entry.value)
-            external_data_path(entry.value, folder, f"Initializer {tensor.name}")
-
-
 def load_model(onnx_path: Path) -> ir.Model:
     """Load a model without reading its weights, with its external-data paths validated."""
     onnx_path = Path(onnx_path)
@@ -56,7 +44,7 @@ def load_model(onnx_path: Path) -> ir.Model:
     return model
 
 
-def _data_file(model: ir.Model, onnx_path: Path) -> str:
+def data_file(model: ir.Model, onnx_path: Path) -> str:
     files = external_files(model, onnx_path.parent)
     if len(files) > 1:
         raise UnsafeModelFileError(f"{onnx_path} spreads its weights over {len(files)} files; variants need one.")
@@ -68,7 +56,7 @@ def save_model(model: ir.Model, onnx_path: Path) -> None:
     its data file; every other initializer is written exactly as it was loaded."""
     onnx_path = Path(onnx_path)
     folder = onnx_path.parent
-    data_name = _data_file(model, onnx_path)
+    data_name = data_file(model, onnx_path)
     data_path = folder / data_name
     with open(data_path, "ab") as data:
         for value in model.graph.initializers.values():
@@ -132,75 +120,3 @@ def strip_folder(onnx_path: Path, names: list[str] | None = None) -> list[str]:
     if not variant_functions(model):
         _truncate_data(model, onnx_path)
     return [n for n in before if names is None or n in names]
-
-
-def _with_calibration(name: str, folder: Path, options: dict) -> dict:
-    """Producers that take `calibration` get token windows of the bundled calibration texts,
-    tokenized with the folder's tokenizer, unless `calibration=False` is passed; a folder without a
-    tokenizer gets none, with a warning."""
-    import inspect
-
-    from .producers import BUILTIN
-    from .producers._calibration import calibration_windows
-
-    if "calibration" not in inspect.signature(BUILTIN[name]).parameters:
-        return options
-    wanted = options.get("calibration", True)
-    if wanted is False or wanted is None:
-        options["calibration"] = None
-    elif wanted is True:
-        try:
-            options["calibration"] = calibration_windows(folder)
-        except (OSError, ValueError) as error:
-            logger.warning("Variant %s: no tokenizer in %s (%s); quantized without calibration.", name, folder, str(error)[:120])
-            options["calibration"] = None
-    return options
-
-
-def attach_builtin_variants(model_folder: Path, names: list[str], options: dict | None = None) -> dict:
-    """Attach the built-in variants `names` to the exported folder, in place.
-
-    Returns a report: per variant its bytes (owned weights added to the data file, graph bytes added
-    to model.onnx), the ops it uses and the seconds it took; the files' sizes before and after; and
-    under `skipped`, with a logged warning, the variants that found nothing to rewrite in this graph.
-    """
-    from .listing import list_variants
-    from .producers import BUILTIN, produce
-
-    folder = Path(model_folder)
-    onnx_path = folder / "model.onnx"
-    for name in names:
-        if name not in BUILTIN:
-            from ..errors import InvalidArgumentError
-
-            raise InvalidArgumentError(f"Unknown built-in variant {name!r}; choose from: {', '.join(BUILTIN)}.")
-    model = load_model(onnx_path)
-    data_path = folder / _data_file(model, onnx_path)
-    report: dict = {"files_before": {onnx_path.name: onnx_path.stat().st_size, data_path.name: data_path.stat().st_size}}
-    report["variants"] = {}
-    report["skipped"] = {}
-    for name in names:
-        start = time.perf_counter()
-        size_graph = onnx_path.stat().st_size
-        size_data = data_path.stat().st_size
-        try:
-            spec = produce(name, model, **_with_calibration(name, folder, dict((options or {}).get(name, {}))))
-        except VariantNotApplicableError as error:
-            logger.warning("Variant %s not attached: %s", name, error)
-            report["skipped"][name] = str(error)
-            continue
-        spec.attach_to(model)
-        save_model(model, onnx_path)
-        info = next(i for i in list_variants(model) if i.name == name)
-        report["variants"][name] = {
-            "owned_bytes": info.owned_bytes,
-            "data_bytes_added": data_path.stat().st_size - size_data,
-            "graph_bytes_added": onnx_path.stat().st_size - size_graph,
-            "nodes": len(list(model.functions[(VARIANT_DOMAIN, function_id(name), "")])),
-            "ops": info.ops,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        logger.info("Attached variant %s (%d owned bytes) in %.1f s", name, info.owned_bytes, time.perf_counter() - start)
-    remove_selected_files(onnx_path)
-    report["files_after"] = {onnx_path.name: onnx_path.stat().st_size, data_path.name: data_path.stat().st_size}
-    return report

@@ -37,6 +37,7 @@ __all__ = [
     "read_info",
     "info_from_metadata",
     "content_hash",
+    "update_index",
     "ops_used",
 ]
 
@@ -210,3 +211,12 @@ def content_hash(model: ir.Model, function: ir.Function) -> str:
         digest.update(f"{init_name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.tobytes())
     return digest.hexdigest()
+
+
+def update_index(model: ir.Model) -> None:
+    """Keep the model-level list of variant names (read by tools that only see metadata)."""
+    names = [f.metadata_props.get(KEYS.NAME, f.name) for f in variant_functions(model)]
+    if names:
+        model.metadata_props[MODEL_INDEX_KEY] = json.dumps(names)
+    else:
+        model.metadata_props.pop(MODEL_INDEX_KEY, None)

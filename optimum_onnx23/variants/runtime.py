@@ -13,7 +13,6 @@ keyed by the sha256 of `model.onnx`, so the substitution is paid once per file a
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import tempfile
@@ -22,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelNotFoundError, VariantNotFoundError
-from .folder import check_external_locations, load_model
-from .format import VARIANT_DOMAIN, info_from_metadata
+from ..errors import VariantNotFoundError
+from ..model_file import EXTERNAL_FOLDER_KEY, ModelFile
+from .format import info_from_metadata
 from .providers import check_provider_names, choose_variant
 from .select import MAIN, select_variant
 
@@ -81,16 +80,15 @@ def _runs_without_kernel(op: str) -> bool:
     return schema.has_function or schema.has_context_dependent_function
 
 
-EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 _CACHE_FORMAT = "1"  # bump when the substitution changes what it produces
 
 
 @dataclass
 class Selected:
-    """What to open: `model` is the original file (it has no variants) or the plain selected
-    model's bytes, whose external data lives in `folder`."""
+    """What to open: the plain model's bytes (the file's own when it has no variants), whose
+    external data lives in `folder`."""
 
-    model: Path | bytes
+    model: bytes
     folder: Path
 
     def session_options(self, options=None):
@@ -99,23 +97,19 @@ class Selected:
         import onnxruntime as ort
 
         options = options if options is not None else ort.SessionOptions()
-        if isinstance(self.model, bytes):
-            options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(self.folder))
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(self.folder))
         return options
 
     def session(self, providers: Sequence, sess_options=None):
         import onnxruntime as ort
 
-        source = self.model if isinstance(self.model, bytes) else str(self.model)
-        return ort.InferenceSession(source, sess_options=self.session_options(sess_options), providers=list(providers))
+        return ort.InferenceSession(self.model, sess_options=self.session_options(sess_options), providers=list(providers))
 
     def proto(self):
         """The model proto without weights (for inspection)."""
         import onnx
 
-        if isinstance(self.model, bytes):
-            return onnx.load_model_from_string(self.model)
-        return onnx.load(str(self.model), load_external_data=False)
+        return onnx.load_model_from_string(self.model)
 
 
 def cache_dir() -> Path:
@@ -142,35 +136,29 @@ def _cache_write(path: Path, data: bytes) -> None:
         logger.info("Could not cache the selected graph in %s (%s); it is selected in memory each time.", path.parent, error)
 
 
+def _as_model_file(model: ModelFile | str | os.PathLike) -> ModelFile:
+    return model if isinstance(model, ModelFile) else ModelFile.open(model)
+
+
 def select_for_providers(
-    onnx_path: str | os.PathLike, providers: Sequence, variant: str | None = None
+    model: ModelFile | str | os.PathLike, providers: Sequence, variant: str | None = None
 ) -> tuple[Selected, str | None]:
     """What to give `onnxruntime.InferenceSession` for `providers` (`Selected.session()` opens it),
-    and the variant chosen.
+    and the variant chosen. `model` is an opened `ModelFile` (nothing is parsed again) or a path.
 
-    A model without variants is returned as its own path. Otherwise the plain model's bytes with
+    A model without variants is returned as its own bytes. Otherwise the plain model's bytes with
     the variant for `providers[0]` substituted (or the one named `variant`), or with the main graph
     (variants stripped, so onnxruntime neither reads nor logs their weights) when no variant targets
     `providers[0]`, `variant="main"` is asked for, or the variant needs ops this onnxruntime lacks
     for those providers (then with a warning). Nothing is written into the model's folder.
     """
-    import onnx
-
-    onnx_path = Path(onnx_path)
+    model = _as_model_file(model)
     names = check_provider_names(providers)
-    if not onnx_path.is_file():
-        raise ModelNotFoundError(f"{onnx_path} does not exist; pass the model.onnx of an exported folder.")
-    # Fast path on the proto alone (no weights, no IR): most models carry no variant, and a cached
-    # selection only needs the metadata.
-    raw = onnx_path.read_bytes()
-    proto = onnx.load_model_from_string(raw)
-    check_external_locations(proto, onnx_path.parent)
-    functions = [f for f in proto.functions if f.domain == VARIANT_DOMAIN]
+    functions = model.variant_functions
     if not functions:
-        return Selected(onnx_path, onnx_path.parent), None
-    digest = hashlib.sha256(raw).hexdigest()[:32]
+        return Selected(model.raw, model.folder), None
     if variant == MAIN:
-        return _materialize(onnx_path, digest, MAIN, names[0]), None
+        return _materialize(model, MAIN, names[0]), None
     infos = [
         info_from_metadata({p.key: p.value for p in f.metadata_props}, f"{f.domain}::{f.name}", list(f.input), list(f.output))
         for f in functions
@@ -178,12 +166,12 @@ def select_for_providers(
     if variant is not None:
         info = next((i for i in infos if i.name == variant), None)
         if info is None:
-            raise VariantNotFoundError(f"{onnx_path} has no variant {variant!r}; it has: {', '.join(i.name for i in infos)}.")
+            raise VariantNotFoundError(f"{model.path} has no variant {variant!r}; it has: {', '.join(i.name for i in infos)}.")
     else:
         info = choose_variant(infos, names)
     if info is None:
-        logger.info("No backend variant for %s in %s; using the main graph.", names[0], onnx_path.name)
-        return _materialize(onnx_path, digest, MAIN, names[0]), None
+        logger.info("No backend variant for %s in %s; using the main graph.", names[0], model.path.name)
+        return _materialize(model, MAIN, names[0]), None
     missing = missing_ops(info.ops, names)
     if missing:
         message = (
@@ -192,33 +180,34 @@ def select_for_providers(
         )
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-        return _materialize(onnx_path, digest, MAIN, names[0]), None
-    return _materialize(onnx_path, digest, info.name, names[0]), info.name
+        return _materialize(model, MAIN, names[0]), None
+    return _materialize(model, info.name, names[0]), info.name
 
 
-def _materialize(onnx_path: Path, digest: str, variant: str, provider: str) -> Selected:
+def _materialize(model: ModelFile, variant: str, provider: str) -> Selected:
     """The plain model for `variant` (MAIN: the main graph with every variant stripped), from our
-    cache or substituted now and cached."""
+    cache or substituted now (from the already parsed proto) and cached."""
     import onnx_ir as ir
 
     label = "the main graph" if variant == MAIN else f"backend variant {variant}"
-    cached = _cache_path(digest, variant)
+    cached = _cache_path(model.digest, variant)
     if cached.is_file():
         logger.info("Using %s for %s (cached selection).", label, provider)
-        return Selected(cached.read_bytes(), onnx_path.parent)
-    model = load_model(onnx_path)
-    selected = select_variant(model, variant=variant, copy=False)  # loaded for this call only
+        return Selected(cached.read_bytes(), model.folder)
+    selected = select_variant(model.to_ir(), variant=variant, copy=False)  # built for this call only
     data = ir.serde.serialize_model(selected).SerializeToString()
     _cache_write(cached, data)
     logger.info("Using %s for %s (selected in memory).", label, provider)
-    return Selected(data, onnx_path.parent)
+    return Selected(data, model.folder)
 
 
-def create_session(onnx_path: str | os.PathLike, providers: Sequence, sess_options=None, variant: str | None = None):
+def create_session(model: ModelFile | str | os.PathLike, providers: Sequence, sess_options=None, variant: str | None = None):
     """An `InferenceSession` on the selected variant; if onnxruntime refuses it, warns and opens the
     main graph instead (a variant never leaves a caller without a session). Returns (session, variant).
-    `sess_options` is updated in place with the external-data folder (`Selected.session_options`)."""
-    selected, chosen = select_for_providers(onnx_path, providers, variant)
+    `model` is parsed once (a path is opened as a `ModelFile`); `sess_options` is updated in place
+    with the external-data folder (`Selected.session_options`)."""
+    model = _as_model_file(model)
+    selected, chosen = select_for_providers(model, providers, variant)
     try:
         return selected.session(providers, sess_options), chosen
     except Exception as error:  # onnxruntime raises its own Fail/NotImplemented/InvalidGraph types
@@ -227,5 +216,5 @@ def create_session(onnx_path: str | os.PathLike, providers: Sequence, sess_optio
         message = f"onnxruntime could not load variant {chosen} ({str(error).splitlines()[0][:200]}); using the main graph."
         logger.warning(message)
         warnings.warn(message, stacklevel=2)
-        main, _ = select_for_providers(onnx_path, providers, MAIN)
+        main, _ = select_for_providers(model, providers, MAIN)
         return main.session(providers, sess_options), None

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 from ..errors import VariantNotFoundError
 from ._model import AnyModel, as_ir, like
-from .attach import update_index
-from .format import KEYS, helper_domain, read_info, variant_functions
+from .format import KEYS, helper_domain, read_info, update_index, variant_functions
 
 __all__ = ["strip_variants"]
 

@@ -59,7 +59,7 @@ def input_hessians(
     square per input channel)."""
     import onnxruntime as ort
 
-    from ..runtime import EXTERNAL_FOLDER_KEY
+    from ...model_file import EXTERNAL_FOLDER_KEY
 
     probe = model.clone()
     for key in [k for k in probe.functions if k[0].startswith(VARIANT_DOMAIN)]:

@@ -1,0 +1,110 @@
+"""An exported `model.onnx`, opened once: its bytes read and parsed a single time, its
+external-data paths checked, then shared by variant selection and session creation.
+
+Guarantees of `ModelFile.open`: the file exists, is a non-empty ONNX model, and every external-data
+`location` it names (initializers, `Constant` nodes, function bodies) is a relative path inside the
+model's folder. The weights themselves are never read here: onnxruntime reads them from the
+folder (`EXTERNAL_FOLDER_KEY`) when it is handed `raw` bytes instead of a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import onnx
+
+from .contract import VARIANT_DOMAIN
+from .errors import ModelNotFoundError, UnsafeModelFileError
+from .paths import external_data_path
+
+__all__ = ["ModelFile", "EXTERNAL_FOLDER_KEY"]
+
+# onnxruntime session config entry: where a model given as bytes finds its external data.
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
+def _external_tensors(proto: onnx.ModelProto):
+    """Every tensor the model stores, wherever it sits: initializers and tensor attributes of the
+    main graph's and the functions' nodes (subgraphs included)."""
+    yield from proto.graph.initializer
+
+    def from_nodes(nodes):
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    yield from attr.g.initializer
+                    yield from from_nodes(attr.g.node)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for graph in attr.graphs:
+                        yield from graph.initializer
+                        yield from from_nodes(graph.node)
+
+    yield from from_nodes(proto.graph.node)
+    for function in proto.functions:
+        yield from from_nodes(function.node)
+
+
+@dataclass(eq=False)
+class ModelFile:
+    """`path`'s bytes and their parsed proto (weights left on disk)."""
+
+    path: Path
+    raw: bytes = field(repr=False)
+    proto: onnx.ModelProto = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ModelFile":
+        """Read and parse `path` once; raise one-line `ModelNotFoundError` / `UnsafeModelFileError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path} does not exist; pass the model.onnx of an exported folder.")
+        raw = path.read_bytes()
+        try:
+            proto = onnx.load_model_from_string(raw)
+        except Exception as error:  # protobuf's DecodeError and friends: one line for the user
+            raise UnsafeModelFileError(
+                f"{path} is not a readable ONNX model ({type(error).__name__}); re-export or re-download it."
+            ) from None
+        if not proto.graph.node:
+            raise UnsafeModelFileError(f"{path} holds an empty ONNX graph; re-export or re-download it.")
+        checked: set[str] = set()
+        for tensor in _external_tensors(proto):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+            if location not in checked:
+                external_data_path(location, path.parent, f"{path.name} tensor `{tensor.name}`")
+                checked.add(location)
+        return cls(path, raw, proto)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the graph's bytes (weights excluded), shortened: the key of selected graphs."""
+        return hashlib.sha256(self.raw).hexdigest()[:32]
+
+    @property
+    def variant_functions(self) -> list[onnx.FunctionProto]:
+        return [f for f in self.proto.functions if f.domain == VARIANT_DOMAIN]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {p.key: p.value for p in self.proto.metadata_props}
+
+    def to_ir(self):
+        """The model as onnx-ir objects, built from the parsed proto (no second parse); external
+        tensors resolve against the model's folder."""
+        import onnx_ir as ir
+
+        model = ir.serde.deserialize_model(self.proto)
+        ir.external_data.set_base_dir(model.graph, str(self.folder))
+        return model
