@@ -12,6 +12,8 @@ from pathlib import Path
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
+from .serve import ServeCommand
+
 __all__ = ["ONNX23Command", "VariantsCommand"]
 
 BUILTIN_NAMES = ("ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu", "backend-context")  # checked again in run()
@@ -163,4 +165,7 @@ class ONNX23Command(BaseOptimumCLICommand):
     """`optimum-cli onnx23 ...`: optimum-onnx23's own tools (other commands register under it)."""
 
     COMMAND = CommandInfo(name="onnx23", help="optimum-onnx23 tools for exported ONNX models.")
-    SUBCOMMANDS = (CommandInfo(name="variants", help=VariantsCommand.COMMAND.help, subcommand_class=VariantsCommand),)
+    SUBCOMMANDS = (
+        CommandInfo(name="variants", help=VariantsCommand.COMMAND.help, subcommand_class=VariantsCommand),
+        CommandInfo(name="serve", help=ServeCommand.COMMAND.help, subcommand_class=ServeCommand),
+    )
