@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import onnx_ir as ir
 
 from ..errors import ModelNotFoundError, UnsafeModelFileError, VariantNotApplicableError
+from ..files import replacing
 from ..paths import external_data_path
 from .format import VARIANT_DOMAIN, function_id, variant_functions
 
@@ -86,14 +86,8 @@ def save_model(model: ir.Model, onnx_path: Path) -> None:
             value.const_value = ir.ExternalTensor(
                 data_name, offset, len(raw), tensor.dtype, shape=tensor.shape, name=value.name, base_dir=folder
             )
-    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with replacing(onnx_path) as tmp:  # keeps model.onnx's mode
         ir.save(model, tmp)
-        os.replace(tmp, onnx_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _truncate_data(model: ir.Model, onnx_path: Path) -> None:

@@ -16,13 +16,13 @@ import functools
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError, VariantNotFoundError
+from ..files import replacing
 from .folder import check_external_locations, load_model
 from .format import VARIANT_DOMAIN, info_from_metadata
 from .providers import check_provider_names, choose_variant
@@ -134,10 +134,8 @@ def _cache_path(digest: str, variant: str) -> Path:
 def _cache_write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:  # the user's umask, not mkstemp's 0600
+            tmp.write_bytes(data)
     except OSError as error:  # a read-only home: select again next time
         logger.info("Could not cache the selected graph in %s (%s); it is selected in memory each time.", path.parent, error)
 
