@@ -183,3 +183,46 @@ def test_the_export_cli_is_quiet_by_default(cli_export):
     assert "Loading weights" not in stderr
     assert lines[0].startswith("[1/") and lines[-1].startswith("Exported ")
     assert all(line.startswith(("[", "  ", "Exported ")) for line in lines), [l for l in lines if not l.startswith(("[", "  "))]
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def test_attaching_twice_from_the_cli_names_the_cli_flag(cli_export, tmp_path, capsys):
+    folder = _copy(cli_export[0], tmp_path / "m")
+    assert run_optimum_cli("onnx23", "variants", "attach", folder, "--variant", "ort-cpu") == 0
+    capsys.readouterr()
+    assert run_optimum_cli("onnx23", "variants", "attach", folder, "--variant", "ort-cpu") == 1
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "already carries variant ort-cpu; pass --replace" in line and "replace=True" not in line
+    assert run_optimum_cli("onnx23", "variants", "attach", folder, "--variant", "ort-cpu", "--replace") == 0
+    assert capsys.readouterr().out.startswith("attached ort-cpu:")
+    assert run_optimum_cli("onnx23", "variants", "list", folder, "--json") == 0
+    assert [v["name"] for v in json.loads(capsys.readouterr().out)] == ["ort-cpu"]
+
+
+def test_a_missing_relative_folder_says_so_whole(tmp_path, monkeypatch):
+    from optimum_onnx23.errors import ModelNotFoundError
+    from optimum_onnx23.pipelines.hub import resolve_model_files
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelNotFoundError) as caught:  # README's old `model="demo-output"` from another directory
+        resolve_model_files("demo-output", cache_dir=tmp_path / "hub")
+    line = str(caught.value)
+    assert line.startswith(f"No local folder demo-output (from {tmp_path}) and not a Hub id that can be reached: ")
+    assert "\n" not in line and line.endswith("when offline (HF_HUB_OFFLINE=1).") and len(line) > 300  # nothing cut
+    with pytest.raises(ModelNotFoundError, match=r"Model folder \./demo-output does not exist \(from "):
+        resolve_model_files("./demo-output")
+
+
+def test_save_pretrained_returns_a_short_repr(cli_export, tmp_path):
+    from optimum_onnx23.publish import save_pretrained
+
+    layout = save_pretrained(cli_export[0], tmp_path / "hub", repo_id="me/tiny")
+    text = repr(layout)
+    assert text.startswith("HubLayout('me/tiny': ") and " files, " in text and len(text) < 120, text
+    assert len(str(layout.card)) > 1000  # what the old repr printed in full

@@ -76,6 +76,11 @@ class HubLayout:
     def paths(self) -> list[str]:
         return [f.path_in_repo for f in self.files]
 
+    def __repr__(self) -> str:  # the dataclass repr printed the whole card and report at the prompt
+        size = sum(f.size for f in self.files)
+        variants = f", variants {', '.join(self.variants)}" if self.variants else ""
+        return f"HubLayout({self.repo_id!r}: {len(self.files)} files, {size / 1e6:.1f} MB{variants})"
+
     def write(self, directory: Path) -> None:
         """Write every file under `directory`. Files are copied, never hard-linked: onnx refuses to
         load external data that has several links (its guard against hardlink attacks)."""
