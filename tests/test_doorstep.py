@@ -226,3 +226,54 @@ def test_save_pretrained_returns_a_short_repr(cli_export, tmp_path):
     text = repr(layout)
     assert text.startswith("HubLayout('me/tiny': ") and " files, " in text and len(text) < 120, text
     assert len(str(layout.card)) > 1000  # what the old repr printed in full
+
+
+# --- the demo and the README's Generate code ---------------------------------------------------
+
+
+def _readme_generate_blocks() -> list[str]:
+    """The ```python blocks of README.md's `## Generate` section (up to its next heading)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Generate\n", 1)[1]
+    section = section.split("\n#", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```python\n")[1:]]
+    assert blocks, "README.md's Generate section has no python block"
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`python -m optimum_onnx23.demo --output <tmp>/demo-output --overwrite`, what scripts/demo.sh runs."""
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    done = subprocess.run([sys.executable, "-m", "optimum_onnx23.demo", "--output", str(out), "--overwrite"],
+                          capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path_factory.mktemp("cwd"))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return out, done.stdout, done.stderr
+
+
+def test_the_demo_prints_its_folder_and_exported_once(demo_run):
+    out, stdout, stderr = demo_run
+    printed = stdout + stderr
+    assert printed.count("Exported ") == 1 and "Loading weights" not in printed
+    assert f"model folder: {out}\n" in stdout and "greedy text identical to transformers: yes" in stdout
+
+
+def test_the_readme_generate_code_runs_as_written_from_another_directory(demo_run, tmp_path, monkeypatch):
+    """Each block runs unchanged; the one substitution: `optimum_onnx23.demo.DEMO_OUTPUT` (which the
+    README imports for the demo's folder) points at this test's demo export instead of <repo>/demo-output."""
+    import optimum_onnx23.demo
+
+    monkeypatch.setattr(optimum_onnx23.demo, "DEMO_OUTPUT", demo_run[0])
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    for block in _readme_generate_blocks():
+        exec(compile(block, "README.md (Generate)", "exec"), namespace)
+    assert namespace["pipe"]("ONNX is", max_new_tokens=24)[0]["generated_text"].startswith("ONNX is")
+    assert namespace["out"].logits.shape[0] == 2 and namespace["longer_mask"].shape[1] == namespace["mask"].shape[1] + 1
+
+
+def test_the_demo_default_folder_is_in_the_repository():
+    from optimum_onnx23.demo import DEMO_OUTPUT
+
+    assert DEMO_OUTPUT == ROOT / "demo-output"
+    assert "$ROOT/demo-output" in (ROOT / "scripts" / "demo.sh").read_text()
