@@ -277,3 +277,66 @@ def test_the_demo_default_folder_is_in_the_repository():
 
     assert DEMO_OUTPUT == ROOT / "demo-output"
     assert "$ROOT/demo-output" in (ROOT / "scripts" / "demo.sh").read_text()
+
+
+# --- set-up and packaging ----------------------------------------------------------------------
+
+_STUB_PYTHON = """#!/usr/bin/env bash
+if [ "$1" = "--version" ]; then echo "Python 3.11 (stub)"; exit 0; fi
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin"; cp "$0.venv-python" "$3/bin/python"; exit 0; fi
+exit 1
+"""
+_STUB_VENV_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$PIP_LOG"
+case "$*" in
+  *"torch==2.13.0+cpu"*--extra-index-url*) exit 0 ;;
+  *"torch==2.13.0+cpu"*) [ "$NO_LOCAL_WHEEL" = 1 ] && exit 1 || exit 0 ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("local_wheel", [True, False])
+def test_env_sh_installs_the_cpu_torch_and_keeps_its_stamp(tmp_path, local_wheel):
+    """scripts/env.sh with python3.11 and the venv's pip stubbed (nothing installed or downloaded):
+    the CPU build from what pip already finds, PyTorch's CPU index only when that fails, never a
+    plain `torch==2.13.0` on Linux; a second run finds its stamp and installs nothing."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "python3.11").write_text(_STUB_PYTHON)
+    (stubs / "python3.11.venv-python").write_text(_STUB_VENV_PYTHON)
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    log = tmp_path / "pip.log"
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "OPTIMUM_ONNX23_VENV": str(tmp_path / "venv"),
+           "PIP_LOG": str(log), "NO_LOCAL_WHEEL": "0" if local_wheel else "1"}
+    for _ in range(2):
+        done = subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/env.sh"'], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    torch_calls = [call for call in calls if "torch" in call]
+    expected = ["-m pip install -q torch==2.13.0+cpu"]
+    if not local_wheel:
+        expected.append("-m pip install -q torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu")
+    assert torch_calls == expected
+    assert calls[-1] == f"-m pip install -q -e {ROOT}[test]" and len(calls) == len(expected) + 2  # once: the stamp
+    assert len(list((tmp_path / "venv").glob(".installed-*"))) == 1
+
+
+def test_pyproject_ships_the_data_without_a_packaging_warning():
+    """setuptools warns ("Package 'optimum_onnx23.data' is absent from the `packages` configuration",
+    40 lines) for a folder of shipped files whose dotted name Python could import and that `packages`
+    does not list; and data/quality/ (calibration and evaluation texts) was left out of the wheel."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages, package_data = set(tool["packages"]), tool["package-data"]
+    data = ROOT / "optimum_onnx23" / "data"
+    for path in (p for p in data.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        parts = path.relative_to(ROOT).parts[:-1]
+        owner = next(".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in packages)
+        rest = Path(*path.relative_to(ROOT).parts[len(owner.split(".")):])
+        assert any(rest.match(glob) for glob in package_data.get(owner, [])), f"{path} is not in package-data"
+        for n in range(len(owner.split(".")), len(parts) + 1):
+            if all(part.isidentifier() for part in parts[:n]):
+                assert ".".join(parts[:n]) in packages, f"add {'.'.join(parts[:n])} to packages"
