@@ -340,3 +340,15 @@ def test_pyproject_ships_the_data_without_a_packaging_warning():
         for n in range(len(owner.split(".")), len(parts) + 1):
             if all(part.isidentifier() for part in parts[:n]):
                 assert ".".join(parts[:n]) in packages, f"add {'.'.join(parts[:n])} to packages"
+
+
+def test_the_torch_free_argument_tables_match_the_exporter():
+    from optimum_onnx23 import arguments
+    from optimum_onnx23.cli.variants import BUILTIN_NAMES
+    from optimum_onnx23.exporters import TASKS, max_opset
+    from optimum_onnx23.exporters.steps import DTYPES
+    from optimum_onnx23.variants.producers import BUILTIN
+
+    assert arguments.TASK_NAMES == tuple(TASKS) and arguments.DTYPE_NAMES == tuple(DTYPES)
+    assert arguments.VARIANT_NAMES == tuple(BUILTIN) == BUILTIN_NAMES
+    assert max_opset() >= arguments._KNOWN_BY_EVERY_ONNX
