@@ -126,11 +126,6 @@ def test_the_demo_replaces_only_a_previous_demo_export(tmp_path, capsys):
     assert demo._is_demo_export(out, str(demo.BUNDLED_MODEL))
 
 
-def test_demo_sh_passes_its_folder_to_the_demo_that_refuses_foreign_ones():
-    script = (ROOT / "scripts" / "demo.sh").read_text()
-    assert 'python -m optimum_onnx23.demo --output "$OUT" --overwrite' in script
-
-
 # --- Ctrl-C, argument errors, quiet ------------------------------------------------------------
 
 
