@@ -6,8 +6,10 @@ so torch and transformers are imported inside `run()`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import os
 import sys
 from argparse import ArgumentParser
 from pathlib import Path
@@ -75,6 +77,12 @@ def parse_export_args(parser: ArgumentParser) -> None:
         "The main graph stays as is; onnxruntime sessions of optimum-onnx23 pick the variant for their provider.",
     )
 
+    optional.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Also show third-party output (transformers' progress bars and logs, Python warnings); hidden by default.",
+    )
+
     from optimum_onnx23.publish import add_publish_arguments  # lazy package: argparse only
 
     add_publish_arguments(parser)
@@ -90,8 +98,60 @@ def _log_progress_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
+def check_cli_arguments(args) -> None:
+    """The checks that need no torch, transformers or onnx (under 0.2 s), before anything heavy is
+    imported: every flag's value, the publishing flags, and whether the output folder may be written."""
+    from optimum_onnx23.arguments import check_export_arguments
+    from optimum_onnx23.files import check_output_folder
+    from optimum_onnx23.publish.cli import check_publish_args
+
+    check_export_arguments(
+        task=args.task or "text-generation-with-past", opset=23 if args.opset is None else args.opset, dtype=args.dtype,
+        atol=args.atol, rtol=args.rtol, logits=args.logits, cache=args.cache, max_cache_len=args.max_cache_len,
+        variants=args.variants,
+    )
+    check_publish_args(args)  # offline checks (repo id, token) before an export is spent
+    check_output_folder(args.output, args.overwrite)
+
+
+@contextlib.contextmanager
+def quiet_third_parties(verbose: bool = False):
+    """Without --verbose, only our `[i/n]` steps and results reach the terminal: transformers' own
+    progress bars ("Loading weights") and its info and warning logs, and Python warnings raised
+    outside optimum_onnx23, are hidden. Hub download bars stay (a download's progress is worth
+    seeing), and so does a TRANSFORMERS_VERBOSITY the user set. Everything is restored on exit
+    (the CLI also runs in-process, from tests and scripts)."""
+    if verbose:
+        yield
+        return
+    import warnings
+
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    hub_bars_disabled = hub_utils.are_progress_bars_disabled()
+    level = transformers_logging.get_verbosity()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"optimum_onnx23(\.|$)")
+        transformers_logging.disable_progress_bar()  # also turns huggingface_hub's bars off ...
+        if not hub_bars_disabled:
+            hub_utils.enable_progress_bars()  # ... which downloads keep
+        if "TRANSFORMERS_VERBOSITY" not in os.environ:
+            transformers_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            transformers_logging.set_verbosity(level)
+            if bars:
+                transformers_logging.enable_progress_bar()
+            if hub_bars_disabled:
+                hub_utils.disable_progress_bars()
+
+
 def run_cli(args) -> int:
-    """Run the export for parsed `args`; returns the process exit code."""
+    """Run the export for parsed `args`; returns the process exit code (130 on Ctrl-C)."""
     from optimum_onnx23.errors import OptimumOnnx23Error
 
     if not args.dynamo:
@@ -109,36 +169,45 @@ def run_cli(args) -> int:
         )
         return 2
 
-    _log_progress_to_stderr()
+    exported = False
     try:
-        from optimum_onnx23.exporters import export
-        from optimum_onnx23.publish import check_publish_args, publish_from_args
+        check_cli_arguments(args)
+        _log_progress_to_stderr()
+        with quiet_third_parties(getattr(args, "verbose", False)):
+            from optimum_onnx23.exporters import export
+            from optimum_onnx23.publish import publish_from_args
 
-        check_publish_args(args)  # offline checks (repo id, token) before an export is spent
-        export(
-            args.model,
-            args.output,
-            task=args.task,
-            opset=23 if args.opset is None else args.opset,
-            dtype=args.dtype,
-            device=args.device,
-            fusions_enabled=not args.no_fusions,
-            atol=args.atol,
-            rtol=args.rtol,
-            gguf_file=args.gguf_file,
-            trust_remote_code=args.trust_remote_code,
-            revision=args.revision,
-            cache_dir=args.cache_dir,
-            overwrite=args.overwrite,
-            cache=args.cache,
-            max_cache_len=args.max_cache_len,
-            logits=args.logits,
-            variants=args.variants,
-        )
-        publish_from_args(args, args.output)
+            export(
+                args.model,
+                args.output,
+                task=args.task,
+                opset=23 if args.opset is None else args.opset,
+                dtype=args.dtype,
+                device=args.device,
+                fusions_enabled=not args.no_fusions,
+                atol=args.atol,
+                rtol=args.rtol,
+                gguf_file=args.gguf_file,
+                trust_remote_code=args.trust_remote_code,
+                revision=args.revision,
+                cache_dir=args.cache_dir,
+                overwrite=args.overwrite,
+                cache=args.cache,
+                max_cache_len=args.max_cache_len,
+                logits=args.logits,
+                variants=args.variants,
+            )
+            exported = True
+            publish_from_args(args, args.output)
     except OptimumOnnx23Error as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the staging folder is already gone (exporters.output); no traceback
+        if exported:
+            print(f"interrupted; the export in {args.output} is complete, the upload did not finish", file=sys.stderr)
+        else:
+            print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -77,12 +77,25 @@ class VariantsAttachCommand(BaseOptimumCLICommand):
         _add_model(parser)
         parser.add_argument("--variant", action="append", required=True, metavar="NAME",
                             help=f"Built-in variant to attach (repeatable): {', '.join(BUILTIN_NAMES)}.")
+        parser.add_argument("--replace", action="store_true",
+                            help="Attach again a variant the model already carries (it is stripped first).")
 
     def run(self):
         def go() -> int:
-            from optimum_onnx23.variants import attach_builtin_variants
+            from optimum_onnx23.errors import InvalidArgumentError
+            from optimum_onnx23.variants import attach_builtin_variants, list_variants
+            from optimum_onnx23.variants.folder import load_model, strip_folder
 
             folder = self.args.model if self.args.model.is_dir() else self.args.model.parent
+            carried = {i.name for i in list_variants(load_model(folder / "model.onnx"))}
+            again = [name for name in dict.fromkeys(self.args.variant) if name in carried]
+            if again and not self.args.replace:
+                raise InvalidArgumentError(
+                    f"{folder / 'model.onnx'} already carries variant {', '.join(again)}; pass --replace to attach it again, "
+                    f"or strip it first (optimum-cli onnx23 variants strip {folder} --variant {again[0]})."
+                )
+            if again:
+                strip_folder(folder / "model.onnx", again)  # truncates its weights off the data file, then attach anew
             report = attach_builtin_variants(folder, self.args.variant)
             for name, entry in report["variants"].items():
                 print(f"attached {name}: {entry['nodes']} nodes, +{entry['data_bytes_added'] / 1e6:.2f} MB weights, "

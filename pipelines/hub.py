@@ -77,8 +77,11 @@ def resolve_model_files(
         return _find_onnx(path, subfolder, file_name, str(path))
     if path.exists():
         raise ModelNotFoundError(f"{name} is a file; pass the exported model folder (the one holding {file_name}).")
-    if not _HUB_ID.match(name):
-        raise ModelNotFoundError(f"Model folder {name} does not exist; pass an exported folder or a Hub model id.")
+    if not _HUB_ID.match(name):  # a path (absolute, ./, ../, ~, several /): no Hub id looks like that
+        raise ModelNotFoundError(
+            f"Model folder {name} does not exist (from {Path.cwd()}) and is not a Hub model id; pass an exported folder "
+            "(an absolute path works from any directory) or a Hub model id."
+        )
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -96,9 +99,10 @@ def resolve_model_files(
             allow_patterns=patterns,
         )
     except (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__  # whole, on one line
         raise ModelNotFoundError(
-            f"Could not get `{name}`{f' at revision {revision}' if revision else ''} from the Hub ({first_line[:200]}); "
-            "check the id, or download it first when offline (HF_HUB_OFFLINE=1)."
+            f"No local folder {name} (from {Path.cwd()}) and not a Hub id that can be reached"
+            f"{f' at revision {revision}' if revision else ''}: {reason}. Pass the exported folder's path "
+            "(absolute from any directory), or check the Hub id, or download it first when offline (HF_HUB_OFFLINE=1)."
         ) from None
     return _find_onnx(Path(local), subfolder, file_name, f"Hub repository {name}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from optimum_onnx23.contract import EXPORT_REPORT_FILE
 from optimum_onnx23.errors import InvalidArgumentError, OutputFolderError
+from optimum_onnx23.files import replacing
 
 __all__ = ["save_model_folder", "copy_replacing"]
 
@@ -17,12 +18,8 @@ def copy_replacing(source: Path, target: Path) -> None:
     """Copy `source` over `target` through a temporary name, so `target` is never half-written."""
     if target.exists() and os.path.samefile(source, target):
         return
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
+    with replacing(target) as partial:  # keeps target's mode (a new file: the user's umask)
         shutil.copyfile(source, partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def save_model_folder(model_path: Path | None, folder: Path | None, config, generation_config, save_directory: str | os.PathLike) -> None:

@@ -85,16 +85,25 @@ def test_without_dynamo_and_without_optimum_onnx(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_non_empty_output_refused_then_replaced_with_overwrite(tmp_path, capsys):
+def test_non_empty_output_refused_then_a_previous_export_replaced_with_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     code, line = cli_error(capsys, "--dynamo", "--model", BUNDLED, out)
-    assert code == 1 and "exists and is not empty" in line and "--overwrite" in line
+    assert code == 1 and "exists and is not empty" in line and "keep.txt" in line
+    assert (out / "keep.txt").read_text() == "user data"
+    code, line = cli_error(capsys, "--dynamo", "--overwrite", "--model", BUNDLED, out)  # not ours: kept
+    assert code == 1 and "keep.txt" in line and "not an optimum-onnx23 export" in line
     assert (out / "keep.txt").read_text() == "user data"
 
+    (out / "keep.txt").unlink()
+    (out / "export_report.json").write_text(json.dumps({"model": "an earlier one", "opset": 23}))
+    (out / "model.onnx").write_bytes(b"stale")
+    code, line = cli_error(capsys, "--dynamo", "--model", BUNDLED, out)
+    assert code == 1 and "previous optimum-onnx23 export" in line and "--overwrite" in line
     assert run_optimum_cli("export", "onnx", "--dynamo", "--overwrite", "--model", BUNDLED, out) == 0
-    assert (out / "model.onnx").is_file() and not (out / "keep.txt").exists()
+    assert (out / "model.onnx").read_bytes() != b"stale"
+    assert json.loads((out / "export_report.json").read_text())["model"] == str(BUNDLED)
     assert leftovers(tmp_path, "out") == ["out"]
 
 
@@ -194,7 +203,7 @@ def test_interrupted_export_leaves_existing_output_untouched(tmp_path, monkeypat
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("previous export")
+    (out / "export_report.json").write_text(json.dumps({"model": "previous export", "opset": 23}))
 
     def interrupt(model):
         raise KeyboardInterrupt
@@ -203,7 +212,8 @@ def test_interrupted_export_leaves_existing_output_untouched(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         export(BUNDLED, out, overwrite=True)
     assert leftovers(tmp_path, "out") == ["out"]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert [p.name for p in out.iterdir()] == ["export_report.json"]
+    assert json.loads((out / "export_report.json").read_text())["model"] == "previous export"
 
 
 def test_export_from_hub_cache_offline(tmp_path, monkeypatch):

@@ -12,14 +12,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import onnx
-
+from ..arguments import LOGITS_MODES, MIN_OPSET, check_export_arguments, max_opset  # noqa: F401 (re-exported)
 from ..errors import InvalidArgumentError
-from . import static_cache, steps
+from . import steps
 from .checkpoint import load_model_config
-from .configs import TASKS, get_export_config
+from .configs import get_export_config
 from .output import check_output_folder, staged_output_folder
-from .pipeline import ExportContext, ExportOptions, check_known, run_steps
+from .pipeline import ExportContext, ExportOptions, run_steps
 from .report import ExportReport
 from .steps import DTYPES, ONNX_DATA_NAME, ONNX_FILE_NAME
 from .validate import DEFAULT_TOLERANCES
@@ -27,14 +26,6 @@ from .validate import DEFAULT_TOLERANCES
 __all__ = ["export", "DTYPES", "MIN_OPSET", "max_opset", "load_model_config", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
 
 logger = logging.getLogger(__name__)
-
-MIN_OPSET = 18
-LOGITS_MODES = ("all", "last")
-
-
-def max_opset() -> int:
-    return onnx.defs.onnx_opset_version()
-
 
 def _check_device(device: str) -> None:
     """The device to trace on must exist in this torch build and hold real weights."""
@@ -57,28 +48,11 @@ def _check_device(device: str) -> None:
 
 def _check_options(options: ExportOptions) -> None:
     """One-line errors for every argument, before anything is loaded or written."""
-    check_known(options.task, TASKS, "task", "--task")
-    if not MIN_OPSET <= options.opset <= max_opset():
-        raise InvalidArgumentError(
-            f"Opset {options.opset} is out of range: pass --opset between {MIN_OPSET} and {max_opset()} "
-            f"(the newest onnx {onnx.__version__} knows); 23 or more gets the fused Attention ops."
-        )
-    check_known(options.dtype, tuple(DTYPES), "dtype", "--dtype")
-    for name in ("atol", "rtol"):
-        value = getattr(options, name)
-        if value is not None and not value >= 0:
-            raise InvalidArgumentError(f"--{name} must be a non-negative number, got {value}.")
-    if options.atol == 0 and options.rtol == 0:
-        raise InvalidArgumentError("--atol 0 with --rtol 0 allows no rounding at all; pass a positive tolerance.")
-    check_known(options.logits, LOGITS_MODES, "logits mode", "--logits")
+    check_export_arguments(  # the torch-free ones, which the CLI also runs before its heavy imports
+        task=options.task, opset=options.opset, dtype=options.dtype, atol=options.atol, rtol=options.rtol,
+        logits=options.logits, cache=options.cache, max_cache_len=options.max_cache_len, variants=options.variants,
+    )
     _check_device(options.device)
-    static_cache.check_static_arguments(options.cache, options.max_cache_len, options.with_past, options.opset)
-    if options.variants:
-        from ..variants.producers import BUILTIN
-
-        unknown = [name for name in options.variants if name not in BUILTIN]
-        if unknown:
-            raise InvalidArgumentError(f"Unknown variant {', '.join(unknown)}; pass --variant with one of: {', '.join(BUILTIN)}.")
 
 
 def export(

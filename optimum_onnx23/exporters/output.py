@@ -8,16 +8,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import OutputFolderError
+from ..files import check_output_folder, current_umask  # check_output_folder: torch-free, for the CLI
 
 __all__ = ["check_output_folder", "staged_output_folder"]
-
-
-def check_output_folder(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise OutputFolderError(f"Output path {output} is a file; pass a folder path.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise OutputFolderError(f"Output folder {output} exists and is not empty; pass --overwrite to replace it.")
 
 
 @contextlib.contextmanager
@@ -30,9 +23,7 @@ def staged_output_folder(output: Path):
     output = output.absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would leak into the final folder
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would leak into the final folder
     try:
         yield staging
     except BaseException:

@@ -34,7 +34,7 @@ import onnx_ir as ir
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
-from ..errors import InvalidArgumentError
+from ..arguments import CACHE_MODES, check_static_arguments  # noqa: F401 (re-exported)
 from .configs import DecoderExportConfig
 from .wrapper import cache_kwarg
 
@@ -52,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_MODES = ("dynamic", "static")
 STATIC_CACHE_OPSET = 24  # TensorScatter's opset
 WRITE_INDICES = "write_indices"
 
@@ -116,24 +115,6 @@ class StaticCacheWrapper(torch.nn.Module):
 
 
 # ---- export-time description -------------------------------------------------------------------------
-def check_static_arguments(cache: str, max_cache_len: int | None, with_past: bool, opset: int = 23) -> None:
-    """One-line `InvalidArgumentError` for a cache mode the exporter cannot produce."""
-    if cache not in CACHE_MODES:
-        raise InvalidArgumentError(f"Unknown cache mode `{cache}`; pass --cache dynamic or --cache static.")
-    if cache == "dynamic":
-        if max_cache_len is not None:
-            raise InvalidArgumentError("--max-cache-len only applies to --cache static; drop it or add --cache static.")
-        return
-    if not with_past:
-        raise InvalidArgumentError("--cache static needs the KV cache: use --task text-generation-with-past.")
-    if opset < 23:
-        raise InvalidArgumentError(f"--cache static needs --opset 23 (the graph is then moved to opset 24 for TensorScatter), got {opset}.")
-    if max_cache_len is None or not isinstance(max_cache_len, int) or max_cache_len < 16:
-        raise InvalidArgumentError(
-            f"--cache static needs --max-cache-len N with N >= 16 (prompt plus new tokens), got {max_cache_len}."
-        )
-
-
 def static_input_names(export_config: DecoderExportConfig, config) -> list[str]:
     if hasattr(export_config, "static_input_names"):  # hybrid decoders (exporters.hybrid)
         return export_config.static_input_names(config)

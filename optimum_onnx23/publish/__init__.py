@@ -24,7 +24,7 @@ _LAZY = {
     "make_genai_config": "genai_config",
     "HubFile": "layout",
     "HubLayout": "layout",
-    "check_repo_id": "layout",
+    "check_repo_id": "repo_id",
     "plan_hub_layout": "layout",
     "save_pretrained": "layout",
     "OnnxModelFiles": "onnx_files",

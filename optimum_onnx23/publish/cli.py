@@ -54,7 +54,7 @@ def check_publish_args(args: Namespace) -> None:
             if getattr(args, flag, None):
                 raise InvalidArgumentError(f"{name} only applies to an upload; add --push-to-hub <namespace/name>.")
         return
-    from .layout import check_repo_id
+    from .repo_id import check_repo_id
 
     check_repo_id(repo_id)
     if not getattr(args, "dry_run", False):

@@ -29,9 +29,9 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from ..errors import ModelNotFoundError, OutputFolderError
 from ..exporters.output import check_output_folder, staged_output_folder
 from .card import DEFAULT_LIBRARY_NAME, CardInputs, build_model_card, validate_model_card
-from .errors import InvalidRepoIdError
 from .genai_config import GenaiConfigError, make_genai_config
 from .onnx_files import ONNX_SUBFOLDER, OnnxModelFiles, find_onnx_models
+from .repo_id import check_repo_id  # noqa: F401 (re-exported; light for the CLI)
 
 __all__ = ["HubFile", "HubLayout", "plan_hub_layout", "save_pretrained", "check_repo_id", "GENERATED_FILES"]
 
@@ -41,20 +41,6 @@ CARD_NAME = "README.md"
 GENAI_CONFIG_NAME = "genai_config.json"
 GENERATED_FILES = (CARD_NAME, GENAI_CONFIG_NAME, "config.json", "export_report.json", "tokenizer_config.json")
 _SKIPPED_SUFFIXES = (".lock", ".tmp", ".partial")
-
-
-def check_repo_id(repo_id: str) -> str:
-    """`repo_id` if huggingface_hub's validator accepts it, else `InvalidRepoIdError` in one line."""
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise InvalidRepoIdError(
-            f"Invalid Hub repo id {repo_id!r}: {reason} Pass `name` or `namespace/name` with letters, digits, '-', '_', '.'."
-        ) from None
-    if not repo_id:
-        raise InvalidRepoIdError("Empty Hub repo id; pass `name` or `namespace/name`.")
-    return repo_id
 
 
 @dataclass(frozen=True)
@@ -89,6 +75,11 @@ class HubLayout:
     @property
     def paths(self) -> list[str]:
         return [f.path_in_repo for f in self.files]
+
+    def __repr__(self) -> str:  # the dataclass repr printed the whole card and report at the prompt
+        size = sum(f.size for f in self.files)
+        variants = f", variants {', '.join(self.variants)}" if self.variants else ""
+        return f"HubLayout({self.repo_id!r}: {len(self.files)} files, {size / 1e6:.1f} MB{variants})"
 
     def write(self, directory: Path) -> None:
         """Write every file under `directory`. Files are copied, never hard-linked: onnx refuses to

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import onnx_ir as ir
 
 from ..errors import ModelNotFoundError, UnsafeModelFileError
+from ..files import replacing
 from ..paths import external_data_path
 from .format import variant_functions
 
@@ -74,14 +74,8 @@ def save_model(model: ir.Model, onnx_path: Path) -> None:
             value.const_value = ir.ExternalTensor(
                 data_name, offset, len(raw), tensor.dtype, shape=tensor.shape, name=value.name, base_dir=folder
             )
-    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with replacing(onnx_path) as tmp:  # keeps model.onnx's mode
         ir.save(model, tmp)
-        os.replace(tmp, onnx_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _truncate_data(model: ir.Model, onnx_path: Path) -> None:

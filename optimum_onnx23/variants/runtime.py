@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VariantNotFoundError
+from ..files import replacing
 from ..model_file import EXTERNAL_FOLDER_KEY, ModelFile
 from .format import info_from_metadata
 from .providers import check_provider_names, choose_variant
@@ -128,10 +128,8 @@ def _cache_path(digest: str, variant: str) -> Path:
 def _cache_write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:  # the user's umask, not mkstemp's 0600
+            tmp.write_bytes(data)
     except OSError as error:  # a read-only home: select again next time
         logger.info("Could not cache the selected graph in %s (%s); it is selected in memory each time.", path.parent, error)
 
