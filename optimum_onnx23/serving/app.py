@@ -96,7 +96,10 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=load, name="onnx23-load", daemon=True).start()
+        if engine is not None:  # nothing to load: ready before the first request (the Ray replica)
+            load()
+        else:
+            threading.Thread(target=load, name="onnx23-load", daemon=True).start()
         yield
         if state.engine is not None:
             state.engine.drain()
