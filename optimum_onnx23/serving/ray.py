@@ -13,18 +13,20 @@ the model is loaded; the FastAPI app is built afterwards by an ingress builder f
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import RayServeException
 
 from .app import ServerConfig, create_app, load_engine
 
-__all__ = ["build_app", "OnnxServer"]
+__all__ = ["OnnxServer", "build_app"]
 
 REPLICA_HEADER = "x-onnx23-replica"
 
-# name -> (converter, default); `model` has no default. Strings come from the `serve run` command line.
+# name -> how to convert the value; strings come from the `serve run` command line. Defaults are ServerConfig's.
 _CONFIG_ARGS: dict[str, Any] = {
     "model": str,
     "served_model_name": str,
@@ -72,6 +74,8 @@ def parse_args(args: dict[str, Any]) -> tuple[ServerConfig, dict[str, Any]]:
     if not args.get("model"):
         raise ValueError("build_app: the `model` argument is required (an export folder, Hub layout or Hub id): `serve run optimum_onnx23.serving.ray:build_app model=DIR`.")
     config = ServerConfig(**{name: _convert(name, args[name], kind) for name, kind in _CONFIG_ARGS.items() if args.get(name) is not None})
+    if os.path.exists(config.model):  # replicas do not run in `serve run`'s folder: `model=./dir` made absolute
+        config.model = os.path.abspath(config.model)
     actor_options = {name: _convert(name, args[name], kind) for name, kind in _ACTOR_ARGS.items() if args.get(name) is not None}
     actor_options.setdefault("num_cpus", 1)
     options = {
@@ -96,7 +100,7 @@ def _start_replica(config: ServerConfig) -> None:
     engine = load_engine(config)
     try:
         replica = serve.get_replica_context().replica_id.unique_id
-    except Exception:  # not inside a replica (a unit test calling the constructor)
+    except RayServeException:  # not inside a replica (a unit test calling the constructor)
         replica = "local"
     app = create_app(config, engine=engine)
     app.add_middleware(_ReplicaHeader, replica=replica)
