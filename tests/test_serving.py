@@ -263,3 +263,58 @@ def test_sixteen_concurrent_chats_on_the_real_checkpoint(real_exported_dir):
         assert server.metric("onnx23_num_requests_running") == 0
     finally:
         server.stop()
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_load_with_dropped_connections_and_invalid_bodies(tiny):
+    """200 requests, 32 clients at a time: 10% hang up mid-stream, 10% send invalid bodies. Every
+    valid request gets generate()'s text, nothing stays running, RSS stays flat after warm-up."""
+    server, folder = tiny
+    prompts = [f"Load {i % 25}: tell me" for i in range(200)]
+    expected = dict(zip(sorted(set(prompts)), _reference(folder, sorted(set(prompts)), 12)))
+    invalid = [{"prompt": 5}, {"prompt": "x", "temperature": "hot"}, {"prompt": "x", "n": 3}, {"messages": []}]
+
+    async def one(client, i):
+        body = {"model": "tiny", "prompt": prompts[i], "max_tokens": 12, "temperature": 0}
+        if i % 10 == 3:  # invalid body
+            response = await client.post(f"{server.url}/v1/completions", json=invalid[i % len(invalid)])
+            return "invalid", response.status_code, None
+        if i % 10 == 7:  # drop the connection after the first chunk
+            async with client.stream("POST", f"{server.url}/v1/completions", json={**body, "max_tokens": 60, "stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+            return "dropped", r.status_code, None
+        response = await client.post(f"{server.url}/v1/completions", json=body)
+        return "valid", response.status_code, (i, response.json()["choices"][0]["text"] if response.status_code == 200 else response.text)
+
+    async def run(indices):
+        limit = asyncio.Semaphore(8)  # under the tiny server's capacity (4 rows + 8 waiting): no 429 expected
+
+        async def bounded(client, i):
+            async with limit:
+                return await one(client, i)
+
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*[bounded(client, i) for i in indices])
+
+    warm = asyncio.run(run(range(50)))
+    rss_warm = _rss_mb()
+    rest = asyncio.run(run(range(50, 200)))
+    rss_end = _rss_mb()
+    results = warm + rest
+    assert sum(kind == "invalid" for kind, _, _ in results) == 20 and all(code == 400 for kind, code, _ in results if kind == "invalid")
+    valid = [v for k, c, v in results if k == "valid" and c == 200]
+    assert len(valid) == 160, [c for k, c, _ in results if k == "valid"]
+    assert all(text == expected[prompts[i]] for i, text in valid)
+    deadline = time.monotonic() + 10
+    while (server.engine.num_running or server.engine.num_waiting) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.metric("onnx23_num_requests_running") == 0 and server.metric("onnx23_num_requests_waiting") == 0
+    assert rss_end - rss_warm < 40, f"RSS grew {rss_end - rss_warm:.1f} MB after warm-up"
