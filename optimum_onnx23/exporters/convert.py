@@ -14,14 +14,16 @@ from typing import Sequence
 
 import onnx
 
+from ..contract import EXPORT_REPORT_FILE
 from ..errors import InvalidArgumentError
-from . import static_cache, steps
-from .checkpoint import load_model_config
-from .configs import TASKS, get_export_config
+from . import steps
+from .families import TASKS, get_export_config
 from .output import check_output_folder, staged_output_folder
 from .pipeline import ExportContext, ExportOptions, check_known, run_steps
 from .report import ExportReport
 from .steps import DTYPES, ONNX_DATA_NAME, ONNX_FILE_NAME
+from .tracing.checkpoint import load_model_config
+from .tracing.signature import check_static_arguments
 from .validate import DEFAULT_TOLERANCES
 
 __all__ = ["export", "DTYPES", "MIN_OPSET", "max_opset", "load_model_config", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
@@ -72,7 +74,7 @@ def _check_options(options: ExportOptions) -> None:
         raise InvalidArgumentError("--atol 0 with --rtol 0 allows no rounding at all; pass a positive tolerance.")
     check_known(options.logits, LOGITS_MODES, "logits mode", "--logits")
     _check_device(options.device)
-    static_cache.check_static_arguments(options.cache, options.max_cache_len, options.with_past, options.opset)
+    check_static_arguments(options.cache, options.max_cache_len, options.with_past, options.opset)
     if options.variants:
         from ..variants.producers import BUILTIN
 
@@ -116,7 +118,7 @@ def export(
             Defaults per dtype: fp32 1e-4 and 1e-4, fp16 2e-2 and 1e-2, bf16 1e-1 and 2e-2.
         cache: `dynamic` (default; past and present grow by the step's length) or `static`:
             fixed `[batch, kv_heads, max_cache_len, head_dim]` buffers written in place by
-            TensorScatter (opset 24) at the `write_indices` input; see `exporters.static_cache`.
+            TensorScatter (opset 24) at the `write_indices` input; see `exporters.passes.static_cache`.
         max_cache_len: the static buffer length N (prompt plus new tokens); static cache only.
         logits: `all` (default: logits for every position) or `last` (the last position only,
             all generation needs; a shorter prefill). Recorded in the ONNX metadata.
@@ -147,9 +149,9 @@ def export(
     with staged_output_folder(options.output) as staging:
         run_steps(ExportContext(options, report, staging, config, export_config), steps.STEPS)
         report.output = str(options.output.absolute())
-        report.save(staging / "export_report.json")
+        report.save(staging / EXPORT_REPORT_FILE)
         report.files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
-        report.save(staging / "export_report.json")
+        report.save(staging / EXPORT_REPORT_FILE)
 
     checked = f"max |diff| {report.max_abs_diff:.2e}" if report.validation else "NOT validated against PyTorch"
     logger.info("Exported %s to %s (%s)", options.model, options.output, checked)

@@ -30,11 +30,15 @@ from typing import Iterator
 import onnx_ir as ir
 import torch
 
+from ...contract import CACHE_NAMES
+
 __all__ = ["TRACED_LAYERS", "plan", "truncated_model", "replicate"]
 
 logger = logging.getLogger(__name__)
 
 TRACED_LAYERS = 4
+# "past_key_values." and "present.": what the contract's key/value names start with before the layer index.
+_KV_IO_PREFIXES = tuple(template.split("{i}")[0] for template in CACHE_NAMES["key"])
 
 
 class _NotReplicable(Exception):
@@ -157,7 +161,8 @@ def _subgraph_owners(nodes: list[ir.Node]) -> dict[int, ir.Node]:
 
 def _per_layer_name(name: str, layer: int, new_layer: int, prefix: str) -> str | None:
     """`name` with its layer index replaced, if `name` is layer `layer`'s weight or cache I/O."""
-    for pattern in (rf"^({re.escape(prefix)}\.){layer}(\.)", rf"^(past_key_values\.){layer}(\.)", rf"^(present\.){layer}(\.)"):
+    cache_io = (rf"^({re.escape(io_prefix)}){layer}(\.)" for io_prefix in _KV_IO_PREFIXES)
+    for pattern in (rf"^({re.escape(prefix)}\.){layer}(\.)", *cache_io):
         if re.search(pattern, name):
             return re.sub(pattern, rf"\g<1>{new_layer}\g<2>", name, count=1)
     return None

@@ -17,7 +17,7 @@ import re
 import struct
 from pathlib import Path
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
+from ...errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
 
 __all__ = [
     "check_gguf_file",
