@@ -102,7 +102,7 @@ def _lower_static_cache(ctx: ExportContext) -> None:
 def _save(ctx: ExportContext) -> None:
     """The graph with external weights, config.json and generation_config.json."""
     options, model = ctx.options, ctx.onnx_model
-    if options.static_len is not None or options.logits_to_keep:
+    if ctx.signature.static or ctx.signature.logits_to_keep:
         record_variant(model, options.cache, options.static_len, options.logits)
     model.graph.name = f"{ctx.config.model_type}_{options.task.replace('-', '_')}"
     ir.save(model, ctx.staging / ONNX_FILE_NAME, external_data=ONNX_DATA_NAME)
@@ -122,7 +122,7 @@ def _validation_session(ctx: ExportContext):
     # Pre-packing copies MatMul weights into MLAS' layout; three validation runs do not need it
     # (measured: -90 MB peak on the SmolLM-shaped model).
     options.add_session_config_entry("session.disable_prepacking", "1")
-    if ctx.options.static_len is not None:
+    if ctx.signature.static:
         options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .cache_layout import CacheLayout
-from .schema import LAYER_KINDS, HybridExportConfig, layer_types
+from .schema import LAYER_KINDS, Config, HybridExportConfig, layer_types
 
 __all__ = ["HYBRID", "HYBRID_MODEL_TYPES"]
 
@@ -31,21 +31,21 @@ __all__ = ["HYBRID", "HYBRID_MODEL_TYPES"]
 def _mamba2_shapes(heads: str, head_dim: str, state: str, groups: str, kernel: str, intermediate: Callable):
     """conv_shape / state_shape readers for a Mamba-2 mixer whose config attributes have these names."""
 
-    def conv(config):
+    def conv(config: Config) -> tuple[int, int]:
         return (intermediate(config) + 2 * getattr(config, groups) * getattr(config, state), getattr(config, kernel) - 1)
 
-    def ssm(config):
+    def ssm(config: Config) -> tuple[int, int, int]:
         return (getattr(config, heads), getattr(config, head_dim), getattr(config, state))
 
     return conv, ssm
 
 
-def _gdn_conv(config):
+def _gdn_conv(config: Config) -> tuple[int, int]:
     keys = config.linear_num_key_heads * config.linear_key_head_dim
     return (2 * keys + config.linear_num_value_heads * config.linear_value_head_dim, config.linear_conv_kernel_dim - 1)
 
 
-def _gdn_state(config):
+def _gdn_state(config: Config) -> tuple[int, int, int]:
     return (config.linear_num_value_heads, config.linear_key_head_dim, config.linear_value_head_dim)
 
 
@@ -53,22 +53,22 @@ def _count(layout: CacheLayout, kind: str) -> int:
     return sum(1 for i in range(layout.num_layers) if kind in layout.kinds(i))
 
 
-def _attention_layers(config) -> int:
+def _attention_layers(config: Config) -> int:
     return sum(1 for t in layer_types(config) if "attention" in LAYER_KINDS.get(t, ()))
 
 
 # RMSNormalization counts of the fused graph (L layers, A attention layers, the final norm): two
 # per layer (one for Nemotron-H and Mamba-2 blocks), q/k norms where the attention has them, and
 # gated DeltaNet's per-head norm; Mamba-2's gated norm over groups is not an RMSNormalization.
-def _two_per_layer(config, layout) -> int:
+def _two_per_layer(config: Config, layout: CacheLayout) -> int:
     return 2 * layout.num_layers + 1
 
 
-def _one_per_layer(config, layout) -> int:
+def _one_per_layer(config: Config, layout: CacheLayout) -> int:
     return layout.num_layers + 1
 
 
-def _gdn_norms(config, layout) -> int:
+def _gdn_norms(config: Config, layout: CacheLayout) -> int:
     return 2 * layout.num_layers + 2 * len(layout.attention_layers) + _count(layout, "recurrent") + 1
 
 

@@ -25,12 +25,15 @@ import ast
 import contextlib
 import logging
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import onnx_ir as ir
 import torch
 
 from ...contract import CACHE_NAMES
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = ["TRACED_LAYERS", "plan", "truncated_model", "replicate"]
 
@@ -45,7 +48,7 @@ class _NotReplicable(Exception):
     pass
 
 
-def plan(config, num_layers: int, wrapper: torch.nn.Module | None = None) -> bool:
+def plan(config: PretrainedConfig, num_layers: int, wrapper: torch.nn.Module | None = None) -> bool:
     """Whether `config` (a transformers config of `num_layers` layers), and `wrapper`'s model if
     given (its layers must sit in one ModuleList), can be traced shallow."""
     if num_layers <= TRACED_LAYERS:
@@ -74,7 +77,7 @@ def _decoder_layers(wrapper: torch.nn.Module, num_layers: int) -> tuple[torch.nn
 
 
 @contextlib.contextmanager
-def truncated_model(wrapper: torch.nn.Module, config, num_layers: int) -> Iterator[None]:
+def truncated_model(wrapper: torch.nn.Module, config: PretrainedConfig, num_layers: int) -> Iterator[None]:
     """Temporarily make `wrapper`'s model (and its config) hold its first TRACED_LAYERS layers."""
     owner, attribute, _ = _decoder_layers(wrapper, num_layers)
     layers = getattr(owner, attribute)
