@@ -49,14 +49,13 @@ def child(kind: str, model: str, out: str) -> None:
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from optimum_onnx23.exporters import get_export_config
-        from optimum_onnx23.exporters.wrapper import DecoderWrapper
+        from optimum_onnx23.exporters.tracing.signature import build_signature
 
         m = AutoModelForCausalLM.from_pretrained(model).eval()
-        cfg = get_export_config(m.config.model_type)
-        wrapper = DecoderWrapper(m, cfg.num_layers(m.config), with_past=True)
+        signature = build_signature(get_export_config(m.config.model_type), m.config, with_past=True)
         program = torch.onnx.export(
-            wrapper, cfg.dummy_inputs(m.config, True), dynamic_shapes=cfg.dynamic_shapes(m.config, True),
-            input_names=cfg.input_names(m.config, True), output_names=cfg.output_names(m.config, True),
+            signature.wrapper(m), signature.sample_inputs(), dynamic_shapes=signature.dynamic_shapes(),
+            input_names=signature.input_names, output_names=signature.output_names,
             opset_version=23, dynamo=True, verbose=False,
         )
         Path(out).mkdir()

@@ -115,7 +115,8 @@ def run_case(case: str, args) -> dict:
     if case == "genai":
         return run_genai(work / "onnx-dynamic", args)
     if case == "torch":
-        from transformers import AutoModelForCausalLM, pipeline as hf_pipeline
+        from transformers import AutoModelForCausalLM
+        from transformers import pipeline as hf_pipeline
 
         model = AutoModelForCausalLM.from_pretrained(work / "model").eval()
         pipe = hf_pipeline("text-generation", model=model, tokenizer=str(work / "model"))
@@ -313,7 +314,7 @@ def print_table(results: dict[str, dict], new: int) -> None:
         x = base[key] / r[key] if inverse else r[key] / base[key]
         return f" ({x:.2f}x)"
 
-    header = f"| backend | decode tok/s | e2e tok/s | TTFT 512 (s) | beam-4 tok/s | decode tok/s @1500 ctx | peak RSS (MB) |"
+    header = "| backend | decode tok/s | e2e tok/s | TTFT 512 (s) | beam-4 tok/s | decode tok/s @1500 ctx | peak RSS (MB) |"
     print(header)
     print("|" + "---|" * 7)
     for label, key in rows:

@@ -1,5 +1,5 @@
 """Hybrid decoders (conv / state-space / linear-attention caches): speed of the exported graph against
-PyTorch eager in the same run, and the two formulation choices of exporters/recurrences.py.
+PyTorch eager in the same run, and the two formulation choices of exporters/tracing/recurrences.py.
 
     python benchmarks/hybrid_bench.py [--work DIR] [--repeat 3] [--tables 1,2,3]
 
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import best
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +170,7 @@ def kernel_tables(work: Path, repeat: int) -> None:
     from transformers.models.mamba2 import modeling_mamba2
     from transformers.models.qwen3_5 import modeling_qwen3_5
 
-    from optimum_onnx23.exporters import recurrences
+    from optimum_onnx23.exporters.tracing import recurrences
 
     batch, seq = Dim("batch"), Dim("seq")
     print("\n## 3a. Mamba-2 SSD scan, one layer (48 heads x 64, state 128, 1 group): ms per call\n")
@@ -207,7 +206,6 @@ def kernel_tables(work: Path, repeat: int) -> None:
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
-        names = ["x", "dt", "B", "C", "ssm"]
         shapes = ({0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch, 1: seq}, {0: batch})
         sessions["ours: chunk = min(S, 256)"] = _onnx_session(Scan(recurrences.mamba2_chunk_scan), inputs(5), shapes, Path(tmp) / "a.onnx")
         original = recurrences._chunks

@@ -181,7 +181,7 @@ def print_profile(name: str, p: dict) -> None:
 def print_floors(decode: dict, prefill: dict, rival: float | None, main_ttft: float) -> None:
     """What the targets would need of the matmul kernels alone, from the profiles of this run."""
     nbits = dict((op, ms) for op, ms, _ in decode["ort-cpu-int4"]["ops"]).get("MatMulNBits", 0.0)
-    print(f"\nFloors, from the profiles above (the profiler adds little per kernel; its totals are upper bounds of what kernels cost):")
+    print("\nFloors, from the profiles above (the profiler adds little per kernel; its totals are upper bounds of what kernels cost):")
     if rival and nbits:
         print(f"- decode: the int4 variant's MatMulNBits kernels alone take {nbits:.2f} ms a step, so even with every other "
               f"op, the session and Python free it could decode at most {1000 / nbits:.0f} tok/s; 1.5x the best rival is "

@@ -1,5 +1,5 @@
 """Mixture-of-Experts generation speed: the exported standard-op graph (one `If` per expert), the
-other experts forms exporters/moe.py has (one `If` over gathered or all experts, each alone), and
+other experts forms exporters/tracing/experts.py has (one `If` over gathered or all experts, each alone), and
 the `ort-cpu-moe` variant, against transformers' PyTorch eager `generate()` in the same run.
 
 Model: a Mixtral-shaped random MoE (hidden 512, 8 layers, 8 heads / 2 kv heads, 8 experts of
@@ -79,7 +79,7 @@ def build_model(folder: Path) -> Path:
 
 
 def export_form(source: Path, out: Path, form: str, variant: str | None) -> dict:
-    """Export once per form (the form is a trace-time choice of exporters/moe.py); attach a variant to a copy."""
+    """Export once per form (the form is a trace-time choice of exporters/tracing/experts.py); attach a variant to a copy."""
     if variant is not None:
         base = out.parent / ONNX_ROWS["onnx"][0]
         if not (out / "export_report.json").exists():
@@ -91,13 +91,14 @@ def export_form(source: Path, out: Path, form: str, variant: str | None) -> dict
             (out / "variant_report.json").write_text(json.dumps(report))
         return json.loads((out / "variant_report.json").read_text())
     if not (out / "export_report.json").exists():
-        from optimum_onnx23.exporters import export, moe
+        from optimum_onnx23.exporters import export
+        from optimum_onnx23.exporters.tracing import experts
 
-        moe.DEFAULT_FORM = form
+        experts.DEFAULT_FORM = form
         try:
             export(source, out, logits="last", overwrite=True)
         finally:
-            moe.DEFAULT_FORM = "auto"
+            experts.DEFAULT_FORM = "auto"
     return json.loads((out / "export_report.json").read_text())
 
 

@@ -162,7 +162,7 @@ def main() -> None:
         add(f"{args.url_name}, concurrency {args.clients}", bench_server(args.url, args.url_name, requests, args.clients))
     base = rows[0][1]["tok/s"]
     print(f"\n{args.requests} requests, {args.clients} clients; peak RSS of this process {peak_rss_mb():.0f} MB\n")
-    print(f"| row | output tok/s | x first row | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
+    print("| row | output tok/s | x first row | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows:
         itl50 = statistics.median(r["itl"]) * 1e3 if r["itl"] else float("nan")

@@ -25,7 +25,7 @@ __all__ = [
     "max_opset",
 ]
 
-# The exporter's own tables hold the same names (exporters.configs.TASKS, exporters.steps.DTYPES,
+# The exporter's own tables hold the same names (exporters.families.TASKS, exporters.steps.DTYPES,
 # variants.producers.BUILTIN); tests/test_doorstep.py checks that they agree.
 TASK_NAMES = ("text-generation", "text-generation-with-past")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")

@@ -13,8 +13,7 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from optimum_onnx23.errors import InvalidArgumentError
-from optimum_onnx23.pipelines import ORTModelForCausalLM, ORTTextGenerationPipeline
-from optimum_onnx23.pipelines import text_generation
+from optimum_onnx23.pipelines import ORTModelForCausalLM, ORTTextGenerationPipeline, text_generation
 
 __all__ = ["pipeline"]
 

@@ -100,7 +100,7 @@ def render(records: dict[str, dict[str, dict]], registered: list[str]) -> str:
             "## Not supported yet",
             "",
             "Every other text decoder of transformers' `AutoModelForCausalLM` is refused with this reason and the "
-            "nearest supported type (`optimum_onnx23/exporters/unsupported.py`):",
+            "nearest supported type (`optimum_onnx23/exporters/families/unsupported.py`):",
             "",
             "| model type | nearest supported | why |",
             "| --- | --- | --- |",
@@ -111,7 +111,7 @@ def render(records: dict[str, dict[str, dict]], registered: list[str]) -> str:
 
 def registered_types() -> list[str]:
     try:
-        from optimum_onnx23.exporters.configs import EXPORT_CONFIGS
+        from optimum_onnx23.exporters.families import EXPORT_CONFIGS
     except ImportError:
         return []
     return sorted(EXPORT_CONFIGS)
@@ -119,7 +119,7 @@ def registered_types() -> list[str]:
 
 def not_supported() -> dict[str, tuple[str, str]]:
     try:
-        from optimum_onnx23.exporters.unsupported import NOT_SUPPORTED
+        from optimum_onnx23.exporters.families.unsupported import NOT_SUPPORTED
     except ImportError:
         return {}
     return dict(NOT_SUPPORTED)

@@ -14,7 +14,7 @@ import onnx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from optimum_onnx23.exporters.cache_layout import CACHE_LAYOUT_KEY
+from optimum_onnx23.exporters.families.cache_layout import CACHE_LAYOUT_KEY
 from optimum_onnx23.exporters.report import ExportReport
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 

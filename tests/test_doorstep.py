@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BUNDLED, run_optimum_cli
 
 ROOT = Path(__file__).resolve().parents[1]

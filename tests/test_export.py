@@ -230,9 +230,8 @@ def test_opset_24_keeps_fusions(exported_dir, tiny_model_dir):
 
 
 def test_bundled_checkpoint_export_keeps_tokenizer_and_generation_config(exported_dir):
-    from transformers import AutoTokenizer, GenerationConfig
-
     from tiny_models import BUNDLED
+    from transformers import AutoTokenizer, GenerationConfig
 
     folder = exported_dir("bundled")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -283,6 +282,7 @@ def test_variants_and_dry_run_publish_from_the_export_command(exported_dir, tmp_
     import shutil
 
     from conftest import export_stdout
+
     from optimum_onnx23.publish import plan_hub_layout
     from optimum_onnx23.publish.push import _size
     from optimum_onnx23.variants import attach_builtin_variants, list_variants

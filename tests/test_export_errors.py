@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_optimum_cli
 from graph_bugs import BUGS
 from tiny_models import BUNDLED
@@ -42,8 +41,8 @@ def test_every_transformers_text_decoder_is_supported_or_explained():
     here until they are triaged."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from optimum_onnx23.exporters.configs import EXPORT_CONFIGS, nearest_supported
-    from optimum_onnx23.exporters.unsupported import NOT_SUPPORTED
+    from optimum_onnx23.exporters.families import EXPORT_CONFIGS, nearest_supported
+    from optimum_onnx23.exporters.families.unsupported import NOT_SUPPORTED
 
     untriaged = sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(EXPORT_CONFIGS) - set(NOT_SUPPORTED))
     assert not untriaged, f"model types neither exported nor explained: {untriaged}"

@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-
 from conftest import run_optimum_cli
-from optimum_onnx23.pipelines import ORTModelForCausalLM
 from test_export import op_counts
 from tiny_models import BUNDLED
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from optimum_onnx23.pipelines import ORTModelForCausalLM
 
 PROMPTS = ["ONNX is", "The tiny model reads a much longer prompt than the others", "Hi"]
 # Unseen by the exporter (trace: batch 2, seq 5, past 3; validation: see exporters/validate.py):

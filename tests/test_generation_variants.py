@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

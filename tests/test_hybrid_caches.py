@@ -1,4 +1,4 @@
-"""Hybrid decoders whose cache is more than K and V (exporters.cache_layout, exporters.hybrid):
+"""Hybrid decoders whose cache is more than K and V (exporters.families.cache_layout, exporters.families.hybrid):
 LFM2 (conv states) and Qwen3.5 / Qwen3-Next (gated DeltaNet: conv + recurrent states), exported
 from tiny seeded configs with default flags, against transformers on the same weights. The
 Mamba-2 families are in test_hybrid_mamba.py (a second file, so xdist exports them in parallel).
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 
+import hybrid_checks as checks
 import numpy as np
 import pytest
 import torch
-
-import hybrid_checks as checks
 from architecture_records import record, record_export
 from tiny_models import save_tiny_hybrid_model
 

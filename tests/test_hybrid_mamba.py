@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import hybrid_checks as checks
+import pytest
 from architecture_records import record, record_export
+
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 
 # bamba runs the same Mamba-2 mixer and cache code as granitemoehybrid (with rotary attention):
@@ -70,7 +70,7 @@ def test_layouts_from_default_configs():
     from transformers import AutoConfig
 
     from optimum_onnx23.exporters import get_export_config
-    from optimum_onnx23.exporters.hybrid import HYBRID_MODEL_TYPES
+    from optimum_onnx23.exporters.families import HYBRID_MODEL_TYPES
 
     gdn, mamba = {"conv", "recurrent", "key", "value"}, {"conv", "ssm"}
     expected = {  # transformers' defaults: LFM2 all attention, Granite 4 / Bamba all Mamba-2

@@ -1,5 +1,5 @@
 """Exports that trace 4 decoder layers and grow the graph to all of them
-(`optimum_onnx23.exporters.layer_replication`), checked against transformers and a full trace."""
+(`optimum_onnx23.exporters.passes.layer_replication`), checked against transformers and a full trace."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import collections
 import numpy as np
 import onnx
 import pytest
-from transformers import AutoConfig
-
-from optimum_onnx23.exporters import export, layer_replication
 from test_export import run_both
 from tiny_models import save_tiny_model, tiny_config
+from transformers import AutoConfig
+
+from optimum_onnx23.exporters import export
+from optimum_onnx23.exporters.passes import layer_replication
 
 LAYERS = 6
 # Uniform decoders of different shapes (plain llama: the full-trace comparison below): per-head q/k

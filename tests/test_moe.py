@@ -1,4 +1,4 @@
-"""Mixture-of-Experts exports (optimum_onnx23/exporters/moe.py) beyond what test_export and
+"""Mixture-of-Experts exports (optimum_onnx23/exporters/families/moe.py, tracing/experts.py) beyond what test_export and
 test_generation check for every family: the per-expert `If`s have static shapes, read each expert's
 weights in place and match transformers whichever experts are taken (and the If over gathered/all
 experts beyond the per-expert limit), the tiny configs really exercise each family's gating quirks,
@@ -47,7 +47,7 @@ def _num_experts(model_dir) -> int:
 
 @pytest.mark.parametrize("model_type", MOE)
 def test_per_expert_ifs_are_static_and_match_transformers(model_type, exported_dir, tiny_model_dir):
-    from optimum_onnx23.exporters.moe import PER_EXPERT_MAX_EXPERTS
+    from optimum_onnx23.exporters.tracing.experts import PER_EXPERT_MAX_EXPERTS
 
     folder = exported_dir(model_type)
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
@@ -80,9 +80,9 @@ def test_gathered_form_beyond_the_per_expert_limit(tmp_path, tiny_model_dir, qui
     """Above `PER_EXPERT_MAX_EXPERTS` the export holds one If over gathered (few rows) or all
     (many rows) experts instead; both branches match transformers."""
     from optimum_onnx23 import export
-    from optimum_onnx23.exporters import moe
+    from optimum_onnx23.exporters.tracing import experts
 
-    monkeypatch.setattr(moe, "PER_EXPERT_MAX_EXPERTS", MOE_EXPERTS - 1)
+    monkeypatch.setattr(experts, "PER_EXPERT_MAX_EXPERTS", MOE_EXPERTS - 1)
     source = tiny_model_dir("mixtral")
     export(source, tmp_path / "onnx")
     model = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False)

@@ -15,18 +15,18 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers import pipeline as transformers_pipeline
 
 from optimum_onnx23.errors import InvalidArgumentError, NotCoveredError
-from optimum_onnx23.pipelines import ORTModelForCausalLM, ORTTextGenerationPipeline
-from optimum_onnx23.pipelines import export_cache
+from optimum_onnx23.pipelines import ORTModelForCausalLM, ORTTextGenerationPipeline, export_cache
+
 # The transformers references decode token by token: on a busy 2-core machine torch's second
 # OpenMP thread makes each step ~10x slower (measured: 17 s vs 1.6 s for 11 SmolLM2 tokens). Only
 # around the references: the exports keep torch's default threads (their validation is compared

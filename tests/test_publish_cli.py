@@ -9,10 +9,10 @@ from argparse import ArgumentParser
 from pathlib import Path
 
 import pytest
+from test_publish_hub import REPO_ID, fake_hub, no_network  # noqa: F401  (fixtures)
 
 from optimum_onnx23.errors import InvalidArgumentError
 from optimum_onnx23.publish import InvalidRepoIdError, MissingTokenError, check_publish_args, publish_from_args
-from test_publish_hub import REPO_ID, fake_hub, no_network  # noqa: F401  (fixtures)
 
 
 def _parser() -> ArgumentParser:

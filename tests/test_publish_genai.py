@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from architecture_records import record
-
 from huggingface_hub import snapshot_download
+from test_publish_hub import REPO_ID, fake_hub  # noqa: F401  (fixture)
 
 from optimum_onnx23.publish import push_to_hub
-from test_publish_hub import REPO_ID, fake_hub  # noqa: F401  (fixture)
 
 try:
     import onnxruntime_genai as og

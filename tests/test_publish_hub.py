@@ -14,8 +14,8 @@ import base64
 import hashlib
 import json
 import logging
-import shutil
 import re
+import shutil
 import socket
 from pathlib import Path
 from urllib.parse import unquote

@@ -21,8 +21,8 @@ from transformers import pipeline as transformers_pipeline
 from optimum_onnx23 import ORTModelForCausalLM, pipeline
 from optimum_onnx23.errors import ValidationError
 from optimum_onnx23.exporters import get_export_config
+from optimum_onnx23.exporters.tracing.signature import build_signature
 from optimum_onnx23.exporters.validate import DEFAULT_TOLERANCES, compare_with_references, pytorch_references
-from optimum_onnx23.exporters.wrapper import DecoderWrapper
 from optimum_onnx23.pipelines.generation import single_threaded_torch
 
 pytestmark = pytest.mark.real_checkpoint
@@ -154,7 +154,7 @@ def test_default_validation_refuses_broken_graphs(bug, real_exported_dir, real_c
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     config = torch_model.config
     export_config = get_export_config(config.model_type)
-    wrapper = DecoderWrapper(torch_model, config.num_hidden_layers, with_past=True)
-    references = pytorch_references(wrapper, export_config, config, True, torch.float32, torch.device("cpu"))
+    signature = build_signature(export_config, config, with_past=True)
+    references = pytorch_references(signature.wrapper(torch_model), signature, torch.float32, torch.device("cpu"))
     with pytest.raises(ValidationError, match="differ from PyTorch beyond atol=0.0001, rtol=0.0001"):
         compare_with_references(session, references, DEFAULT_TOLERANCES["fp32"])

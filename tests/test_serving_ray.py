@@ -44,8 +44,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def expected(exported_dir) -> dict[str, str]:
     """Each prompt alone through `generate()`, greedy; the new tokens decoded without special tokens."""
-    from optimum_onnx23.pipelines import ORTModelForCausalLM
     from transformers import AutoTokenizer
+
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
 
     model = ORTModelForCausalLM.from_pretrained(exported_dir("bundled"))
     tokenizer = AutoTokenizer.from_pretrained(model.folder)

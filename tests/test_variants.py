@@ -4,7 +4,6 @@ strip restores the bytes, malformed variants get one-line errors or a warned fal
 from __future__ import annotations
 
 import collections
-
 import hashlib
 import shutil
 from pathlib import Path
@@ -27,8 +26,6 @@ from optimum_onnx23.variants import (
 from optimum_onnx23.variants.folder import load_model, save_model, strip_folder
 from optimum_onnx23.variants.producers._linear import find_linears, group_linears
 from optimum_onnx23.variants.runtime import create_session
-
-
 
 pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
 CPU = ["CPUExecutionProvider"]

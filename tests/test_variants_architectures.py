@@ -20,13 +20,12 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from architecture_records import record
+from quantized_reference import dequantize_variant, with_weights
 
 from optimum_onnx23.variants import attach_builtin_variants, select_variant
 from optimum_onnx23.variants.folder import load_model
 from optimum_onnx23.variants.producers import produce
 from optimum_onnx23.variants.producers._linear import find_linears, group_linears
-from quantized_reference import dequantize_variant, with_weights
-
 
 pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
 ALL = ["ort-cpu-int4", "ort-cpu-int8", "ort-cpu", "backend-context"]

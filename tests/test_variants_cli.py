@@ -9,7 +9,6 @@ import shutil
 
 import onnx
 import onnxruntime as ort
-
 from conftest import run_optimum_cli
 
 

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Sequence
 
 from ..arguments import LOGITS_MODES, MIN_OPSET, check_export_arguments, max_opset  # noqa: F401 (re-exported)
+from ..contract import EXPORT_REPORT_FILE
 from ..errors import InvalidArgumentError
 from . import steps
-from .checkpoint import load_model_config
-from .configs import get_export_config
+from .families import get_export_config
 from .output import check_output_folder, staged_output_folder
 from .pipeline import ExportContext, ExportOptions, run_steps
 from .report import ExportReport
 from .steps import DTYPES, ONNX_DATA_NAME, ONNX_FILE_NAME
+from .tracing.checkpoint import load_model_config
 from .validate import DEFAULT_TOLERANCES
 
 __all__ = ["export", "DTYPES", "MIN_OPSET", "max_opset", "load_model_config", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
@@ -90,7 +91,7 @@ def export(
             Defaults per dtype: fp32 1e-4 and 1e-4, fp16 2e-2 and 1e-2, bf16 1e-1 and 2e-2.
         cache: `dynamic` (default; past and present grow by the step's length) or `static`:
             fixed `[batch, kv_heads, max_cache_len, head_dim]` buffers written in place by
-            TensorScatter (opset 24) at the `write_indices` input; see `exporters.static_cache`.
+            TensorScatter (opset 24) at the `write_indices` input; see `exporters.passes.static_cache`.
         max_cache_len: the static buffer length N (prompt plus new tokens); static cache only.
         logits: `all` (default: logits for every position) or `last` (the last position only,
             all generation needs; a shorter prefill). Recorded in the ONNX metadata.
@@ -121,9 +122,9 @@ def export(
     with staged_output_folder(options.output) as staging:
         run_steps(ExportContext(options, report, staging, config, export_config), steps.STEPS)
         report.output = str(options.output.absolute())
-        report.save(staging / "export_report.json")
+        report.save(staging / EXPORT_REPORT_FILE)
         report.files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
-        report.save(staging / "export_report.json")
+        report.save(staging / EXPORT_REPORT_FILE)
 
     checked = f"max |diff| {report.max_abs_diff:.2e}" if report.validation else "NOT validated against PyTorch"
     logger.info("Exported %s to %s (%s)", options.model, options.output, checked)

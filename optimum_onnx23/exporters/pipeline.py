@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -75,11 +75,11 @@ class ExportContext:
     report: ExportReport
     staging: Path
     config: Any = None  # transformers PretrainedConfig
-    export_config: Any = None  # DecoderExportConfig
+    export_config: Any = None  # families.DecoderExportConfig
+    signature: Any = None  # tracing.signature.ExportSignature, built with the model (the load step)
     model: Any = None  # the PyTorch model; None once its weights are released
     wrapper: Any = None  # the flat-tensor module torch.export traces
     onnx_model: Any = None  # onnx_ir.Model; None once saved
-    state: dict[str, Any] = field(default_factory=dict)  # step-to-step values that need no field of their own
 
 
 def _always(ctx: ExportContext) -> bool:

@@ -33,7 +33,7 @@ class ExportReport:
     max_cache_len: int | None = None
     logits: str = "all"
     # Layers torch.export traced; fewer than the model has when the others were grown from the
-    # last traced one in the graph (exporters.layer_replication).
+    # last traced one in the graph (exporters.passes.layer_replication).
     traced_layers: int | None = None
     output: str = ""
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
@@ -43,7 +43,7 @@ class ExportReport:
     unfused: dict[str, str] = field(default_factory=dict)
     op_histogram: dict[str, int] = field(default_factory=dict)
     gguf_file: str | None = None
-    # Hybrid decoders: per layer, the cache tensors it holds (exporters.cache_layout); {} otherwise.
+    # Hybrid decoders: per layer, the cache tensors it holds (exporters.families.cache_layout); {} otherwise.
     cache_layout: dict = field(default_factory=dict)
     # Per validation shape and output: max |ONNX - PyTorch|, and the error allowed
     # (atol + rtol * max |PyTorch|); per shape, positions whose logits picked another top-1 token.

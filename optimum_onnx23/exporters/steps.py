@@ -1,6 +1,6 @@
 """The steps of an export, in order (`STEPS`); `convert.export` runs them over one `ExportContext`.
 
-load -> trace -> optimize -> fuse -> [static cache] -> save -> validate -> tokenizer -> [variants].
+load -> trace -> optimize -> fuse -> [static cache] -> [cache layout] -> save -> validate -> tokenizer -> [variants].
 Each step reads what earlier ones left on the context and fills its own part; the ones in
 brackets apply only when the options ask for them. Everything is written into the staging folder,
 which `export` moves into place only after the last step.
@@ -15,14 +15,19 @@ import onnx_ir as ir
 import torch
 
 from .. import fusions
+from ..contract import INPLACE_STATES_KEY
 from ..errors import UnsupportedArchitectureError
-from . import hybrid, static_cache
-from .checkpoint import dequantized_config, load_causal_lm
+from .families import HybridExportConfig
+from .families.cache_layout import CACHE_LAYOUT_KEY
 from .memory import free_pytorch_weights
-from .optimize import optimize
+from .passes.inplace_states import inplace_safe_states
+from .passes.optimize import optimize
+from .passes.static_cache import lower_kv_writes, record_variant
 from .pipeline import ExportContext, ExportStep
 from .tokenizer import save_tokenizer
-from .trace import strip_trace_metadata, trace
+from .tracing.checkpoint import dequantized_config, load_causal_lm
+from .tracing.signature import build_signature
+from .tracing.trace import strip_trace_metadata, trace
 from .validate import Tolerance, compare_with_references, pytorch_references
 
 __all__ = ["STEPS", "DTYPES", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
@@ -40,20 +45,22 @@ def _warn(ctx: ExportContext, message: str) -> None:
 
 
 def _load(ctx: ExportContext) -> None:
+    """The model, and the export signature (I/O, sample inputs, wrapper) every later step reads."""
     options = ctx.options
     ctx.config = ctx.export_config.text_config(ctx.config)  # a multimodal checkpoint's text decoder
+    ctx.signature = build_signature(
+        ctx.export_config, ctx.config, options.with_past, static_len=options.static_len, logits_to_keep=options.logits_to_keep
+    )
     model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **ctx.export_config.load_kwargs(), **options.hub_kwargs())
     ctx.model = model.to(torch.device(options.device)).eval()
-    ctx.wrapper = ctx.export_config.make_wrapper(ctx.model, ctx.config, options)
+    ctx.wrapper = ctx.signature.wrapper(ctx.model)
 
 
 def _trace(ctx: ExportContext) -> None:
     options = ctx.options
-    with ctx.export_config.tracing(ctx.model):
-        ctx.onnx_model, ctx.report.traced_layers = trace(
-            ctx.wrapper, ctx.export_config, ctx.config, options.with_past, options.opset,
-            DTYPES[options.dtype], torch.device(options.device), options.static_len,
-        )
+    ctx.onnx_model, ctx.report.traced_layers = trace(
+        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device)
+    )
 
 
 def _optimize(ctx: ExportContext) -> None:
@@ -82,8 +89,8 @@ def _fuse(ctx: ExportContext) -> None:
 
 
 def _lower_static_cache(ctx: ExportContext) -> None:
-    writes = static_cache.lower_kv_writes(ctx.onnx_model)
-    expected = ctx.export_config.static_kv_writes(ctx.config)
+    writes = lower_kv_writes(ctx.onnx_model, ctx.signature.kv_inputs)
+    expected = ctx.signature.kv_writes
     if writes != expected:
         raise UnsupportedArchitectureError(
             f"Static cache: found {writes} KV writes to lower where the model has {expected}; "
@@ -95,8 +102,8 @@ def _lower_static_cache(ctx: ExportContext) -> None:
 def _save(ctx: ExportContext) -> None:
     """The graph with external weights, config.json and generation_config.json."""
     options, model = ctx.options, ctx.onnx_model
-    if options.static_len is not None or options.logits_to_keep:
-        static_cache.record_variant(model, options.cache, options.static_len, options.logits)
+    if ctx.signature.static or ctx.signature.logits_to_keep:
+        record_variant(model, options.cache, options.static_len, options.logits)
     model.graph.name = f"{ctx.config.model_type}_{options.task.replace('-', '_')}"
     ir.save(model, ctx.staging / ONNX_FILE_NAME, external_data=ONNX_DATA_NAME)
     ctx.onnx_model = None
@@ -115,7 +122,7 @@ def _validation_session(ctx: ExportContext):
     # Pre-packing copies MatMul weights into MLAS' layout; three validation runs do not need it
     # (measured: -90 MB peak on the SmolLM-shaped model).
     options.add_session_config_entry("session.disable_prepacking", "1")
-    if ctx.options.static_len is not None:
+    if ctx.signature.static:
         options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -137,16 +144,31 @@ def _validate(ctx: ExportContext) -> None:
     """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
     peak memory is the larger of the two, not their sum."""
     options, report = ctx.options, ctx.report
-    references = pytorch_references(
-        ctx.wrapper, ctx.export_config, ctx.config, options.with_past, DTYPES[options.dtype],
-        torch.device(options.device), max_cache_len=options.static_len,
-    )
+    references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
     free_pytorch_weights(ctx.model)
     ctx.model = ctx.wrapper = None
     session = _validation_session(ctx)
     if session is not None:
         result = compare_with_references(session, references, Tolerance(report.atol, report.rtol))
         report.validation, report.validation_allowed, report.validation_top1 = result.max_abs_diff, result.allowed, result.top1
+
+
+def _records_cache_layout(ctx: ExportContext) -> bool:
+    return isinstance(ctx.export_config, HybridExportConfig) and ctx.options.with_past
+
+
+def _record_cache_layout(ctx: ExportContext) -> None:
+    """Before saving: which layer holds what into the report (`cache_layout`), the ONNX metadata
+    and config.json (`optimum_onnx23_cache_layout`), and the states the runtime may bind as input
+    and output at once (ONNX metadata `INPLACE_STATES_KEY`, see passes/inplace_states.py)."""
+    layout = ctx.signature.layout
+    description = layout.describe()
+    inplace = inplace_safe_states(ctx.onnx_model, layout.state_pairs())
+    description["inplace_states"] = inplace
+    ctx.report.cache_layout = description
+    ctx.onnx_model.metadata_props[CACHE_LAYOUT_KEY] = layout.to_json()
+    ctx.onnx_model.metadata_props[INPLACE_STATES_KEY] = ",".join(inplace)
+    setattr(ctx.model.config, CACHE_LAYOUT_KEY, description)
 
 
 def _attach_variants(ctx: ExportContext) -> None:
@@ -171,8 +193,8 @@ STEPS: list[ExportStep] = [
         applies=lambda ctx: ctx.options.static_len is not None,
     ),
     ExportStep(
-        "cache_layout", hybrid.record_cache_layout, lambda ctx: "Recording the cache layout (attention, conv, state layers)",
-        applies=hybrid.applies,
+        "cache_layout", _record_cache_layout, lambda ctx: "Recording the cache layout (attention, conv, state layers)",
+        applies=_records_cache_layout,
     ),
     ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
     ExportStep(

@@ -12,13 +12,15 @@ import json
 import logging
 from pathlib import Path
 
+from ..contract import ATTENTION_MASK, INPUT_IDS
+
 __all__ = ["save_tokenizer", "V4_TOKENIZER_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
 # transformers-5-only class names -> the transformers-4 class that reads the same tokenizer.json.
 V4_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
-DECODER_INPUT_NAMES = ["input_ids", "attention_mask"]
+DECODER_INPUT_NAMES = [INPUT_IDS, ATTENTION_MASK]
 
 
 def save_tokenizer(

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..contract import LOGITS
 from ..errors import ValidationError
-from .configs import DecoderExportConfig
+from .tracing.signature import ExportSignature
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -37,7 +38,7 @@ class ValidationShape:
         return f"batch={self.batch_size},seq={self.sequence_length},past={self.past_length},pad={self.left_padding}"
 
 
-# None of these equals the trace shapes (batch 2, seq 5, past 3): prefill with an empty past,
+# None of these equals the trace shapes (tracing.signature: batch 2, seq 5, past 3): prefill with an empty past,
 # one-token decode on a padded batch, and a chunked step with past and padding.
 VALIDATION_SHAPES = (
     ValidationShape(1, 7, 0, 0),
@@ -64,18 +65,14 @@ class Reference:
 
 def pytorch_references(
     wrapper: torch.nn.Module,
-    export_config: DecoderExportConfig,
-    config,
-    with_past: bool,
+    signature: ExportSignature,
     dtype: torch.dtype,
     device: torch.device,
-    shapes=VALIDATION_SHAPES,
+    shapes: tuple[ValidationShape, ...] = VALIDATION_SHAPES,
     seed: int = 0,
-    max_cache_len: int | None = None,
 ) -> list[Reference]:
-    """Run PyTorch on each shape. `max_cache_len` selects the static-cache inputs."""
-    from .static_cache import static_dummy_inputs
-
+    """Run PyTorch on each shape, with the signature's sample inputs at that size."""
+    with_past = signature.with_past
     generator = torch.Generator().manual_seed(seed)
     references = []
     for shape in shapes:
@@ -89,10 +86,7 @@ def pytorch_references(
             dtype=dtype,
             generator=generator,
         )
-        if max_cache_len is None:
-            inputs = export_config.dummy_inputs(config, with_past, **sizes)
-        else:
-            inputs = static_dummy_inputs(export_config, config, max_cache_len, **sizes)
+        inputs = signature.sample_inputs(**sizes)
         with torch.no_grad():
             expected = wrapper(*(t.to(device) for t in inputs))
         query_mask = _to_numpy(inputs[1][:, shape.past_length : shape.past_length + shape.sequence_length]).astype(bool)
@@ -163,7 +157,7 @@ def compare_with_references(session, references: list[Reference], tolerance: Tol
             got = got.astype(np.float32)
             if ref.shape != got.shape:
                 raise ValidationError(f"Output `{name}` has shape {got.shape} in ONNX but {ref.shape} in PyTorch ({reference.label}).")
-            if name == "logits":  # all positions, or the last one only (`--logits last`)
+            if name == LOGITS:  # all positions, or the last one only (`--logits last`)
                 mask = reference.query_mask[:, -ref.shape[1] :]
                 ref, got = ref[mask], got[mask]
             diff = float(np.abs(ref - got).max()) if ref.size else 0.0
@@ -172,7 +166,7 @@ def compare_with_references(session, references: list[Reference], tolerance: Tol
             diffs[name] = diff
             allowed[name] = tolerance.allowed(float(np.abs(ref).max()) if ref.size else 0.0)
             failures += [f"{name} {diff:.2e} > {allowed[name]:.2e} at {reference.label}"] if not diff <= allowed[name] else []
-            if name == "logits" and ref.size:
+            if name == LOGITS and ref.size:
                 mismatches = _top1_mismatches(ref, got, allowed[name])
                 result.top1[reference.label] = {"positions": int(ref.size // ref.shape[-1]), "mismatches": mismatches}
                 if mismatches:

@@ -13,8 +13,8 @@ from typing import Callable
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript.rewriter.rules.fusion import _gqa, _rms_normalization, _rotary_embedding
 
+from .._onnxscript_compat import gqa_fusion, rms_normalization_fusion, rotary_embedding_fusion
 from .rules import (
     fuse_alibi_attention,
     fuse_attention_3d,
@@ -42,10 +42,10 @@ MIN_FUSION_OPSET = 23
 # rule did not apply, then moves the cache concatenation and the head reshapes inside Attention
 # (3-D inputs), which needs the grouped form and whole-head RotaryEmbedding inputs.
 FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
-    ("onnxscript", "RMSNormalization", _rms_normalization.fuse_rms_normalization),
+    ("onnxscript", "RMSNormalization", rms_normalization_fusion.fuse_rms_normalization),
     ("optimum_onnx23", "PowRmsNormalization", fuse_pow_rms_normalization),
     ("optimum_onnx23", "CenteredRmsNormalization", fuse_centered_rms_normalization),
-    ("onnxscript", "RotaryEmbedding", _rotary_embedding.fuse_rotary_embedding),
+    ("onnxscript", "RotaryEmbedding", rotary_embedding_fusion.fuse_rotary_embedding),
     ("optimum_onnx23", "RotaryEmbeddingCast", fuse_rotary_embedding_cast),
     ("optimum_onnx23", "RotaryEmbeddingBSHD", fuse_rotary_embedding_bshd),
     ("optimum_onnx23", "SplitHalvesRotaryEmbedding", fuse_split_halves_rotary_embedding),
@@ -54,7 +54,7 @@ FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("optimum_onnx23", "SoftcapAttention", fuse_softcap_attention),
     ("optimum_onnx23", "AlibiAttention", fuse_alibi_attention),
     ("optimum_onnx23", "EagerAttention", fuse_eager_attention),
-    ("onnxscript", "GQA", _gqa.fuse_gqa),
+    ("onnxscript", "GQA", gqa_fusion.fuse_gqa),
     ("optimum_onnx23", "GroupedKvAttention", fuse_grouped_kv_attention),
     ("optimum_onnx23", "Attention3D", fuse_attention_3d),
 )

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from ..errors import InvalidArgumentError, VariantFormatError
 from ..contract import SELECTED_VARIANT_KEY, VARIANT_DOMAIN, VARIANTS_INDEX_KEY
+from ..errors import InvalidArgumentError, VariantFormatError
 
 __all__ = [
     "FORMAT_VERSION",

@@ -17,6 +17,7 @@ PROMPT = "He never went out without a book under his arm"
 results = {}
 
 import optimum.onnxruntime  # noqa: E402
+
 import optimum_onnx23  # noqa: E402
 
 results["modules"] = {"optimum.onnxruntime": optimum.onnxruntime.__file__, "optimum_onnx23": optimum_onnx23.__file__}
@@ -75,8 +76,9 @@ results["reloaded_ids"] = ORTModelForCausalLM.from_pretrained(saved).generate(**
 
 # 4. optimum-onnx's documented causal-LM example (README.md and usage_guides/models.mdx of 0.1.0),
 #    unchanged except for the model ids: the ONNX checkpoint is our Hub layout of the export.
-from optimum_onnx23.publish import save_pretrained as save_hub_layout  # noqa: E402
 import torch  # noqa: E402
+
+from optimum_onnx23.publish import save_pretrained as save_hub_layout  # noqa: E402
 
 onnx_repo = work / "onnx-community-tiny-llama"
 save_hub_layout(model.folder, onnx_repo)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import _ir_utils
+
+from ..._onnxscript_compat import ir_utils
 
 __all__ = ["ints", "repeat_interleave_source", "pairs_repeated", "halves_repeated"]
 
@@ -13,7 +14,7 @@ _ELEMENTWISE = {"Cos", "Sin", "Cast", "Identity", "Neg"}
 
 
 def ints(value: ir.Value | None) -> list[int] | None:
-    array = _ir_utils.get_numpy_value(value)
+    array = ir_utils.get_numpy_value(value)
     return None if array is None else [int(x) for x in np.asarray(array).reshape(-1)]
 
 
@@ -64,7 +65,7 @@ def _through(value: ir.Value, found, depth: int = 8) -> bool:
     if op in _ELEMENTWISE:
         return _through(producer.inputs[0], found, depth - 1)
     if op in ("Mul", "Div"):
-        return _ir_utils.get_singleton_value(producer.inputs[1]) is not None and _through(producer.inputs[0], found, depth - 1)
+        return ir_utils.get_singleton_value(producer.inputs[1]) is not None and _through(producer.inputs[0], found, depth - 1)
     rank = _rank(value)
     if op == "Unsqueeze":
         axes = ints(producer.inputs[1])

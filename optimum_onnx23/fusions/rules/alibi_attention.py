@@ -16,7 +16,9 @@ attention mask, shared by all layers.
 
 from __future__ import annotations
 
-from onnxscript.rewriter import _fusion_utils, _ir_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils, ir_utils
 
 __all__ = ["AlibiAttention", "alibi_attention_rules", "fuse_alibi_attention"]
 
@@ -34,7 +36,7 @@ class AlibiAttention(pattern.RewriteRuleClassBase):
 
     def check(self, context, q, k, v, alibi, mask, scale, y, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if not isinstance(_ir_utils.get_singleton_value(scale), float):
+        if not isinstance(ir_utils.get_singleton_value(scale), float):
             return result.fail("score scale is not a constant float", scale)
         for name, value in (("Q", q), ("K", k), ("V", v), ("output", y)):
             if value.shape is None or value.shape.rank() != 4 or not isinstance(value.shape[1], int):
@@ -44,18 +46,18 @@ class AlibiAttention(pattern.RewriteRuleClassBase):
         if alibi.shape is None or alibi.shape.rank() != 3 or alibi.shape[1] != 1:
             return result.fail("bias is not [batch * heads, 1, total]", alibi)
         bindings: dict = {}
-        _fusion_utils.check_shape(bindings, q, ["B", "H", "S", "D"])
-        _fusion_utils.check_shape(bindings, k, ["B", "H", "T", "D"])
-        _fusion_utils.check_shape(bindings, v, ["B", "H", "T", "Dv"])
-        _fusion_utils.check_shape(bindings, y, ["B", "H", "S", "Dv"])
+        fusion_utils.check_shape(bindings, q, ["B", "H", "S", "D"])
+        fusion_utils.check_shape(bindings, k, ["B", "H", "T", "D"])
+        fusion_utils.check_shape(bindings, v, ["B", "H", "T", "Dv"])
+        fusion_utils.check_shape(bindings, y, ["B", "H", "S", "Dv"])
         return result
 
     def rewrite(self, op, q, k, v, alibi, mask, scale, **_):
         bias_shape = op.Concat(op.Shape(q, start=0, end=2), op.Constant(value_ints=[1, -1]), axis=0)
         bias = op.Add(op.Reshape(alibi, bias_shape), mask)
-        return op.Attention(q, k, v, bias, scale=_ir_utils.get_singleton_value(scale))
+        return op.Attention(q, k, v, bias, scale=ir_utils.get_singleton_value(scale))
 
 
 alibi_attention_rules = pattern.RewriteRuleSet([AlibiAttention.rule()])
 
-fuse_alibi_attention = _fusion_utils.apply_fusion_rules(alibi_attention_rules)
+fuse_alibi_attention = fusion_utils.apply_fusion_rules(alibi_attention_rules)

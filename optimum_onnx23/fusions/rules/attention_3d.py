@@ -13,7 +13,9 @@ normalized per head between Reshape and Transpose (qwen3, gemma3) keep the 4-D f
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnxscript.rewriter import _fusion_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils
 
 __all__ = ["Attention3D", "attention_3d_rules", "fuse_attention_3d"]
 
@@ -74,4 +76,4 @@ class Attention3D(pattern.RewriteRuleClassBase):
 
 attention_3d_rules = pattern.RewriteRuleSet([Attention3D.rule()])
 
-fuse_attention_3d = _fusion_utils.apply_fusion_rules(attention_3d_rules)
+fuse_attention_3d = fusion_utils.apply_fusion_rules(attention_3d_rules)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import _fusion_utils, _ir_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils, ir_utils
 
 __all__ = ["CenteredRmsNormalization", "centered_rms_normalization_rules", "fuse_centered_rms_normalization"]
 
@@ -31,7 +33,7 @@ class CenteredRmsNormalization(pattern.RewriteRuleClassBase):
         if x.shape is None or x.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
             return result.fail("x has no known rank or is not a float tensor", x)
         rank = x.shape.rank()
-        mean_axes = _ir_utils.get_numpy_value(axes)
+        mean_axes = ir_utils.get_numpy_value(axes)
         if mean_axes is None or [int(a) % rank for a in np.asarray(mean_axes).reshape(-1)] != [rank - 1]:
             return result.fail("the mean is not over the last axis only", axes)
         if y.producer().attributes.get_int("axis", -1) % rank != rank - 1:
@@ -53,4 +55,4 @@ class CenteredRmsNormalization(pattern.RewriteRuleClassBase):
 
 centered_rms_normalization_rules = pattern.RewriteRuleSet([CenteredRmsNormalization.rule()])
 
-fuse_centered_rms_normalization = _fusion_utils.apply_fusion_rules(centered_rms_normalization_rules)
+fuse_centered_rms_normalization = fusion_utils.apply_fusion_rules(centered_rms_normalization_rules)

@@ -13,7 +13,9 @@ head is the broadcast). The softcap rule covers the softcapped variant.
 
 from __future__ import annotations
 
-from onnxscript.rewriter import _fusion_utils, _ir_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils, ir_utils
 
 __all__ = ["EagerAttention", "eager_attention_rules", "fuse_eager_attention"]
 
@@ -30,7 +32,7 @@ class EagerAttention(pattern.RewriteRuleClassBase):
 
     def check(self, context, q, k, v, mask, scale, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        value = _ir_utils.get_singleton_value(scale)
+        value = ir_utils.get_singleton_value(scale)
         if not isinstance(value, float) or value == 0:
             return result.fail("score scale is not a non-zero constant float", scale)
         for name, x in (("Q", q), ("K", k), ("V", v)):
@@ -39,16 +41,16 @@ class EagerAttention(pattern.RewriteRuleClassBase):
         if k.shape[1] != v.shape[1] or q.shape[1] % k.shape[1]:
             return result.fail("kv heads differ between K and V or do not divide the query heads")
         bindings: dict = {}
-        _fusion_utils.check_shape(bindings, q, ["B", "Hq", "S", "D"])
-        _fusion_utils.check_shape(bindings, k, ["Bk", "Hkv", "T", "D"])
-        _fusion_utils.check_shape(bindings, v, ["Bk", "Hkv", "T", "Dv"])
+        fusion_utils.check_shape(bindings, q, ["B", "Hq", "S", "D"])
+        fusion_utils.check_shape(bindings, k, ["Bk", "Hkv", "T", "D"])
+        fusion_utils.check_shape(bindings, v, ["Bk", "Hkv", "T", "Dv"])
         return result
 
     def rewrite(self, op, q, k, v, mask, scale, **_):
-        value = _ir_utils.get_singleton_value(scale)
+        value = ir_utils.get_singleton_value(scale)
         return op.Attention(q, k, v, mask, scale=1.0 / value if self._divide else value)
 
 
 eager_attention_rules = pattern.RewriteRuleSet([EagerAttention.rule("EagerAttentionDiv", True), EagerAttention.rule("EagerAttentionMul", False)])
 
-fuse_eager_attention = _fusion_utils.apply_fusion_rules(eager_attention_rules)
+fuse_eager_attention = fusion_utils.apply_fusion_rules(eager_attention_rules)

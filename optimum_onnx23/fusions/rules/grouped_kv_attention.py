@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import _fusion_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils
 
 __all__ = ["GroupedKvAttention", "grouped_kv_attention_rules", "fuse_grouped_kv_attention"]
 
@@ -47,4 +49,4 @@ class GroupedKvAttention(pattern.RewriteRuleClassBase):
 
 grouped_kv_attention_rules = pattern.RewriteRuleSet([GroupedKvAttention.rule()])
 
-fuse_grouped_kv_attention = _fusion_utils.apply_fusion_rules(grouped_kv_attention_rules)
+fuse_grouped_kv_attention = fusion_utils.apply_fusion_rules(grouped_kv_attention_rules)

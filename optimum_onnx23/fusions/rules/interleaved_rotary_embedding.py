@@ -18,8 +18,9 @@ does not apply. Both query layouts occur: [B, H, S, D] (tables [B, 1, S, D]) and
 from __future__ import annotations
 
 import numpy as np
-from onnxscript.rewriter import _fusion_utils, pattern
+from onnxscript.rewriter import pattern
 
+from ..._onnxscript_compat import fusion_utils
 from ._tables import ints as _ints
 from ._tables import pairs_repeated, repeat_interleave_source
 
@@ -87,4 +88,4 @@ class InterleavedRotaryEmbedding(pattern.RewriteRuleClassBase):
 
 interleaved_rotary_embedding_rules = pattern.RewriteRuleSet([InterleavedRotaryEmbedding.rule()], commute=True)
 
-fuse_interleaved_rotary_embedding = _fusion_utils.apply_fusion_rules(interleaved_rotary_embedding_rules)
+fuse_interleaved_rotary_embedding = fusion_utils.apply_fusion_rules(interleaved_rotary_embedding_rules)

@@ -15,8 +15,9 @@ GPT-J's [B, S, H, D] layout (a Reshape on each side of the RotaryEmbedding).
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnxscript.rewriter import _fusion_utils, pattern
+from onnxscript.rewriter import pattern
 
+from ..._onnxscript_compat import fusion_utils
 from ._tables import ints as _ints
 
 __all__ = ["PartialRotaryEmbedding", "PartialRotaryEmbedding3D", "partial_rotary_embedding_rules", "fuse_partial_rotary_embedding"]
@@ -103,4 +104,4 @@ class PartialRotaryEmbedding3D(pattern.RewriteRuleClassBase):
 
 partial_rotary_embedding_rules = pattern.RewriteRuleSet([PartialRotaryEmbedding.rule(), PartialRotaryEmbedding3D.rule()])
 
-fuse_partial_rotary_embedding = _fusion_utils.apply_fusion_rules(partial_rotary_embedding_rules)
+fuse_partial_rotary_embedding = fusion_utils.apply_fusion_rules(partial_rotary_embedding_rules)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import _fusion_utils, _ir_utils, pattern
+from onnxscript.rewriter import pattern
 
+from ..._onnxscript_compat import fusion_utils, ir_utils
 from ._tables import ints as _ints
 
 __all__ = ["PowRmsNormalization", "pow_rms_normalization_rules", "fuse_pow_rms_normalization"]
@@ -49,9 +50,9 @@ class PowRmsNormalization(pattern.RewriteRuleClassBase):
         rank = x.shape.rank()
         if [a % rank for a in (_ints(axes) or [])] != [rank - 1]:
             return result.fail("the mean is not over the last axis only", axes)
-        if _ir_utils.get_singleton_value(two) != 2 or _ir_utils.get_singleton_value(minus_half) != -0.5:
+        if ir_utils.get_singleton_value(two) != 2 or ir_utils.get_singleton_value(minus_half) != -0.5:
             return result.fail("not x ** 2 and (...) ** -0.5")
-        if not isinstance(_ir_utils.get_singleton_value(epsilon), float):
+        if not isinstance(ir_utils.get_singleton_value(epsilon), float):
             return result.fail("epsilon is not a constant float", epsilon)
         if self._scaled:
             if scale.const_value is None or list(scale.shape or []) != [x.shape[-1]]:
@@ -63,7 +64,7 @@ class PowRmsNormalization(pattern.RewriteRuleClassBase):
     def rewrite(self, op, x, epsilon, scale=None, **_):
         if not self._scaled:
             scale = op.Constant(value=ir.tensor(np.ones(x.shape[-1], dtype=x.dtype.numpy())))
-        return op.RMSNormalization(x, scale, axis=-1, epsilon=float(_ir_utils.get_singleton_value(epsilon)), stash_type=1)
+        return op.RMSNormalization(x, scale, axis=-1, epsilon=float(ir_utils.get_singleton_value(epsilon)), stash_type=1)
 
 
 pow_rms_normalization_rules = pattern.RewriteRuleSet(
@@ -71,4 +72,4 @@ pow_rms_normalization_rules = pattern.RewriteRuleSet(
     commute=True,
 )
 
-fuse_pow_rms_normalization = _fusion_utils.apply_fusion_rules(pow_rms_normalization_rules)
+fuse_pow_rms_normalization = fusion_utils.apply_fusion_rules(pow_rms_normalization_rules)

@@ -14,8 +14,9 @@ apply.
 
 from __future__ import annotations
 
-from onnxscript.rewriter import _fusion_utils, pattern
+from onnxscript.rewriter import pattern
 
+from ..._onnxscript_compat import fusion_utils
 from ._tables import halves_repeated
 from ._tables import ints as _ints
 
@@ -61,4 +62,4 @@ class RotaryEmbeddingBSHD(pattern.RewriteRuleClassBase):
 
 rotary_embedding_bshd_rules = pattern.RewriteRuleSet([RotaryEmbeddingBSHD.rule()], commute=True)
 
-fuse_rotary_embedding_bshd = _fusion_utils.apply_fusion_rules(rotary_embedding_bshd_rules)
+fuse_rotary_embedding_bshd = fusion_utils.apply_fusion_rules(rotary_embedding_bshd_rules)

@@ -12,8 +12,9 @@ the tables computed in fp32 as the model does and rounded once, as before.
 
 from __future__ import annotations
 
-from onnxscript.rewriter import _fusion_utils, pattern
-from onnxscript.rewriter.rules.fusion._rotary_embedding import RotaryEmbedding23Fusion, _rotate_half_pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import RotaryEmbedding23Fusion, fusion_utils, rotate_half_pattern
 
 __all__ = ["RotaryEmbeddingCast", "rotary_embedding_cast_rules", "fuse_rotary_embedding_cast"]
 
@@ -31,7 +32,7 @@ class RotaryEmbeddingCast(RotaryEmbedding23Fusion):
         sin = op.Cast(op.Sin(freqs_repeated), _outputs=["sin_cast"])
         cos_4d = op.Unsqueeze(cos, one1)
         sin_4d = op.Unsqueeze(sin, one2)
-        return x * cos_4d + _rotate_half_pattern(op, x, start1, end1, start2, end2) * sin_4d
+        return x * cos_4d + rotate_half_pattern(op, x, start1, end1, start2, end2) * sin_4d
 
     def check(self, context, x, cos_cast, sin_cast, **kwargs) -> pattern.MatchResult:
         result = super().check(context, x=x, **kwargs)
@@ -51,4 +52,4 @@ class RotaryEmbeddingCast(RotaryEmbedding23Fusion):
 
 rotary_embedding_cast_rules = pattern.RewriteRuleSet([RotaryEmbeddingCast.rule()])
 
-fuse_rotary_embedding_cast = _fusion_utils.apply_fusion_rules(rotary_embedding_cast_rules)
+fuse_rotary_embedding_cast = fusion_utils.apply_fusion_rules(rotary_embedding_cast_rules)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 
-from onnxscript.rewriter import _fusion_utils, _ir_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils, ir_utils
 
 __all__ = ["SoftcapAttentionFusion", "softcap_attention_rules", "fuse_softcap_attention"]
 
@@ -32,22 +34,22 @@ class SoftcapAttentionFusion(pattern.RewriteRuleClassBase):
 
     def check(self, context, query, key, value, mask, scale, cap_in, cap_out, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        scale_value = _ir_utils.get_singleton_value(scale)
-        cap_value = _ir_utils.get_singleton_value(cap_in)
+        scale_value = ir_utils.get_singleton_value(scale)
+        cap_value = ir_utils.get_singleton_value(cap_in)
         if not isinstance(scale_value, float):
             return result.fail("Score scale is not a constant float scalar.", scale)
         if not isinstance(cap_value, float) or cap_value <= 0:
             return result.fail("Softcap divisor is not a positive constant float scalar.", cap_in)
-        out_value = _ir_utils.get_singleton_value(cap_out)
+        out_value = ir_utils.get_singleton_value(cap_out)
         if not isinstance(out_value, float) or not math.isclose(out_value, cap_value, rel_tol=1e-6):
             return result.fail("Softcap multiplier differs from its divisor.", cap_out)
         for name, val in (("query", query), ("key", key), ("value", value)):
             if val.shape is None or val.shape.rank() != 4:
                 return result.fail(f"{name} is not a 4-D [batch, heads, seq, head_dim] tensor.", val)
         bindings: dict = {}
-        _fusion_utils.check_shape(bindings, query, ["B", "H", "S", "D"])
-        _fusion_utils.check_shape(bindings, key, ["B", "H", "T", "D"])
-        _fusion_utils.check_shape(bindings, value, ["B", "H", "T", "Dv"])
+        fusion_utils.check_shape(bindings, query, ["B", "H", "S", "D"])
+        fusion_utils.check_shape(bindings, key, ["B", "H", "T", "D"])
+        fusion_utils.check_shape(bindings, value, ["B", "H", "T", "Dv"])
         return result
 
     def rewrite(self, op, query, key, value, mask, scale, cap_in, **_):
@@ -56,11 +58,11 @@ class SoftcapAttentionFusion(pattern.RewriteRuleClassBase):
             key,
             value,
             mask,
-            scale=_ir_utils.get_singleton_value(scale),
-            softcap=_ir_utils.get_singleton_value(cap_in),
+            scale=ir_utils.get_singleton_value(scale),
+            softcap=ir_utils.get_singleton_value(cap_in),
         )
 
 
 softcap_attention_rules = pattern.RewriteRuleSet([SoftcapAttentionFusion.rule()])
 
-fuse_softcap_attention = _fusion_utils.apply_fusion_rules(softcap_attention_rules)
+fuse_softcap_attention = fusion_utils.apply_fusion_rules(softcap_attention_rules)

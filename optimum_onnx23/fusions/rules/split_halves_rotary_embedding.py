@@ -13,7 +13,9 @@ exactly y; for the halves of x that concatenation is x itself and no node is add
 
 from __future__ import annotations
 
-from onnxscript.rewriter import _fusion_utils, _ir_utils, pattern
+from onnxscript.rewriter import pattern
+
+from ..._onnxscript_compat import fusion_utils, ir_utils
 
 __all__ = ["SplitHalvesRotaryEmbedding", "split_halves_rotary_embedding_rules", "fuse_split_halves_rotary_embedding"]
 
@@ -29,7 +31,7 @@ def _halves_of(a, b):
     if x.shape is None or node.attributes.get_int("axis", 0) not in (-1, x.shape.rank() - 1):
         return None
     if len(node.inputs) > 1 and node.inputs[1] is not None:  # explicit sizes must be equal halves
-        sizes = _ir_utils.get_numpy_value(node.inputs[1])
+        sizes = ir_utils.get_numpy_value(node.inputs[1])
         if sizes is None or len(sizes) != 2 or sizes[0] != sizes[1]:
             return None
     return x
@@ -50,15 +52,15 @@ class SplitHalvesRotaryEmbedding(pattern.RewriteRuleClassBase):
     def check(self, context, a, b, cos, sin, cos_axes, sin_axes, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
         for axes in (cos_axes, sin_axes):
-            if not _ir_utils.is_singleton_value(axes, 1):
+            if not ir_utils.is_singleton_value(axes, 1):
                 return result.fail("the tables are not unsqueezed on the head axis (1)", axes)
         for half in (a, b):
             if half.shape is None or half.shape.rank() != 4 or not isinstance(half.shape[3], int):
                 return result.fail("a half is not [batch, heads, seq, D/2] with a static D/2", half)
         bindings: dict = {}
         if not (
-            _fusion_utils.check_shape_bool(bindings, a, ["B", "H", "S", "D2"])
-            and _fusion_utils.check_shape_bool(bindings, b, ["B", "H", "S", "D2"])
+            fusion_utils.check_shape_bool(bindings, a, ["B", "H", "S", "D2"])
+            and fusion_utils.check_shape_bool(bindings, b, ["B", "H", "S", "D2"])
         ):
             return result.fail("the two halves differ in shape", b)
         for table in (cos, sin):
@@ -75,4 +77,4 @@ class SplitHalvesRotaryEmbedding(pattern.RewriteRuleClassBase):
 
 split_halves_rotary_embedding_rules = pattern.RewriteRuleSet([SplitHalvesRotaryEmbedding.rule()])
 
-fuse_split_halves_rotary_embedding = _fusion_utils.apply_fusion_rules(split_halves_rotary_embedding_rules)
+fuse_split_halves_rotary_embedding = fusion_utils.apply_fusion_rules(split_halves_rotary_embedding_rules)

@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
 __all__ = ["CALIBRATION_DIR", "calibration_windows", "input_hessians"]
@@ -85,7 +86,7 @@ def input_hessians(
     inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
     # An empty past: K/V of length 0, or for static-cache exports the whole (zero) buffer written
     # from slot 0 with the mask covering it; hybrids' fixed-size states are zero too.
-    static = "write_indices" in inputs
+    static = WRITE_INDICES in inputs
     pasts = {name: info for name, info in inputs.items() if name.startswith("past_")}
     capacity = next((info.shape[2] for name, info in pasts.items() if name.startswith("past_key_values")), None) if static else None
     sums: dict[str, np.ndarray] = {}
@@ -95,7 +96,7 @@ def input_hessians(
         length = ids.shape[1]
         mask = np.zeros((1, capacity if static else length), np.int64)
         mask[:, :length] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "write_indices": np.zeros(1, np.int64)}
+        feeds = {"input_ids": ids, "attention_mask": mask, WRITE_INDICES: np.zeros(1, np.int64)}
         if "position_ids" in inputs:
             feeds["position_ids"] = np.arange(length, dtype=np.int64)[None]
         for name, info in pasts.items():

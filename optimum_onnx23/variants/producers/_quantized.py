@@ -11,8 +11,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..format import owned_prefix
-from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._calibration import input_hessians
+from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
 from .ort_cpu import ort_cpu_region

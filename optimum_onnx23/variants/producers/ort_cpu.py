@@ -18,9 +18,9 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._diff import region_from_rewrite
 from ...fusions.rules.attention_3d import Attention3D
 from ...fusions.rules.grouped_kv_attention import GroupedKvAttention
+from ._diff import region_from_rewrite
 from .spec import VariantSpec
 
 __all__ = ["NAME", "produce", "ort_cpu_region", "SkipRmsNormalizationToOrt"]

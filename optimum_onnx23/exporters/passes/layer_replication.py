@@ -25,23 +25,30 @@ import ast
 import contextlib
 import logging
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import onnx_ir as ir
 import torch
+
+from ...contract import CACHE_NAMES
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = ["TRACED_LAYERS", "plan", "truncated_model", "replicate"]
 
 logger = logging.getLogger(__name__)
 
 TRACED_LAYERS = 4
+# "past_key_values." and "present.": what the contract's key/value names start with before the layer index.
+_KV_IO_PREFIXES = tuple(template.split("{i}")[0] for template in CACHE_NAMES["key"])
 
 
 class _NotReplicable(Exception):
     pass
 
 
-def plan(config, num_layers: int, wrapper: torch.nn.Module | None = None) -> bool:
+def plan(config: PretrainedConfig, num_layers: int, wrapper: torch.nn.Module | None = None) -> bool:
     """Whether `config` (a transformers config of `num_layers` layers), and `wrapper`'s model if
     given (its layers must sit in one ModuleList), can be traced shallow."""
     if num_layers <= TRACED_LAYERS:
@@ -70,7 +77,7 @@ def _decoder_layers(wrapper: torch.nn.Module, num_layers: int) -> tuple[torch.nn
 
 
 @contextlib.contextmanager
-def truncated_model(wrapper: torch.nn.Module, config, num_layers: int) -> Iterator[None]:
+def truncated_model(wrapper: torch.nn.Module, config: PretrainedConfig, num_layers: int) -> Iterator[None]:
     """Temporarily make `wrapper`'s model (and its config) hold its first TRACED_LAYERS layers."""
     owner, attribute, _ = _decoder_layers(wrapper, num_layers)
     layers = getattr(owner, attribute)
@@ -157,7 +164,8 @@ def _subgraph_owners(nodes: list[ir.Node]) -> dict[int, ir.Node]:
 
 def _per_layer_name(name: str, layer: int, new_layer: int, prefix: str) -> str | None:
     """`name` with its layer index replaced, if `name` is layer `layer`'s weight or cache I/O."""
-    for pattern in (rf"^({re.escape(prefix)}\.){layer}(\.)", rf"^(past_key_values\.){layer}(\.)", rf"^(present\.){layer}(\.)"):
+    cache_io = (rf"^({re.escape(io_prefix)}){layer}(\.)" for io_prefix in _KV_IO_PREFIXES)
+    for pattern in (rf"^({re.escape(prefix)}\.){layer}(\.)", *cache_io):
         if re.search(pattern, name):
             return re.sub(pattern, rf"\g<1>{new_layer}\g<2>", name, count=1)
     return None

@@ -1,6 +1,6 @@
 """Text-decoder model types of transformers 5 that do not export yet: the nearest supported one and
 why, in one line each. `get_export_config` puts both into its error; a registered type (including
-ones registered by `exporters.moe` or later work) is never looked up here.
+ones from any table of `exporters.families`) is never looked up here.
 
 Reasons come from trying each type on a tiny random config (transformers 5.24, torch 2.13):
 "exports with a provisional entry" means the shared decoder path traced and validated it, but it
@@ -13,8 +13,8 @@ __all__ = ["NOT_SUPPORTED", "CATEGORIES"]
 
 _ENCODER = "a bidirectional encoder with a causal-LM head (BERT family), not a decoder LLM"
 _SEQ2SEQ = "the decoder half of an encoder-decoder model (cross-attention to encoder states); use optimum-onnx's seq2seq export"
-_MOE = "a Mixture-of-Experts family without an entry in exporters/moe.py yet (its router or experts differ from the 10 there)"
-_HYBRID = "recurrent / convolutional / linear-attention state layers without an entry in exporters/hybrid.py yet"
+_MOE = "a Mixture-of-Experts family without an entry in exporters/families/moe.py yet (its router or experts differ from the 10 there)"
+_HYBRID = "recurrent / convolutional / linear-attention state layers without an entry in exporters/families/hybrid.py yet"
 _MULTIMODAL = "multimodal model whose text decoder is not separated for export yet"
 _PROVISIONAL = "exports with a provisional entry on a tiny config, but has no tested entry yet"
 

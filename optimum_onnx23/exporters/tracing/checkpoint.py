@@ -16,8 +16,12 @@ import json
 import re
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
+from ...errors import CorruptCheckpointError, InvalidArgumentError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = [
     "check_gguf_file",
@@ -100,7 +104,7 @@ def check_weight_files(folder: Path) -> None:
         _check_safetensors(path)
 
 
-def dequantized_config(config):
+def dequantized_config(config: PretrainedConfig) -> PretrainedConfig:
     """`config` without the `quantization_config` transformers' GGUF loader adds (weights are floats now)."""
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config
@@ -147,7 +151,7 @@ def load_model_config(model: str, revision=None, cache_dir=None, trust_remote_co
 
 
 def load_causal_lm(
-    model: str, config, *, dtype, revision=None, cache_dir=None, trust_remote_code=False, token=None, gguf_file=None, **architecture
+    model: str, config: PretrainedConfig, *, dtype, revision=None, cache_dir=None, trust_remote_code=False, token=None, gguf_file=None, **architecture
 ):
     """`AutoModelForCausalLM.from_pretrained`, weights checked first (local folders) and load errors
     reported in one line naming the file. `architecture`: what the export config asks of the load

@@ -7,42 +7,42 @@ steps of their own, so `optimize=False` here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
 import onnx_ir as ir
 import torch
 
-from . import layer_replication, static_cache
-from .configs import DecoderExportConfig
+from ..passes import layer_replication
+from .experts import static_experts
+from .signature import ExportSignature
 
 __all__ = ["trace", "strip_trace_metadata"]
 
 
-def trace(
-    wrapper, export_config: DecoderExportConfig, config, with_past: bool, opset: int, dtype, device, max_cache_len: int | None = None
-) -> tuple[ir.Model, int]:
-    """The ONNX graph of `wrapper` and how many layers torch.export traced."""
-    num_layers = export_config.num_layers(config)
-    if export_config.replicable and layer_replication.plan(config, num_layers, wrapper):
+def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
+    """The ONNX graph of `wrapper` (`signature.wrapper(model)`) and how many layers torch.export
+    traced; MoE families trace with static-shape experts (`experts.static_experts`)."""
+    model = wrapper.model
+    with static_experts(model) if signature.family.routed_experts else contextlib.nullcontext():
+        return _trace(wrapper, signature, opset, dtype, device)
+
+
+def _trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
+    config, num_layers = signature.config, signature.num_layers
+    if signature.family.replicable and layer_replication.plan(config, num_layers, wrapper):
         with layer_replication.truncated_model(wrapper, config, num_layers):
-            shallow = _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, device, max_cache_len)
+            shallow = _torch_onnx_export(wrapper, signature.first_layers(layer_replication.TRACED_LAYERS), opset, dtype, device)
         model = layer_replication.replicate(shallow, wrapper, num_layers)
         if model is not None:
             return model, layer_replication.TRACED_LAYERS
         del shallow
-    return _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, device, max_cache_len), num_layers
+    return _torch_onnx_export(wrapper, signature, opset, dtype, device), num_layers
 
 
-def _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, device, max_cache_len) -> ir.Model:
-    if max_cache_len is None:
-        args = tuple(t.to(device) for t in export_config.dummy_inputs(config, with_past, dtype=dtype))
-        dynamic_shapes = export_config.dynamic_shapes(config, with_past)
-        input_names = export_config.input_names(config, with_past)
-    else:  # static cache: fixed-length buffers plus write positions
-        args = tuple(t.to(device) for t in static_cache.static_dummy_inputs(export_config, config, max_cache_len, dtype=dtype))
-        dynamic_shapes = static_cache.static_dynamic_shapes(export_config, config)
-        input_names = static_cache.static_input_names(export_config, config)
+def _torch_onnx_export(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> ir.Model:
+    args = tuple(t.to(device) for t in signature.sample_inputs(dtype=dtype))
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
@@ -52,9 +52,9 @@ def _torch_onnx_export(wrapper, export_config, config, with_past, opset, dtype, 
             program = torch.onnx.export(
                 wrapper,
                 args,
-                dynamic_shapes=dynamic_shapes,
-                input_names=input_names,
-                output_names=export_config.output_names(config, with_past),
+                dynamic_shapes=signature.dynamic_shapes(),
+                input_names=signature.input_names,
+                output_names=signature.output_names,
                 opset_version=opset,
                 dynamo=True,
                 optimize=False,  # the optimizer and fusions run as their own steps, to report what each did

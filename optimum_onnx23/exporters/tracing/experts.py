@@ -1,4 +1,4 @@
-"""Mixture-of-Experts decoders: their export configs and the experts computation they are traced with.
+"""Mixture-of-Experts decoders: the experts computation they are traced with (their entries: families/moe.py).
 
 transformers 5 computes every MoE family's routed experts in one place: the experts module's
 forward, chosen by `config._experts_implementation` (`eager` loops over the experts hit,
@@ -35,14 +35,11 @@ The validation step then checks the graph against the model with its own experts
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from .configs import DecoderExportConfig, _partial_rotary, register_export_config
-
-__all__ = ["FORMS", "MoeExportConfig", "MlaMoeExportConfig", "static_experts", "static_experts_forward"]
+__all__ = ["FORMS", "static_experts", "static_experts_forward"]
 
 EXPERTS_IMPLEMENTATION = "optimum_onnx23_static"
 # "auto": "experts" up to PER_EXPERT_MAX_EXPERTS experts, else "gather_or_dense" (the If on the row count).
@@ -234,84 +231,3 @@ def static_experts(model: torch.nn.Module, form: str | None = None) -> Iterator[
             delattr(module, PER_EXPERT)
         model.set_experts_implementation(saved)
         del ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION]
-
-
-@dataclass(frozen=True)
-class MoeExportConfig(DecoderExportConfig):
-    """A decoder whose MLPs are (partly) transformers experts modules, traced with `static_experts`.
-
-    `fused_attention=False` where no standard op computes the family's attention (gpt-oss's sinks);
-    `unfused` then says why."""
-
-    fused_attention: bool = True
-
-    def tracing(self, model: torch.nn.Module):
-        return static_experts(model)
-
-    def expected_fusions(self, config) -> dict[str, int]:
-        expected = super().expected_fusions(config)
-        if not self.fused_attention:
-            expected["Attention"] = 0
-        return expected
-
-
-@dataclass(frozen=True)
-class MlaMoeExportConfig(MoeExportConfig):
-    """Multi-head latent attention (DeepSeek-V2/V3): transformers caches the compressed latent, one
-    head per layer: `key` = the normalized kv latent [B, 1, S, kv_lora_rank], `value` = the roped
-    shared key [B, 1, S, qk_rope_head_dim]; every step expands them to per-head keys and values
-    (`kv_b_proj`) before a standard Attention. Norms: the kv latent's and, with a q LoRA, the q
-    latent's, besides the two of every layer."""
-
-    def num_kv_heads(self, config) -> int:
-        return 1
-
-    def head_dim(self, config) -> int:
-        return config.kv_lora_rank
-
-    def cache_shapes(self, config, batch_size, length) -> list[tuple]:
-        key, value = (batch_size, 1, length, config.kv_lora_rank), (batch_size, 1, length, config.qk_rope_head_dim)
-        return [key, value] * self.num_layers(config)
-
-    def expected_fusions(self, config) -> dict[str, int]:
-        expected = super().expected_fusions(config)
-        per_layer = self.norms_per_layer + 1 + (config.q_lora_rank is not None)
-        expected[self.norm_op] = self.num_layers(config) * per_layer + 1
-        return expected
-
-
-for _entry in (
-    MoeExportConfig("mixtral", sliding_window_attr="sliding_window"),
-    MoeExportConfig("qwen2_moe", sliding_window_attr="sliding_window", notes="shared expert with a sigmoid gate"),
-    MoeExportConfig("qwen3_moe", qk_norm=True, sliding_window_attr="sliding_window"),
-    MoeExportConfig("olmoe", qk_norm=True, notes="full-width q/k norms"),
-    MoeExportConfig("granitemoe", notes="embedding, attention, residual and logits multipliers"),
-    MoeExportConfig(
-        "phimoe", norm_op="LayerNormalization", sliding_window_attr="sliding_window", notes="LayerNorm; sparsemixer routing"
-    ),
-    MoeExportConfig(
-        "gpt_oss",
-        sliding_window_attr="sliding_window",
-        fused_attention=False,
-        unfused={
-            "Attention": "attention sinks (a learned per-head logit in the softmax's denominator) have no standard op: "
-            "ONNX Attention-23/24 take no sink, so the attention stays MatMul/Softmax/MatMul"
-        },
-        notes="clamped SwiGLU experts with biases; router bias; attention sinks; alternating sliding/full layers",
-    ),
-    MlaMoeExportConfig(
-        "deepseek_v3",
-        rotary_layers=lambda config: config.num_hidden_layers,  # on the shared roped key and the queries' rope part
-        notes="MLA with a latent cache; grouped top-k routing with score correction and routed scaling; shared experts; "
-        "first_k_dense_replace dense layers",
-    ),
-    MoeExportConfig(
-        "ernie4_5_moe",
-        rotary_interleaved=True,
-        notes="shared experts; router score correction (moe_statics); dense layers before moe_layer_start_index",
-    ),
-    MoeExportConfig(
-        "glm4_moe", rotary_dim=_partial_rotary, notes="partial rotary; grouped top-k routing with score correction and routed scaling; shared experts"
-    ),
-):
-    register_export_config(_entry)
