@@ -220,5 +220,11 @@ class ONNXExportCommand(BaseOptimumCLICommand):
 
     def run(self):
         code = run_cli(self.args)
+        if code == 130:
+            # Interrupted: a second Ctrl-C (or a late delivery of the first) during interpreter
+            # shutdown would otherwise end the process by SIGINT instead of exit status 130.
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if code:
             sys.exit(code)

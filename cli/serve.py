@@ -60,5 +60,16 @@ class ServeCommand(BaseOptimumCLICommand):
             max_queue=args.max_queue, max_model_len=args.max_model_len, provider=args.provider,
             prefill_chunk=args.prefill_chunk,
         )
-        # uvicorn handles SIGTERM/SIGINT: stop accepting, wait for open requests, then the app's shutdown.
-        uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=600)
+        app = create_app(config)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame):
+                # SIGTERM / Ctrl-C: admit nothing more at once; uvicorn then stops accepting
+                # connections and waits for the open requests, which the engine finishes.
+                engine = app.state.onnx23.engine
+                if engine is not None:
+                    engine.drain()
+                super().handle_exit(sig, frame)
+
+        server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=600))
+        server.run()

@@ -57,6 +57,7 @@ class ModelFile:
     path: Path
     raw: bytes = field(repr=False)
     proto: onnx.ModelProto = field(repr=False)
+    data_files: dict[str, Path] = field(default_factory=dict, repr=False)  # location -> checked path
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "ModelFile":
@@ -73,15 +74,14 @@ class ModelFile:
             ) from None
         if not proto.graph.node:
             raise UnsafeModelFileError(f"{path} holds an empty ONNX graph; re-export or re-download it.")
-        checked: set[str] = set()
+        checked: dict[str, Path] = {}
         for tensor in _external_tensors(proto):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
             if location not in checked:
-                external_data_path(location, path.parent, f"{path.name} tensor `{tensor.name}`")
-                checked.add(location)
-        return cls(path, raw, proto)
+                checked[location] = external_data_path(location, path.parent, f"{path.name} tensor `{tensor.name}`")
+        return cls(path, raw, proto, checked)
 
     @property
     def folder(self) -> Path:
@@ -99,6 +99,26 @@ class ModelFile:
     @property
     def metadata(self) -> dict[str, str]:
         return {p.key: p.value for p in self.proto.metadata_props}
+
+    def for_onnxruntime(self, data: bytes) -> tuple[bytes, Path]:
+        """`data` (this model or a plain model selected from it) and the folder onnxruntime reads its
+        external data from. In a Hugging Face cache snapshot the data files are symlinks into
+        `blobs/`, and onnxruntime refuses a model given as bytes whose data resolves outside that
+        folder: the locations (checked above) are then rewritten to the files they resolve to."""
+        real = {location: Path(os.path.realpath(p)) for location, p in self.data_files.items()}
+        if all(r.parent == Path(os.path.realpath(self.folder)) and r.name == loc for loc, r in real.items()):
+            return data, self.folder
+        folders = {r.parent for r in real.values()}
+        if len(folders) != 1:
+            raise UnsafeModelFileError(f"{self.path}'s external data resolves to {len(folders)} folders; copy the model into one folder.")
+        proto = self.proto if data is self.raw else onnx.load_model_from_string(data)
+        relocated = onnx.ModelProto()
+        relocated.CopyFrom(proto)
+        for tensor in _external_tensors(relocated):
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value in real:
+                    entry.value = real[entry.value].name
+        return relocated.SerializeToString(), folders.pop()
 
     def to_ir(self):
         """The model as onnx-ir objects, built from the parsed proto (no second parse); external

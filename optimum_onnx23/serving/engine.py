@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from optimum_onnx23.pipelines.generation import single_threaded_torch
+from optimum_onnx23.pipelines.limits import context_length
 from optimum_onnx23.pipelines.modeling import ORTModelForCausalLM
 from optimum_onnx23.pipelines.rows import check_joinable, join, keep
 from optimum_onnx23.pipelines.state import DecoderState
@@ -88,10 +89,9 @@ class Engine:
         check_joinable(model.new_state(1))
         self.model = model
         self.tokenizer = tokenizer
-        from optimum_onnx23.pipelines.limits import context_length
-
         context, _ = context_length(model.config, model.io)
-        self.max_model_len = min(x for x in (max_model_len, context) if x is not None) if (max_model_len or context) else None
+        limits = [n for n in (max_model_len, context) if n is not None]
+        self.max_model_len = min(limits) if limits else None  # --max-model-len can only lower the context
         self.scheduler = Scheduler(max_num_seqs, max_queue, prefill_chunk)
         eos = model.generation_config.eos_token_id
         self.eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -244,7 +244,7 @@ class Engine:
         request.last_token_time = now
         params = request.params
         finish = None
-        if token in request.eos and len(request.generated) > params.min_tokens - 1:
+        if token in request.eos:  # the sampler kept EOS out before min_tokens (and always with ignore_eos)
             finish = "stop"
         elif len(request.generated) >= params.max_tokens:
             finish = "length"

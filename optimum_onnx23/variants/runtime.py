@@ -154,7 +154,7 @@ def select_for_providers(
     names = check_provider_names(providers)
     functions = model.variant_functions
     if not functions:
-        return Selected(model.raw, model.folder), None
+        return Selected(*model.for_onnxruntime(model.raw)), None
     if variant == MAIN:
         return _materialize(model, MAIN, names[0]), None
     infos = [
@@ -191,12 +191,12 @@ def _materialize(model: ModelFile, variant: str, provider: str) -> Selected:
     cached = _cache_path(model.digest, variant)
     if cached.is_file():
         logger.info("Using %s for %s (cached selection).", label, provider)
-        return Selected(cached.read_bytes(), model.folder)
+        return Selected(*model.for_onnxruntime(cached.read_bytes()))
     selected = select_variant(model.to_ir(), variant=variant, copy=False)  # built for this call only
     data = ir.serde.serialize_model(selected).SerializeToString()
     _cache_write(cached, data)
     logger.info("Using %s for %s (selected in memory).", label, provider)
-    return Selected(data, model.folder)
+    return Selected(*model.for_onnxruntime(data))
 
 
 def create_session(model: ModelFile | str | os.PathLike, providers: Sequence, sess_options=None, variant: str | None = None):
