@@ -11,7 +11,7 @@ import contextlib
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, GenerationMixin
+from transformers import GenerationConfig
 from transformers.generation import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -21,8 +21,9 @@ from transformers.generation import (
 )
 
 from .state import DecoderState
+from .transformers_adapter import TransformersLogic, eos_token_tensor, pad_token_tensor
 
-__all__ = ["TransformersLogic", "decode_greedy_or_sample", "decode_beam_search", "fast_processors", "single_threaded_torch"]
+__all__ = ["decode_greedy_or_sample", "decode_beam_search", "fast_processors", "single_threaded_torch"]
 
 
 @contextlib.contextmanager
@@ -34,15 +35,6 @@ def single_threaded_torch():
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-class TransformersLogic(GenerationMixin):
-    """Just enough of a model for GenerationMixin's config, processor and beam helpers to run."""
-
-    def __init__(self, config, generation_config: GenerationConfig):
-        self.config = config
-        self.generation_config = generation_config
-        self.device = torch.device("cpu")
 
 
 class _SuppressEos(LogitsProcessor):
@@ -91,7 +83,7 @@ def decode_greedy_or_sample(
     streamer=None,
 ) -> torch.LongTensor:
     """transformers' `_sample` loop: rows that hit a stopping criterion are padded with pad_token_id."""
-    pad_token_id = generation_config._pad_token_tensor
+    pad_token_id = pad_token_tensor(generation_config)
     has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
     do_sample = generation_config.do_sample
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long)
@@ -125,8 +117,8 @@ def decode_beam_search(
     generation_config: GenerationConfig,
 ) -> torch.LongTensor:
     """transformers' vectorized `_beam_search`; the cache is reordered on its device each step."""
-    eos_token_id = generation_config._eos_token_tensor
-    pad_token_id = generation_config._pad_token_tensor
+    eos_token_id = eos_token_tensor(generation_config)
+    pad_token_id = pad_token_tensor(generation_config)
     do_sample = generation_config.do_sample
     early_stopping = generation_config.early_stopping
     length_penalty = generation_config.length_penalty
@@ -144,7 +136,7 @@ def decode_beam_search(
     )
     output_fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1
     running_sequences = torch.full((batch_size, num_beams, max_length), fill_value=output_fill_value, dtype=torch.int64)
-    running_sequences[:, :, :cur_len] = logic._unflatten_beam_dim(input_ids, batch_size, num_beams)
+    running_sequences[:, :, :cur_len] = logic.unflatten_beam_dim(input_ids, batch_size, num_beams)
     sequences = running_sequences.detach().clone()
     running_beam_scores = torch.zeros((batch_size, num_beams), dtype=torch.float)
     running_beam_scores[:, 1:] = -1e9
@@ -159,11 +151,11 @@ def decode_beam_search(
     while True:
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
         log_probs = _apply(logits_processor, flat_running_sequences, log_probs)
-        log_probs = logic._unflatten_beam_dim(log_probs, batch_size, num_beams)
+        log_probs = logic.unflatten_beam_dim(log_probs, batch_size, num_beams)
         log_probs = log_probs + running_beam_scores[:, :, None]
         log_probs = torch.reshape(log_probs, (batch_size, -1))
 
-        topk_log_probs, topk_running_sequences, topk_running_beam_indices = logic._get_top_k_continuations(
+        topk_log_probs, topk_running_sequences, topk_running_beam_indices = logic.get_top_k_continuations(
             accumulated_log_probs=log_probs,
             running_sequences=running_sequences,
             running_beam_indices=running_beam_indices,
@@ -175,19 +167,19 @@ def decode_beam_search(
             batch_size=batch_size,
         )
         next_token_hits_stopping_criteria = stopping_criteria(
-            logic._flatten_beam_dim(topk_running_sequences[:, :, : cur_len + 1]), None
+            logic.flatten_beam_dim(topk_running_sequences[:, :, : cur_len + 1]), None
         )
-        next_token_hits_stopping_criteria = logic._unflatten_beam_dim(
+        next_token_hits_stopping_criteria = logic.unflatten_beam_dim(
             next_token_hits_stopping_criteria, batch_size, beams_to_keep
         )
-        running_sequences, running_beam_scores, running_beam_indices = logic._get_running_beams_for_next_iteration(
+        running_sequences, running_beam_scores, running_beam_indices = logic.get_running_beams_for_next_iteration(
             topk_log_probs=topk_log_probs,
             topk_running_sequences=topk_running_sequences,
             topk_running_beam_indices=topk_running_beam_indices,
             next_token_hits_stopping_criteria=next_token_hits_stopping_criteria,
             num_beams=num_beams,
         )
-        sequences, beam_scores, beam_indices, is_sent_finished = logic._update_finished_beams(
+        sequences, beam_scores, beam_indices, is_sent_finished = logic.update_finished_beams(
             sequences=sequences,
             topk_running_sequences=topk_running_sequences,
             beam_scores=beam_scores,
@@ -204,9 +196,9 @@ def decode_beam_search(
             length_penalty=length_penalty,
             early_stopping=early_stopping,
         )
-        beam_idx = logic._flatten_beam_dim(running_beam_indices[..., cur_len - decoder_prompt_len])
+        beam_idx = logic.flatten_beam_dim(running_beam_indices[..., cur_len - decoder_prompt_len])
         cur_len = cur_len + 1
-        is_early_stop_heuristic_unsatisfied = logic._check_early_stop_heuristic(
+        is_early_stop_heuristic_unsatisfied = logic.check_early_stop_heuristic(
             is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
             running_beam_scores=running_beam_scores,
             beam_scores=beam_scores,
@@ -217,16 +209,16 @@ def decode_beam_search(
             early_stopping=early_stopping,
             length_penalty=length_penalty,
         )
-        if not logic._beam_search_has_unfinished_sequences(
+        if not logic.beam_search_has_unfinished_sequences(
             is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
         ):
             break
         # Reorder the cache (on its device) to the surviving beams, then feed their last tokens.
         state.reorder(beam_idx.numpy().astype(np.int64))
-        flat_running_sequences = logic._flatten_beam_dim(running_sequences[:, :, :cur_len])
+        flat_running_sequences = logic.flatten_beam_dim(running_sequences[:, :, :cur_len])
         logits = state.step(flat_running_sequences[:, -1:].numpy())
 
-    sequences = logic._flatten_beam_dim(sequences[:, :num_return_sequences, :])
-    beam_indices = logic._flatten_beam_dim(beam_indices[:, :num_return_sequences, :])
+    sequences = logic.flatten_beam_dim(sequences[:, :num_return_sequences, :])
+    beam_indices = logic.flatten_beam_dim(beam_indices[:, :num_return_sequences, :])
     max_generated_length = ((beam_indices + 1).bool()).sum(dim=1).max()
     return sequences[:, : decoder_prompt_len + max_generated_length]

@@ -16,9 +16,10 @@ from transformers.generation import GenerationMode, LogitsProcessorList, Stoppin
 
 from optimum_onnx23.errors import InvalidArgumentError
 
-from .generation import TransformersLogic, fast_processors
+from .generation import fast_processors
 from .io_spec import DecoderIO
 from .limits import check_context
+from .transformers_adapter import TransformersLogic
 
 __all__ = ["GenerationPlan", "prepare_generation", "one_line"]
 
@@ -107,7 +108,7 @@ def prepare_generation(
     has_default_max_length, has_default_min_length = unset("max_length"), unset("min_length")
     _check_values(kwargs)
     try:
-        gc, model_kwargs = logic._prepare_generation_config(copy.deepcopy(generation_config), **kwargs)
+        gc, model_kwargs = logic.prepare_generation_config(copy.deepcopy(generation_config), **kwargs)
     except ValueError as error:
         raise InvalidArgumentError(f"Invalid generation arguments: {one_line(error)}") from None
     model_kwargs.pop("use_cache", None)
@@ -125,9 +126,9 @@ def prepare_generation(
         raise InvalidArgumentError("stop_strings needs the tokenizer: pass tokenizer=... to generate().")
 
     batch_size = input_ids.shape[0]
-    logic._prepare_special_tokens(gc, attention_mask is not None, device=torch.device("cpu"), batch_size=batch_size)
+    logic.prepare_special_tokens(gc, attention_mask is not None, device=torch.device("cpu"), batch_size=batch_size)
     if attention_mask is None:
-        attention_mask = logic._prepare_attention_mask_for_generation(input_ids, gc, {})
+        attention_mask = logic.prepare_attention_mask_for_generation(input_ids, gc, {})
     attention_mask = _as_ids(attention_mask, "attention_mask")
     if attention_mask.shape != input_ids.shape:
         raise InvalidArgumentError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match.")
@@ -139,7 +140,7 @@ def prepare_generation(
     input_ids = input_ids.repeat_interleave(expand_size, dim=0)
     length = input_ids.shape[1]
     try:
-        gc = logic._prepare_generated_length(
+        gc = logic.prepare_generated_length(
             generation_config=gc,
             has_default_max_length=has_default_max_length,
             has_default_min_length=has_default_min_length,
@@ -147,12 +148,12 @@ def prepare_generation(
             inputs_tensor=input_ids,
             input_ids_length=length,
         )
-        logic._validate_generated_length(gc, length, has_default_max_length)
+        logic.validate_generated_length(gc, length, has_default_max_length)
     except ValueError as error:
         raise InvalidArgumentError(f"Invalid generation length: {one_line(error)}") from None
     check_context(config, io, gc.max_length, f"The prompt ({length} tokens) plus {gc.max_length - length} new tokens")
     try:
-        processors = fast_processors(logic._get_logits_processor(
+        processors = fast_processors(logic.get_logits_processor(
             generation_config=gc,
             input_ids_seq_length=length,
             encoder_input_ids=input_ids,
@@ -160,7 +161,7 @@ def prepare_generation(
             device=torch.device("cpu"),
             model_kwargs={"attention_mask": attention_mask.repeat_interleave(expand_size, dim=0)},
         ))
-        criteria = logic._get_stopping_criteria(
+        criteria = logic.get_stopping_criteria(
             generation_config=gc,
             stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
             tokenizer=tokenizer,
