@@ -232,6 +232,29 @@ def test_models_and_health(tiny):
     assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["code"] == "not_found"
 
 
+def test_repetition_penalty_and_min_tokens_match_generate(tiny):
+    """vLLM's extras map onto transformers' processors: the same greedy tokens as generate()."""
+    server, folder = tiny
+    model = ORTModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("ONNX is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, repetition_penalty=1.5, do_sample=False)
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    body = {"model": "tiny", "prompt": "ONNX is", "max_tokens": 20, "min_tokens": 20, "repetition_penalty": 1.5, "temperature": 0}
+    response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+    assert response["choices"][0]["text"] == expected and response["usage"]["completion_tokens"] == 20
+
+
+def test_stop_strings_are_not_emitted(tiny):
+    server, _ = tiny
+    body = {"model": "tiny", "prompt": "ONNX is", "max_tokens": 30, "temperature": 0}
+    full = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    stop = full[5:8]
+    assert stop and stop in full
+    cut = httpx.post(f"{server.url}/v1/completions", json={**body, "stop": [stop]}, timeout=60).json()["choices"][0]
+    assert cut["text"] == full[: full.index(stop)] and cut["finish_reason"] == "stop"
+
+
 def test_seeded_sampling_is_reproducible_under_concurrency(tiny):
     server, _ = tiny
     body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0.9, "top_p": 0.9, "top_k": 40, "seed": 7}

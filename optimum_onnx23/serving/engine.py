@@ -230,8 +230,9 @@ class Engine:
         """Sample `request`'s next token, emit its text, and finish it if a limit is reached."""
         if request.finished:
             return
-        sequence = torch.tensor([request.prompt + request.generated], dtype=torch.long)
-        token = request.sampler(logits, sequence, len(request.generated))
+        sampler = request.sampler
+        sequence = torch.tensor([request.prompt + request.generated], dtype=torch.long) if sampler.needs_sequence else None
+        token = sampler(logits, sequence, len(request.generated))
         request.generated.append(token)
         self.stats.generation_tokens += 1
         now = time.perf_counter()

@@ -60,8 +60,14 @@ class RowSampler:
                 warpers.append(TopPLogitsWarper(params.top_p))
         self.warpers = warpers
 
-    def __call__(self, logits: torch.Tensor, sequence: torch.LongTensor, generated: int) -> int:
-        """`logits` [vocab] float32; `sequence` [1, length] prompt + generated ids (for the penalty)."""
+    @property
+    def needs_sequence(self) -> bool:
+        """Whether `__call__` reads the ids so far (the repetition penalty does; the warpers do not)."""
+        return self.penalty is not None
+
+    def __call__(self, logits: torch.Tensor, sequence: torch.LongTensor | None, generated: int) -> int:
+        """`logits` [vocab] float32; `sequence` [1, length] prompt + generated ids (None unless
+        `needs_sequence`)."""
         scores = logits[None]
         if self.penalty is not None:
             scores = self.penalty(sequence, scores)
