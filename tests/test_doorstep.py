@@ -130,8 +130,11 @@ def test_the_demo_replaces_only_a_previous_demo_export(tmp_path, capsys):
 
 def test_ctrl_c_during_an_export_is_one_line_and_exit_130(tmp_path):
     out = tmp_path / "out"
+    # As from a terminal: SIGINT at its default disposition in the child. An xdist worker may run
+    # with SIGINT ignored, which a child inherits, and Python then installs no KeyboardInterrupt.
     process = subprocess.Popen([*CLI, "export", "onnx", "--dynamo", "-m", str(BUNDLED), str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stderr:  # interrupt inside torch.export (step 2 takes ~7 s on the tiny model)
         lines.append(line)

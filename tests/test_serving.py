@@ -341,3 +341,19 @@ def test_load_with_dropped_connections_and_invalid_bodies(tiny):
         time.sleep(0.05)
     assert server.metric("onnx23_num_requests_running") == 0 and server.metric("onnx23_num_requests_waiting") == 0
     assert rss_end - rss_warm < 40, f"RSS grew {rss_end - rss_warm:.1f} MB after warm-up"
+
+
+@pytest.mark.parametrize("family", ["mixtral", "lfm2", "qwen3_next"])
+def test_families_batch_like_generate(family, exported_dir, hybrid_exported_dir):
+    """Rows join and leave on MoE and hybrid caches too (conv and recurrent states concatenated,
+    attention K/V left-padded): 4 concurrent greedy answers on 2 rows equal generate() alone."""
+    folder = exported_dir(family) if family == "mixtral" else hybrid_exported_dir(family)
+    server = Server(folder, max_num_seqs=2, max_queue=8, prefill_chunk=4)
+    try:
+        prompts = PROMPTS[:4]
+        bodies = [{"model": "tiny", "prompt": p, "max_tokens": 6 + 2 * i, "temperature": 0} for i, p in enumerate(prompts)]
+        responses = asyncio.run(_complete_all(server.url, bodies))
+        expected = [_reference(folder, [p], 6 + 2 * i)[0] for i, p in enumerate(prompts)]
+        assert [r.json()["choices"][0]["text"] for r in responses] == expected
+    finally:
+        server.stop()
