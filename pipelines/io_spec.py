@@ -18,8 +18,6 @@ from optimum_onnx23.errors import UnsafeModelFileError
 
 __all__ = ["CacheIO", "DecoderIO", "read_decoder_io", "WRITE_INDICES", "INPLACE_STATES_KEY"]
 
-_PAST = PAST_KV_PATTERN
-_STATE = PAST_STATE_PATTERN
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -103,8 +101,8 @@ def read_decoder_io(session: ort.InferenceSession, config=None, where: str = "mo
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     missing = [n for n in ("input_ids", "attention_mask") if n not in inputs] + [n for n in ("logits",) if n not in outputs]
-    pasts = sorted({int(m.group(1)) for name in inputs if (m := _PAST.match(name))})
-    states = [(m.group(1), int(m.group(2)), name) for name in inputs if (m := _STATE.match(name))]
+    pasts = sorted({int(m.group(1)) for name in inputs if (m := PAST_KV_PATTERN.match(name))})
+    states = [(m.group(1), int(m.group(2)), name) for name in inputs if (m := PAST_STATE_PATTERN.match(name))]
     if missing or not (pasts or states):
         lacking = ", ".join(missing) if missing else "past_key_values.* inputs"
         raise UnsafeModelFileError(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -16,6 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
+from serving_helpers import free_port, wait_healthy  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM  # noqa: E402
@@ -72,30 +72,15 @@ def test_scheduler_evicts_cancelled_and_finished_rows_at_the_next_step():
 
 
 # ---- the HTTP server on the bundled model --------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, folder, **options):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(ServerConfig(model=str(folder), served_model_name="tiny", **options))
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise TimeoutError("server did not become healthy")
+        wait_healthy(self.url)
 
     @property
     def engine(self):

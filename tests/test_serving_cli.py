@@ -11,20 +11,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
+from serving_helpers import free_port, wait_healthy  # noqa: E402
 
 CLI = [sys.executable, "-m", "optimum.commands.optimum_cli", "onnx23", "serve"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_bad_arguments_are_one_line():
@@ -34,20 +28,16 @@ def test_bad_arguments_are_one_line():
 
 def test_sigterm_finishes_the_running_request_then_exits(exported_dir):
     folder = exported_dir("bundled")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([*CLI, str(folder), "--port", str(port), "--served-model-name", "tiny", "--log-level", "warning"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert process.poll() is None, process.stderr.read()
-            time.sleep(0.2)
+        def alive():
+            assert process.poll() is None, process.stderr.read()
+
+        wait_healthy(url, check_alive=alive)
         # Bound to 127.0.0.1 only: another local address of this machine is not served.
         with socket.socket() as sock:
             sock.settimeout(2)

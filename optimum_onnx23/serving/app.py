@@ -79,7 +79,7 @@ def _error(error: OpenAIError) -> JSONResponse:
 def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
     """The app; `engine` (already started) skips loading, for tests and the Ray replica."""
     state = _State()
-    metrics = Metrics(lambda: state.engine)
+    metrics = Metrics()
 
     def load() -> None:
         try:
