@@ -74,7 +74,9 @@ def bench_generate(folder: str, requests) -> dict:
 async def _client(url: str, queue: list, model: str, ttfts: list, itls: list, counts: list) -> None:
     import httpx
 
-    async with httpx.AsyncClient(timeout=3600) as client:
+    # A new connection per request: reusing a kept-alive one races with the server closing it
+    # (llama-server's keep-alive timeout ended a run with "Server disconnected").
+    async with httpx.AsyncClient(timeout=3600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         while queue:
             ids, max_tokens = queue.pop()
             body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0, "stream": True,
@@ -131,25 +133,29 @@ def start_server(folder: str, max_num_seqs: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", help="exported folders (the variant for CPU is selected as sessions do)")
+    parser.add_argument("folders", nargs="*", help="exported folders (the variant for CPU is selected as sessions do)")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--url", help="another OpenAI-compatible server to run the same requests against")
     parser.add_argument("--url-name", default="external server")
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--tokenizer", help="where to read the tokenizer when no folder is given")
     args = parser.parse_args()
+    if not args.folders and not args.url:
+        parser.error("pass exported folders, --url, or both")
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.folders[0])
+    tokenizer = AutoTokenizer.from_pretrained(args.folders[0] if args.folders else args.tokenizer)
     requests = make_requests(tokenizer, args.requests)
     rows = []
+
+    def add(label, result):
+        rows.append((label, result))
+        print(f"[serve_bench] {label}: {result['tok/s']:.1f} tok/s", file=sys.stderr, flush=True)
+
     for folder in args.folders:
         name = Path(folder).name
-        def add(label, result):
-            rows.append((label, result))
-            print(f"[serve_bench] {label}: {result['tok/s']:.1f} tok/s", file=sys.stderr, flush=True)
-
         if not args.skip_generate:
             add(f"{name}: generate() one at a time", bench_generate(folder, requests))
         server, url = start_server(folder, args.clients)
