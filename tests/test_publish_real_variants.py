@@ -94,8 +94,9 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def test_each_variant_file_holds_only_what_it_reads(published):
+def test_each_variant_file_holds_only_what_it_reads(published, real_variants_dir):
     hub, layout = published
+    _, report = real_variants_dir
     main_bytes = sum((hub / "onnx" / n).stat().st_size for n in ("model.onnx", "model.onnx_data"))
     sizes = {}
     for graph, variant, other in (("model_q4.onnx", "ort-cpu-int4", "ort-cpu-int8"), ("model_int8.onnx", "ort-cpu-int8", "ort-cpu-int4")):
@@ -116,9 +117,15 @@ def test_each_variant_file_holds_only_what_it_reads(published):
         sizes[graph] = (hub / "onnx" / graph).stat().st_size + data
         precision = {"model_q4.onnx": "int4 | `q4`", "model_int8.onnx": "int8 | `int8`"}[graph]
         assert f"| {precision} | `onnx/{graph}` | {_size(sizes[graph])} |" in layout.card.text  # the precisions table
-    # The q4 download (the fp32 embedding it gathers from, + int4/int8 blocks) against the fp32 one
-    # (which also carries the in-file variants' weights).
-    assert sizes["model_q4.onnx"] <= 0.35 * main_bytes, (sizes, main_bytes)
+    # The q4 download (the fp32 embedding it gathers from, + the int4/int8 blocks) against the fp32
+    # one of an export with only the int4 variant attached, as the issue measured it (645.6 MB: the
+    # fp32 weights and, in the same data file, the int4 variant's): here the int8 variant's bytes
+    # come off what this folder's fp32 download is.
+    int8 = report["variants"]["ort-cpu-int8"]
+    int4_export_bytes = main_bytes - int8["data_bytes_added"] - int8["graph_bytes_added"]
+    print(f"q4 {sizes['model_q4.onnx']:,} B, int8 {sizes['model_int8.onnx']:,} B, fp32 {main_bytes:,} B "
+          f"(int4-only export: {int4_export_bytes:,} B): q4 = {sizes['model_q4.onnx'] / int4_export_bytes:.1%}")
+    assert sizes["model_q4.onnx"] <= 0.35 * int4_export_bytes, (sizes, int4_export_bytes)
     assert {p.dtype: p.size for p in layout.precisions} == {
         "fp32": main_bytes, "q4": sizes["model_q4.onnx"], "int8": sizes["model_int8.onnx"]
     }

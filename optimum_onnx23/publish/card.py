@@ -225,7 +225,12 @@ def _precisions_section(inputs: CardInputs) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     for p in inputs.precisions:
-        origin = f"backend variant `{p.variant}`" if p.variant else ("main graph" if p.graph.endswith("/model.onnx") else "file as published")
+        if p.variant:
+            origin = f"backend variant `{p.variant}`"
+        elif p.graph.endswith("/model.onnx"):
+            origin = "main graph" + (" (its data file also holds the in-file variants' weights)" if inputs.variants else "")
+        else:
+            origin = "file as published"
         lines.append(f"| {p.precision} | `{p.dtype}` | `{p.graph}` | {_size(p.size)} | {origin} |")
     if any(p.variant for p in inputs.precisions):
         lines += [

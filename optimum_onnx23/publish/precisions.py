@@ -131,7 +131,10 @@ class PrecisionFile:
     variant: str | None = None  # the backend variant it materializes (None: the main graph or a file as found)
 
 
-def _materialize(main: "OnnxModelFiles", variant: str, file_name: str) -> MaterializedVariant:
+_QUANTIZED_OP = "com.microsoft::MatMulNBits"  # what makes a variant int4/int8: without it, it quantized nothing
+
+
+def _materialize(main: "OnnxModelFiles", variant: str, file_name: str, notes: list[str]) -> MaterializedVariant | None:
     import onnx_ir as ir
 
     from ..model_file import ModelFile
@@ -139,6 +142,9 @@ def _materialize(main: "OnnxModelFiles", variant: str, file_name: str) -> Materi
 
     model = ModelFile.open(main.model).to_ir()  # data read where it lies, symlinks of a Hub cache included
     info = next(i for i in list_variants(model) if i.name == variant)
+    if _QUANTIZED_OP not in info.ops or not info.owned_bytes:
+        notes.append(f"Variant {variant} quantizes no weight of {main.name} (its ops: {', '.join(info.ops)}); it is not published as {file_name}.")
+        return None
     selected = select_variant(model, variant=variant, copy=False)  # checks the variant's content hash
     data_name = f"{file_name}_data"
     copies: list[tuple[Path, int, int, int]] = []
@@ -182,6 +188,8 @@ def plan_variant_files(
         if file_name in existing:
             logger.info("%s is already in the folder; it is published as it is instead of materializing %s.", file_name, variant)
             continue
-        planned.append((_materialize(main, variant, file_name), precision, dtype))
+        materialized = _materialize(main, variant, file_name, notes)
+        if materialized is not None:
+            planned.append((materialized, precision, dtype))
     return planned
 
