@@ -285,6 +285,7 @@ def test_int4_variant_is_materialized_as_transformers_js_q4(int4_export, int4_hu
     assert "`genai_config.json` runs `onnx/model_q4.onnx` (int4)" in layout.card.text
     assert f"| int4 | `q4` | `onnx/model_q4.onnx` | {_card_size(q4.size)} | backend variant `ort-cpu-int4` |" in layout.card.text
     assert json.loads((target / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "onnx/model_q4.onnx"
+    assert "weights in `onnx/model.onnx_data`, `onnx/model_q4.onnx_data`." in layout.card.text
 
 
 def test_model_package_maps_the_cpu_provider_to_int4_first(int4_hub):

@@ -201,7 +201,7 @@ def _usage_section(inputs: CardInputs) -> str:
 def _summary(inputs: CardInputs, source: str) -> str:
     task = inputs.report.get("task", "text-generation-with-past")
     cache = "with the KV cache as graph inputs and outputs" if task.endswith("-with-past") else "without a KV cache"
-    data = sorted(p for p in inputs.files if p.startswith("onnx/") and not p.endswith(".onnx"))
+    data = sorted(p for p in inputs.files if p.startswith("onnx/") and not p.endswith((".onnx", ".json")))
     weights = "weights in " + ", ".join(f"`{p}`" for p in data) if data else "weights inside the graph"
     runtimes = "optimum-onnx23 or optimum-onnx, and in transformers.js"
     if inputs.has_genai_config:
