@@ -150,16 +150,29 @@ TINY_HYBRID_CONFIGS: dict[str, dict] = {
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
     ),
+    # Hybrid x MoE, shaped like the released checkpoints: DeltaNet and attention layers, routed experts
+    # (4, top-2) and a gated shared expert in every layer; Granite 4.0-H Tiny / Small: Mamba-2 and NoPE
+    # attention, routed experts beside the shared MLP. Their experts are transformers' experts modules.
     "qwen3_next": dict(
         head_dim=16,
         layer_types=["linear_attention", "full_attention"],
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-        # Dense MLPs: the MoE experts (transformers' grouped_mm op) are the MoE exporter's part, not the cache's.
-        mlp_only_layers=[0, 1], partial_rotary_factor=0.5,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, partial_rotary_factor=0.5,
+    ),
+    # A Qwen3.5-MoE multimodal checkpoint (vision tower in the file): its text decoder is exported.
+    "qwen3_5_moe": dict(
+        text_config=dict(
+            head_dim=16,
+            layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, num_position_embeddings=16),
     ),
     "granitemoehybrid": dict(
-        # Granite 4.0-H micro's shape: no routed experts, a shared MLP.
-        layer_types=["linear_attention", "full_attention"], num_local_experts=0, shared_intermediate_size=64, embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5,
+        layer_types=["linear_attention", "full_attention"], num_local_experts=4, num_experts_per_tok=2, intermediate_size=32,
+        shared_intermediate_size=64, embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5,
         logits_scaling=2.0, **_MAMBA,
     ),
     "bamba": dict(attn_layer_indices=[1], **_MAMBA),
@@ -170,19 +183,29 @@ TINY_HYBRID_CONFIGS: dict[str, dict] = {
     ),
     "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=2, conv_kernel=4, expand=2, chunk_size=4),
 }
+TINY_HYBRID_CONFIGS["qwen3_5_moe_text"] = TINY_HYBRID_CONFIGS["qwen3_5_moe"]["text_config"]
 HYBRID_ARCHITECTURES = sorted(TINY_HYBRID_CONFIGS)
 
 
 def tiny_hybrid_config(model_type: str):
-    kwargs = {**_COMMON, **TINY_HYBRID_CONFIGS[model_type]}
+    extra = dict(TINY_HYBRID_CONFIGS[model_type])
+    if "text_config" in extra:  # multimodal checkpoint: the tiny decoder is its text config
+        text = {**_COMMON, **extra["text_config"]}
+        text["num_hidden_layers"] = len(text["layer_types"])
+        return AutoConfig.for_model(model_type, **{**extra, "text_config": text})
+    kwargs = {**_COMMON, **extra}
     layers = kwargs.get("layer_types") or kwargs.get("layers_block_type")
     kwargs["num_hidden_layers"] = len(layers) if layers else 2
     return AutoConfig.for_model(model_type, **kwargs)
 
 
 def build_tiny_hybrid_model(model_type: str, seed: int = 0):
+    from transformers import AutoModelForImageTextToText
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_hybrid_config(model_type))
+    config = tiny_hybrid_config(model_type)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    model = auto.from_config(config)
     with torch.no_grad():  # as build_tiny_model: logits far from ties
         for p in model.parameters():
             if p.dim() >= 2:
