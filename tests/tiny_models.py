@@ -264,6 +264,43 @@ TINY_MOE_CONFIGS: dict[str, dict] = {
         _MOE, n_routed_experts=MOE_EXPERTS, n_group=2, topk_group=1, n_shared_experts=1, moe_intermediate_size=32,
         first_k_dense_replace=1, routed_scaling_factor=1.5, head_dim=16,
     ),
+    # By building block (families/moe.py): each family's own router and shared experts around the
+    # experts interface; 4 experts top-2, layer 0 dense where the family has dense layers.
+    "aria_text": dict(moe_num_experts=MOE_EXPERTS, moe_topk=2, moe_num_shared_experts=1, intermediate_size=32, head_dim=16),
+    "granitemoeshared": dict(
+        _MOE, num_local_experts=MOE_EXPERTS, intermediate_size=32, shared_intermediate_size=32,
+        embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.0,
+    ),
+    "minicpm5_moe": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, head_dim=16,
+        mlp_layer_types=["dense", "sparse"],
+    ),
+    "solar_open": dict(_MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, head_dim=16),
+    "dots1": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1,
+        first_k_dense_replace=1, sliding_window=6, head_dim=16,
+    ),
+    "flex_olmo": dict(_MOE, num_experts=MOE_EXPERTS, intermediate_size=32),
+    "hunyuan_v1_moe": dict(num_experts=MOE_EXPERTS, moe_topk=2, intermediate_size=32, head_dim=16),
+    "hy_v3": dict(
+        _MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, num_shared_experts=1, head_dim=16, mlp_layer_types=["dense", "sparse"],
+    ),
+    "mellum": dict(
+        _MOE, num_local_experts=MOE_EXPERTS, moe_intermediate_size=32, head_dim=16, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    "minimax_m2": dict(_MOE, num_local_experts=MOE_EXPERTS, intermediate_size=32, head_dim=16),
+    "minimax_m3_vl_text": dict(_MOE, num_local_experts=MOE_EXPERTS, intermediate_size=32, head_dim=16),
+    "param2moe": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, first_k_dense_replace=1, n_shared_experts=1, head_dim=16,
+    ),
+    "sarvam_moe": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, first_k_dense_replace=1, n_shared_experts=1, head_dim=16,
+    ),
+    "laguna": dict(
+        _MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, shared_expert_intermediate_size=32, head_dim=16, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+    ),
 }
 TINY_CONFIGS.update(TINY_MOE_CONFIGS)
 ARCHITECTURES = sorted(TINY_CONFIGS)

@@ -37,16 +37,16 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "musicgen_melody": ("opt", "audio-codebook decoder conditioned on text and melody"),
     # ---- Mixture-of-Experts (dense sibling as nearest) --------------------------------------
     **{name: (dense, _MOE) for name, dense in {
-        "afmoe": "llama", "aria_text": "llama", "axk1": "minicpm3", "axk2": "minicpm3", "beam": "llama", "cohere2_moe": "cohere2",
+        "afmoe": "llama", "axk1": "minicpm3", "axk2": "minicpm3", "beam": "llama", "cohere2_moe": "cohere2",
         "dbrx": "llama", "deepseek_v2": "minicpm3", "deepseek_v32": "minicpm3", "deepseek_v4": "minicpm3",
-        "doge": "llama", "dots1": "qwen3", "dots3_note": "qwen3", "dots3_note_text": "qwen3", "ergo": "llama",
-        "exaone_moe": "exaone4", "flex_olmo": "olmo2", "flint": "qwen3", "glm4_moe_lite": "glm4",
+        "doge": "llama", "dots3_note": "qwen3", "dots3_note_text": "qwen3", "ergo": "llama",
+        "exaone_moe": "exaone4", "flint": "qwen3", "glm4_moe_lite": "glm4",
         "glm_moe_dsa": "glm4", "granitemoe_swa": "granite",
-        "granitemoeshared": "granite", "hunyuan_v1_moe": "hunyuan_v1_dense", "hy_v3": "hunyuan_v1_dense",
-        "hy_v4": "hunyuan_v1_dense", "jetmoe": "llama", "kolibri1": "qwen3", "kolibri1_1": "qwen3", "laguna": "llama",
-        "llama4": "llama", "llama4_text": "llama", "longcat_flash": "minicpm3", "mellum": "llama", "mimo_v2_flash": "qwen2", "minimax_m2": "mistral",
-        "minicpm5_moe": "llama", "minimax_m3_vl_text": "mistral", "param2moe": "llama",
-        "sarvam_mla": "minicpm3", "sarvam_moe": "glm4", "solar_open": "glm4",
+
+        "hy_v4": "hunyuan_v1_dense", "jetmoe": "llama", "kolibri1": "qwen3", "kolibri1_1": "qwen3",
+        "llama4": "llama", "llama4_text": "llama", "longcat_flash": "minicpm3", "mimo_v2_flash": "qwen2",
+
+        "sarvam_mla": "minicpm3",
     }.items()},
     # ---- state-space / linear-attention hybrids ----------------------------------------------
     **{name: (dense, _HYBRID) for name, dense in {
