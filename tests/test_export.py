@@ -71,6 +71,18 @@ EXPECTED_OPS = {
     "smollm3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 2},
     "stablelm": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
     "starcoder2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    # by building block: llama-style (5), q/k norms (apertus1p5_text: 9), sub-norms before o_proj and
+    # down_proj (bitnet: 9), post-norms (hyperclovax: 9), LayerNorm (jais2)
+    "apertus1p5_text": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "bitnet": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "cwm": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "exaone": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "hyperclovax": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "internlm3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "iquestcoder": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "jais2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    "ministral3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "vaultgemma": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
 }
 # (rotary_embedding_dim, interleaved) of every RotaryEmbedding node where not (0, 0): partial
 # rotary rotates the first r channels of each 16-wide head (phi, glm, nemotron: half; gpt_neox,

@@ -91,6 +91,17 @@ TINY_CONFIGS: dict[str, dict] = {
     "smollm3": dict(no_rope_layers=[1, 0]),
     "stablelm": dict(_MHA, use_qkv_bias=True),
     "starcoder2": dict(sliding_window=6, use_bias=True),
+    # By building block (families/dense.py): llama-style attention with another normalization or window.
+    "apertus1p5_text": {},
+    "bitnet": {},
+    "cwm": dict(head_dim=16, sliding_window=6, layer_types=["full_attention", "sliding_attention"]),
+    "exaone": dict(head_dim=16),
+    "hyperclovax": dict(head_dim=16),
+    "internlm3": dict(head_dim=16),
+    "iquestcoder": dict(head_dim=16),
+    "jais2": dict(head_dim=16),
+    "ministral3": dict(head_dim=16, sliding_window=6),
+    "vaultgemma": dict(head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"]),
 }
 
 ARCHITECTURES = sorted(TINY_CONFIGS)
