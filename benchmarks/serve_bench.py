@@ -10,6 +10,7 @@ latency p50/p95 (from the streamed chunks), peak RSS of this process (the server
     .venv/bin/python benchmarks/serve_bench.py FOLDER [FOLDER ...] [--requests 64] [--clients 16]
     [--kv-cache slots dynamic] [--max-num-batched-tokens 64]
     [--url http://127.0.0.1:8080 --url-name llama-server]   # another OpenAI server, same requests
+    [--ov-cb OV_FOLDER --ov-python .venv-ovgenai/bin/python]  # OpenVINO GenAI's ContinuousBatchingPipeline
 
 Each `--kv-cache` layout gets its own server rows (concurrency 1 for the first layout only).
 "x generate" compares with the same folder's `generate()` row (the same graph, same run).
@@ -149,6 +150,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="where to read the tokenizer when no folder is given")
     parser.add_argument("--kv-cache", nargs="+", default=["auto"], choices=("auto", "slots", "dynamic"))
     parser.add_argument("--max-num-batched-tokens", type=int, default=64, help="0: no per-step budget (prefill chunks of 256)")
+    parser.add_argument("--ov-cb", nargs="*", default=[], help="optimum-intel export folders for OpenVINO GenAI's ContinuousBatchingPipeline")
+    parser.add_argument("--ov-python", default=".venv-ovgenai/bin/python", help="the python with openvino-genai (benchmarks/ov_cb_bench.py)")
+    parser.add_argument("--ov-precision", nargs="+", default=["f32"], help="INFERENCE_PRECISION_HINT per --ov-cb run: f32, default")
     args = parser.parse_args()
     if not args.folders and not args.url:
         parser.error("pass exported folders, --url, or both")
@@ -170,7 +174,9 @@ def main() -> None:
         if not args.skip_generate:
             add(f"{name}: generate() one at a time", bench_generate(folder, requests))
             base = rows[-1][1]["tok/s"]
-        for i, layout in enumerate(args.kv_cache):
+        report = Path(folder) / "export_report.json"
+        static = report.is_file() and json.loads(report.read_text()).get("cache") == "static"
+        for i, layout in enumerate(["auto"] if static else args.kv_cache):  # a static export runs on its own buffers
             server, url = start_server(folder, args.clients, layout, budget)
             layout = server.config.app.state.onnx23.engine.batch.layout
             bench_server(url, "bench", requests[:2], 1)  # warm-up
@@ -181,6 +187,17 @@ def main() -> None:
             time.sleep(1)
     if args.url:
         add(f"{args.url_name}, concurrency {args.clients}", bench_server(args.url, args.url_name, requests, args.clients))
+    for folder in args.ov_cb:
+        for precision in args.ov_precision:
+            import subprocess
+
+            tokenizer_dir = args.folders[0] if args.folders else args.tokenizer
+            command = [args.ov_python, str(Path(__file__).parent / "ov_cb_bench.py"), folder, "--tokenizer", tokenizer_dir,
+                       "--requests", str(args.requests), "--clients", str(args.clients)]
+            out = subprocess.run([*command, "--precision", precision], capture_output=True, text=True, check=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            add(f"OpenVINO GenAI ContinuousBatchingPipeline {Path(folder).name} ({precision}, RSS {result['rss_mb']:.0f} MB), "
+                f"concurrency {args.clients}", result)
     print(f"\n{args.requests} requests, {args.clients} clients, --max-num-batched-tokens {budget}; "
           f"peak RSS of this process {peak_rss_mb():.0f} MB\n")
     print("| row | output tok/s | x generate | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
