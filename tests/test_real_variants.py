@@ -5,7 +5,6 @@ on the bundled evaluation texts (prose and code), as benchmarks/quality_bench.py
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnxruntime as ort
@@ -14,7 +13,6 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from optimum_onnx23 import ORTModelForCausalLM
-from optimum_onnx23.variants import attach_builtin_variants
 from optimum_onnx23.variants.quality import eval_windows, onnx_logits, score, torch_logits
 from optimum_onnx23.variants.runtime import create_session
 
@@ -24,10 +22,8 @@ LIMITS = {"main": (0.001, 0.99), "ort-cpu-int8": (0.02, 0.95), "ort-cpu-int4": (
 
 
 @pytest.fixture(scope="module")
-def with_variants(real_exported_dir, tmp_path_factory) -> tuple[Path, dict]:
-    folder = tmp_path_factory.mktemp("real-variants") / "smollm2"
-    shutil.copytree(real_exported_dir(), folder)
-    return folder, attach_builtin_variants(folder, ["ort-cpu-int8", "ort-cpu-int4"])
+def with_variants(real_variants_dir) -> tuple[Path, dict]:
+    return real_variants_dir  # int8, int4 and their portable forms (conftest: shared with the OpenVINO tests)
 
 
 @pytest.fixture(scope="module")
