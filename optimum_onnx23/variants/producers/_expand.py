@@ -129,7 +129,10 @@ def _fold(body: ir.Model) -> int:
         constant.outputs[0].type, constant.outputs[0].shape = value.type, value.shape
         value.replace_all_uses_with(constant.outputs[0], replace_graph_outputs=True)
         body.graph.initializers.pop(name)
-        body.graph.insert_before(body.graph[0], constant) if len(body.graph) else body.graph.append(constant)
+        if len(body.graph):
+            body.graph.insert_before(body.graph[0], constant)
+        else:
+            body.graph.append(constant)
         constant.outputs[0].name = name
     return dropped
 
