@@ -23,7 +23,7 @@ from optimum_onnx23.variants import attach_builtin_variants, list_variants
 from optimum_onnx23.variants.folder import load_model
 
 OPENVINO_PYTHON = os.environ.get("OPTIMUM_ONNX23_OPENVINO_PYTHON")
-SCRIPT = Path(__file__).parent / "openvino" / "provider_generate.py"
+SCRIPT = Path(__file__).parent / "openvino_provider" / "provider_generate.py"
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 NEW_TOKENS = 16
 OPENVINO = "OpenVINOExecutionProvider"

@@ -29,9 +29,10 @@ __all__ = ["expand_ops", "newer_ops", "function_body"]
 
 
 def newer_ops(graph: ir.Graph, opset: int) -> list[str]:
-    """Standard ops of `graph` that opset `opset` does not define (e.g. the opset-23 GenAI ops for 21)."""
+    """Standard ops of `graph`, subgraphs (If/Loop/Scan bodies) included, that opset `opset` does
+    not define (e.g. the opset-23 GenAI ops for 21)."""
     found = set()
-    for node in graph:
+    for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.domain in ("", "ai.onnx"):
             try:
                 onnx.defs.get_schema(node.op_type, opset, "")
@@ -168,7 +169,9 @@ def _splice(graph: ir.Graph, node: ir.Node, body: ir.Model, prefix: str) -> None
 
 
 def expand_ops(model: ir.Model, ops: Collection[str]) -> Counter:
-    """Expand, in place, every standard-domain node of `model.graph` whose op is in `ops`; returns
+    """Expand, in place, every standard-domain node of `model.graph` (not of its subgraphs: no
+    export puts these ops there; `newer_ops` still sees them, so a producer refuses such a graph)
+    whose op is in `ops`; returns
     how many of each op were expanded (and `Split outputs dropped`). The model's value types must be
     known (run `ShapeInferencePass` first)."""
     opset = model.opset_imports.get("", 23)
