@@ -73,7 +73,7 @@ def parse_export_args(parser: ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="Attach a built-in backend variant (repeatable): ort-cpu-int4, ort-cpu-int8, ort-cpu-moe, ort-cpu, backend-context. "
+        help="Attach a built-in backend variant (repeatable): ort-cpu-int4, ort-cpu-int8, ort-cpu-moe, ort-cpu, backend-context, portable-opset21. "
         "The main graph stays as is; onnxruntime sessions of optimum-onnx23 pick the variant for their provider.",
     )
 

@@ -23,7 +23,7 @@ LIMITS = {"main": (0.001, 0.99), "ort-cpu-int8": (0.02, 0.95), "ort-cpu-int4": (
 
 @pytest.fixture(scope="module")
 def with_variants(real_variants_dir) -> tuple[Path, dict]:
-    return real_variants_dir  # shared with tests/test_publish_real_variants.py
+    return real_variants_dir  # int8, int4 and their portable forms (conftest: shared with the OpenVINO and publish tests)
 
 
 @pytest.fixture(scope="module")

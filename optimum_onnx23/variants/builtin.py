@@ -11,7 +11,7 @@ from ..errors import InvalidArgumentError, VariantNotApplicableError
 from .folder import data_file, load_model, remove_selected_files, save_model
 from .format import VARIANT_DOMAIN, function_id
 from .listing import list_variants
-from .producers import BUILTIN, produce
+from .producers import BUILTIN, portable_opset21, produce
 from .producers._calibration import calibration_windows
 
 __all__ = ["attach_builtin_variants"]
@@ -57,27 +57,40 @@ def attach_builtin_variants(model_folder: Path, names: list[str], options: dict 
     report["variants"] = {}
     report["skipped"] = {}
     for name in names:
-        start = time.perf_counter()
-        size_graph = onnx_path.stat().st_size
-        size_data = data_path.stat().st_size
-        try:
-            spec = produce(name, model, **_with_calibration(name, folder, dict((options or {}).get(name, {}))))
-        except VariantNotApplicableError as error:
-            logger.warning("Variant %s not attached: %s", name, error)
-            report["skipped"][name] = str(error)
-            continue
-        spec.attach_to(model)
-        save_model(model, onnx_path)
-        info = next(i for i in list_variants(model) if i.name == name)
-        report["variants"][name] = {
-            "owned_bytes": info.owned_bytes,
-            "data_bytes_added": data_path.stat().st_size - size_data,
-            "graph_bytes_added": onnx_path.stat().st_size - size_graph,
-            "nodes": len(list(model.functions[(VARIANT_DOMAIN, function_id(name), "")])),
-            "ops": info.ops,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        logger.info("Attached variant %s (%d owned bytes) in %.1f s", name, info.owned_bytes, time.perf_counter() - start)
+        _attach_one(model, onnx_path, data_path, name, lambda n=name: produce(n, model, **_with_calibration(n, folder, dict((options or {}).get(n, {})))), report)
+    # The portable form of every weight-owning variant (int4, int8), whichever was attached first.
+    carried = {i.name: i for i in list_variants(model)}
+    if portable_opset21.NAME in carried:
+        for base in portable_opset21.bases(list(carried.values())):
+            derived = portable_opset21.combined_name(base)
+            if derived not in carried:
+                _attach_one(model, onnx_path, data_path, derived, lambda b=base: portable_opset21.produce(model, base=b), report)
     remove_selected_files(onnx_path)
     report["files_after"] = {onnx_path.name: onnx_path.stat().st_size, data_path.name: data_path.stat().st_size}
     return report
+
+
+def _attach_one(model, onnx_path: Path, data_path: Path, name: str, make, report: dict) -> None:
+    """Produce variant `name` with `make()`, attach it and save; a variant with nothing to rewrite
+    is recorded under `skipped` with a warning."""
+    start = time.perf_counter()
+    size_graph = onnx_path.stat().st_size
+    size_data = data_path.stat().st_size
+    try:
+        spec = make()
+    except VariantNotApplicableError as error:
+        logger.warning("Variant %s not attached: %s", name, error)
+        report["skipped"][name] = str(error)
+        return
+    spec.attach_to(model)
+    save_model(model, onnx_path)
+    info = next(i for i in list_variants(model) if i.name == name)
+    report["variants"][name] = {
+        "owned_bytes": info.owned_bytes,
+        "data_bytes_added": data_path.stat().st_size - size_data,
+        "graph_bytes_added": onnx_path.stat().st_size - size_graph,
+        "nodes": len(list(model.functions[(VARIANT_DOMAIN, function_id(name), "")])),
+        "ops": info.ops,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    logger.info("Attached variant %s (%d owned bytes) in %.1f s", name, info.owned_bytes, time.perf_counter() - start)

@@ -33,9 +33,14 @@ logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
-def _kernels() -> dict[str, set[tuple[str, str]]]:
-    """provider -> {(domain, op)} with a kernel in this onnxruntime build."""
+def _kernels() -> dict[str, set[tuple[str, str]]] | None:
+    """provider -> {(domain, op)} with a kernel in this onnxruntime build; None where the build
+    cannot list them: onnxruntime-openvino 1.24.1 crashes (SIGSEGV) in `get_all_opkernel_def`."""
+    import onnxruntime as ort
     import onnxruntime.capi._pybind_state as C
+
+    if "OpenVINOExecutionProvider" in ort.get_available_providers():
+        return None
 
     kernels: dict[str, set[tuple[str, str]]] = {}
     for kernel in C.get_all_opkernel_def():
@@ -46,19 +51,27 @@ def _kernels() -> dict[str, set[tuple[str, str]]]:
 def missing_ops(ops: Sequence[str], providers: Sequence[str]) -> list[str]:
     """The ops (`domain::op`) this onnxruntime cannot run for `providers`: contrib/custom-domain ops
     need a kernel in the *first* provider (the variant was built for it); standard ops may run on
-    any provider of the session, as onnxruntime's partitioner would place them."""
+    any provider of the session, as onnxruntime's partitioner would place them. A provider that
+    compiles subgraphs has no kernel list to consult: ops it may take are not reported here."""
     import onnxruntime as ort
 
     kernels = _kernels()
+    if kernels is None:  # nothing to check against: session creation decides (`create_session`)
+        return []
     available = set(ort.get_available_providers())
     first = providers[0]
     first_kernels = kernels.get(first, set()) if first in available else set()
     any_kernels = set().union(*(kernels.get(p, set()) for p in providers if p in available))
+    # Providers that compile subgraphs (OpenVINO, TensorRT, QNN, ...) register no per-op kernels:
+    # what they take is only known when the session is created (`create_session` decides then).
+    compiling = {p for p in providers if p in available and p not in kernels}
     missing = []
     for op in ops:
         domain, _, name = op.rpartition("::")
         domain = "" if domain in ("", "ai.onnx") else domain
         if (domain, name) in (any_kernels if domain == "" else first_kernels):
+            continue
+        if first in compiling or (domain == "" and compiling):
             continue
         if domain == "" and _runs_without_kernel(name):
             continue
