@@ -129,6 +129,7 @@ class _FixedRows(RowBatch):
         self.lengths = np.zeros(max_rows + 1, dtype=np.int64)
         self._spare = max_rows  # the prefill slot
         self._prefilling: str | None = None
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, list[ort.OrtValue]]] = {}
 
     @property
     def kv_bytes(self) -> int:
@@ -137,22 +138,33 @@ class _FixedRows(RowBatch):
     def _inputs(self, lengths: np.ndarray, step: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def _binding(self, slots: slice) -> ort.IOBinding:
+        """One binding per row range, its buffers bound once (OrtValues aliasing numpy views, kept
+        alive with it): a step then binds only its few small inputs (60 bindings a step cost
+        SmolLM2 ~0.7 ms of Python, 5-8% of an int4 token)."""
+        key = (slots.start, slots.stop)
+        if key not in self._bindings:
+            binding = self.session.io_binding()
+            binding.bind_output("logits", "cpu")  # first: outputs[0]
+            views = []
+            for name, buffer in self.buffers.items():
+                view = ort.OrtValue.ortvalue_from_numpy(buffer[slots])
+                views.append(view)
+                binding.bind_ortvalue_input(name, view)
+                binding.bind_ortvalue_output(self.presents[name], view)
+            self._bindings[key] = (binding, views)
+        return self._bindings[key][0]
+
     def _run(self, slots: slice, input_ids: np.ndarray) -> np.ndarray:
         lengths = self.lengths[slots]
         step = input_ids.shape[1]
         if int(lengths.max()) + step > self.max_len:
             raise InvalidArgumentError(f"a row would pass the KV buffer length {self.max_len} (--max-model-len)")
         arrays = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64), **self._inputs(lengths, step)}
-        binding = self.session.io_binding()
+        binding = self._binding(slots)
         for name, array in arrays.items():
             binding.bind_cpu_input(name, array)
-        binding.bind_output("logits", "cpu")
-        views = []  # kept alive until the run returns
-        for name, buffer in self.buffers.items():
-            view = ort.OrtValue.ortvalue_from_numpy(buffer[slots])
-            views.append(view)
-            binding.bind_ortvalue_input(name, view)
-            binding.bind_ortvalue_output(self.presents[name], view)
+        binding.bind_output("logits", "cpu")  # rebinding keeps its place; a new shape each prefill chunk
         self.session.run_with_iobinding(binding)
         self.lengths[slots] += step
         return binding.get_outputs()[0].numpy()[:, -1, :]
