@@ -21,6 +21,7 @@ reason (measured in docs/serving.md: slots are 1.7-2.9x faster a step at 16 rows
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -114,9 +115,11 @@ class DynamicRows(RowBatch):
 
 class _FixedRows(RowBatch):
     """`max_rows` decoding rows plus a spare one for the prefill, each `max_len` positions long.
-    The buffers are numpy arrays (zero pages are only committed once written, so resident memory
-    follows the lengths actually reached); onnxruntime reads and writes them in place through
-    OrtValues that alias them. Subclasses say what else the graph is fed (`_inputs`)."""
+    The buffers are numpy arrays that onnxruntime reads and writes in place through OrtValues
+    aliasing them; zero pages are committed when first written, and GroupQueryAttention's CPU
+    kernel writes a row's whole length on its first prefill (measured: +377 MB for one SmolLM2
+    row at 8192 positions), so a row in use holds `max_len` positions. Subclasses say what else
+    the graph is fed (`_inputs`)."""
 
     def __init__(self, model: ORTModelForCausalLM, session: ort.InferenceSession, max_rows: int, max_len: int) -> None:
         super().__init__()
@@ -269,6 +272,10 @@ class StaticRows(_FixedRows):
         self.rows[0], self.rows[longest] = self.rows[longest], self.rows[0]
 
 
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def sliding_windows(config, num_layers: int) -> dict[int, int]:
     """Layer index -> sliding window, as transformers' configs state it: `layer_types` when present
     ("sliding_attention" layers), else `sliding_window` on every layer unless `use_sliding_window`
@@ -335,6 +342,14 @@ def choose_rows(model: ORTModelForCausalLM, layout: str, max_rows: int, max_len:
         try:
             if max_len is None:
                 raise SlotGraphError("the model's context length is unknown: pass --max-model-len")
+            needed = (max_rows + 1) * max_len * sum(
+                int(np.prod([d for d in spec.shape if d is not None])) * np.dtype(spec.dtype).itemsize for spec in model.io.cache
+            )
+            if needed > _memory_bytes() // 2:
+                raise SlotGraphError(
+                    f"{max_rows + 1} rows x {max_len} positions need {needed / 1e9:.1f} GB of KV buffers, over half this "
+                    "machine's memory: lower --max-model-len or --max-num-seqs"
+                )
             return SlotRows(model, max_rows, max_len)
         except SlotGraphError as error:
             if layout == "slots":
