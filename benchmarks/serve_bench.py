@@ -8,7 +8,11 @@ request when the previous one finished. Reported per row: output tok/s, TTFT p50
 latency p50/p95 (from the streamed chunks), peak RSS of this process (the server runs in it).
 
     .venv/bin/python benchmarks/serve_bench.py FOLDER [FOLDER ...] [--requests 64] [--clients 16]
+    [--kv-cache slots dynamic] [--max-num-batched-tokens 64]
     [--url http://127.0.0.1:8080 --url-name llama-server]   # another OpenAI server, same requests
+
+Each `--kv-cache` layout gets its own server rows (concurrency 1 for the first layout only).
+"x generate" compares with the same folder's `generate()` row (the same graph, same run).
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def bench_server(url: str, model: str, requests, clients: int) -> dict:
     return {"tok/s": sum(counts) / elapsed, "ttft": ttfts, "itl": itls}
 
 
-def start_server(folder: str, max_num_seqs: int):
+def start_server(folder: str, max_num_seqs: int, kv_cache: str = "auto", max_num_batched_tokens: int | None = 64):
     import httpx
     import uvicorn
 
@@ -118,7 +122,10 @@ def start_server(folder: str, max_num_seqs: int):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(ServerConfig(model=folder, served_model_name="bench", max_num_seqs=max_num_seqs, max_queue=1024))
+    app = create_app(ServerConfig(
+        model=folder, served_model_name="bench", max_num_seqs=max_num_seqs, max_queue=1024, kv_cache=kv_cache,
+        max_num_batched_tokens=max_num_batched_tokens,
+    ))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
@@ -140,6 +147,8 @@ def main() -> None:
     parser.add_argument("--url-name", default="external server")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--tokenizer", help="where to read the tokenizer when no folder is given")
+    parser.add_argument("--kv-cache", nargs="+", default=["auto"], choices=("auto", "slots", "dynamic"))
+    parser.add_argument("--max-num-batched-tokens", type=int, default=64, help="0: no per-step budget (prefill chunks of 256)")
     args = parser.parse_args()
     if not args.folders and not args.url:
         parser.error("pass exported folders, --url, or both")
@@ -148,31 +157,38 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.folders[0] if args.folders else args.tokenizer)
     requests = make_requests(tokenizer, args.requests)
-    rows = []
+    rows = []  # (label, result, the same folder's generate() tok/s)
+    budget = args.max_num_batched_tokens or None
 
-    def add(label, result):
-        rows.append((label, result))
+    def add(label, result, base=None):
+        rows.append((label, result, base))
         print(f"[serve_bench] {label}: {result['tok/s']:.1f} tok/s", file=sys.stderr, flush=True)
 
     for folder in args.folders:
         name = Path(folder).name
+        base = None
         if not args.skip_generate:
             add(f"{name}: generate() one at a time", bench_generate(folder, requests))
-        server, url = start_server(folder, args.clients)
-        bench_server(url, "bench", requests[:2], 1)  # warm-up
-        add(f"{name}: server, concurrency 1", bench_server(url, "bench", requests, 1))
-        add(f"{name}: server, concurrency {args.clients}", bench_server(url, "bench", requests, args.clients))
-        server.should_exit = True
-        time.sleep(1)
+            base = rows[-1][1]["tok/s"]
+        for i, layout in enumerate(args.kv_cache):
+            server, url = start_server(folder, args.clients, layout, budget)
+            layout = server.config.app.state.onnx23.engine.batch.layout
+            bench_server(url, "bench", requests[:2], 1)  # warm-up
+            if i == 0:
+                add(f"{name}: server ({layout}), concurrency 1", bench_server(url, "bench", requests, 1), base)
+            add(f"{name}: server ({layout}), concurrency {args.clients}", bench_server(url, "bench", requests, args.clients), base)
+            server.should_exit = True
+            time.sleep(1)
     if args.url:
         add(f"{args.url_name}, concurrency {args.clients}", bench_server(args.url, args.url_name, requests, args.clients))
-    base = rows[0][1]["tok/s"]
-    print(f"\n{args.requests} requests, {args.clients} clients; peak RSS of this process {peak_rss_mb():.0f} MB\n")
-    print("| row | output tok/s | x first row | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
+    print(f"\n{args.requests} requests, {args.clients} clients, --max-num-batched-tokens {budget}; "
+          f"peak RSS of this process {peak_rss_mb():.0f} MB\n")
+    print("| row | output tok/s | x generate | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
     print("|---|---|---|---|---|---|---|")
-    for name, r in rows:
+    for name, r, base in rows:
         itl50 = statistics.median(r["itl"]) * 1e3 if r["itl"] else float("nan")
-        print(f"| {name} | {r['tok/s']:.1f} | {r['tok/s'] / base:.2f} | {percentile(r['ttft'], .5):.3f} | "
+        ratio = f"{r['tok/s'] / base:.2f}" if base else "-"
+        print(f"| {name} | {r['tok/s']:.1f} | {ratio} | {percentile(r['ttft'], .5):.3f} | "
               f"{percentile(r['ttft'], .95):.3f} | {itl50:.1f} | {percentile(r['itl'], .95) * 1e3:.1f} |")
 
 

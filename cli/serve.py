@@ -33,6 +33,16 @@ class ServeCommand(BaseOptimumCLICommand):
         parser.add_argument("--max-queue", type=int, default=64, help="Waiting requests before 429 (default 64).")
         parser.add_argument("--max-model-len", type=_positive, default=None, help="Prompt + completion limit (default: the model's context).")
         parser.add_argument("--prefill-chunk", type=_positive, default=256, help="Prompt tokens prefilled per step (default 256).")
+        parser.add_argument(
+            "--max-num-batched-tokens", type=_positive, default=64,
+            help="Tokens per step while rows decode: one per decoding row, the rest for a prefill chunk (default 64; "
+            "lower: steadier inter-token latency, higher: faster time to first token).",
+        )
+        parser.add_argument(
+            "--kv-cache", choices=("auto", "slots", "dynamic"), default="auto",
+            help="Rows' KV cache: fixed slots, each row attending over its own length (onnxruntime CPU; needs every "
+            "attention layer fused), or the dynamic cache (every family and provider). auto: slots where they apply.",
+        )
         parser.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider; its backend variant is selected as sessions do.")
         parser.add_argument("--served-model-name", default=None, help="The model name clients send (default: the folder's name).")
         parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -58,7 +68,7 @@ class ServeCommand(BaseOptimumCLICommand):
         config = ServerConfig(
             model=args.model, served_model_name=args.served_model_name, max_num_seqs=args.max_num_seqs,
             max_queue=args.max_queue, max_model_len=args.max_model_len, provider=args.provider,
-            prefill_chunk=args.prefill_chunk,
+            prefill_chunk=args.prefill_chunk, max_num_batched_tokens=args.max_num_batched_tokens, kv_cache=args.kv_cache,
         )
         app = create_app(config)
 

@@ -100,13 +100,20 @@ class ModelFile:
     def metadata(self) -> dict[str, str]:
         return {p.key: p.value for p in self.proto.metadata_props}
 
+    def _resolved_data(self) -> dict[str, Path]:
+        """location -> the file it resolves to, when some data file is a symlink to another folder or
+        name (a Hugging Face cache snapshot links into `blobs/`); empty when all sit in the folder."""
+        real = {location: Path(os.path.realpath(p)) for location, p in self.data_files.items()}
+        here = Path(os.path.realpath(self.folder))
+        return {} if all(r.parent == here and r.name == loc for loc, r in real.items()) else real
+
     def for_onnxruntime(self, data: bytes) -> tuple[bytes, Path]:
         """`data` (this model or a plain model selected from it) and the folder onnxruntime reads its
         external data from. In a Hugging Face cache snapshot the data files are symlinks into
         `blobs/`, and onnxruntime refuses a model given as bytes whose data resolves outside that
         folder: the locations (checked above) are then rewritten to the files they resolve to."""
-        real = {location: Path(os.path.realpath(p)) for location, p in self.data_files.items()}
-        if all(r.parent == Path(os.path.realpath(self.folder)) and r.name == loc for loc, r in real.items()):
+        real = self._resolved_data()
+        if not real:
             return data, self.folder
         folders = {r.parent for r in real.values()}
         if len(folders) != 1:
@@ -127,4 +134,27 @@ class ModelFile:
 
         model = ir.serde.deserialize_model(self.proto)
         ir.external_data.set_base_dir(model.graph, str(self.folder))
+        # onnx-ir refuses to read a data file that is a symlink out of the model's folder (a Hugging
+        # Face cache snapshot): such tensors read the file it resolves to; `restore_locations` gives
+        # them back their names in the model before it is serialized.
+        self._relocate(model, {loc: (r.name, r.parent) for loc, r in self._resolved_data().items()})
         return model
+
+    def restore_locations(self, model) -> None:
+        """Undo `to_ir`'s relocation in `model` (or a model selected from it): each external tensor
+        names its data file as this file does, so the serialized graph is the same wherever it lies."""
+        self._relocate(model, {r.name: (loc, self.folder) for loc, r in self._resolved_data().items()})
+
+    @staticmethod
+    def _relocate(model, names: dict[str, tuple[str, Path]]) -> None:
+        import onnx_ir as ir
+
+        if not names:
+            return
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor) and tensor.location in names:
+                location, base_dir = names[tensor.location]
+                value.const_value = ir.ExternalTensor(
+                    location, tensor.offset, tensor.length, tensor.dtype, shape=tensor.shape, name=tensor.name, base_dir=base_dir
+                )

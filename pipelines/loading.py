@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 
 from optimum_onnx23.errors import InvalidArgumentError, ModelNotFoundError
+from optimum_onnx23.model_file import ModelFile
 
 from .hub import ModelFiles, resolve_model_files
 from .session import open_session
@@ -62,6 +63,7 @@ class LoadedModel:
     generation_config: GenerationConfig
     files: ModelFiles
     variant: str | None
+    model_file: ModelFile
 
 
 def load(
@@ -113,8 +115,8 @@ def load(
         except OSError:
             generation_config = GenerationConfig.from_model_config(config)
     config.use_cache = generation_config.use_cache = use_cache
-    session, _model_file, variant = open_session(files.onnx_path, providers, session_options)
-    return LoadedModel(session, config, generation_config, files, variant), dtype
+    session, model_file, variant = open_session(files.onnx_path, providers, session_options)
+    return LoadedModel(session, config, generation_config, files, variant, model_file), dtype
 
 
 def check_dtype(requested: torch.dtype | str, graph_numpy_dtype: Any, onnx_path: Path) -> None:

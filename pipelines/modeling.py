@@ -21,6 +21,7 @@ from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from optimum_onnx23.errors import InvalidArgumentError
+from optimum_onnx23.model_file import ModelFile
 
 from .forward import run_forward
 from .generation import decode_beam_search, decode_greedy_or_sample, single_threaded_torch
@@ -63,6 +64,7 @@ class ORTModelForCausalLM:
         self.io: DecoderIO = read_decoder_io(session, config, str(model_path or "model.onnx"))
         self.use_io_binding = True  # optimum-onnx's attribute; generate() always binds (see from_pretrained)
         self.variant: str | None = None  # the backend variant the session runs (None: the main graph)
+        self.model_file: ModelFile | None = None  # the parsed file (from_pretrained sets it): other sessions reuse it
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
@@ -137,6 +139,7 @@ class ORTModelForCausalLM:
         model = cls(loaded.session, loaded.config, loaded.generation_config, loaded.files.onnx_path)
         model.folder = loaded.files.folder
         model.variant = loaded.variant
+        model.model_file = loaded.model_file
         model.use_io_binding = True if use_io_binding is None else bool(use_io_binding)
         if dtype is not None:
             check_dtype(dtype, model.io.dtype, loaded.files.onnx_path)

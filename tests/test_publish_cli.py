@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from argparse import ArgumentParser
@@ -12,7 +13,7 @@ import pytest
 from test_publish_hub import REPO_ID, fake_hub, no_network  # noqa: F401  (fixtures)
 
 from optimum_onnx23.errors import InvalidArgumentError
-from optimum_onnx23.publish import InvalidRepoIdError, MissingTokenError, check_publish_args, publish_from_args
+from optimum_onnx23.publish import GenaiPrecisionError, InvalidRepoIdError, MissingTokenError, check_publish_args, publish_from_args
 
 
 def _parser() -> ArgumentParser:
@@ -52,6 +53,12 @@ def test_there_is_no_token_flag(capsys):
         (["--push-to-hub", "bad repo"], InvalidRepoIdError, "Invalid Hub repo id 'bad repo'"),
         (["--private"], InvalidArgumentError, "--private only applies to an upload; add --push-to-hub"),
         (["--dry-run"], InvalidArgumentError, "--dry-run only applies to an upload"),
+        (["--genai-precision", "int4"], InvalidArgumentError, "--genai-precision only applies to an upload"),
+        # a precision the export will not have costs no export
+        (["--push-to-hub", REPO_ID, "--dry-run", "--genai-precision", "int4"], GenaiPrecisionError,
+         "--genai-precision int4: this export will have fp32 (or `auto`); add --variant ort-cpu-int4 for int4."),
+        (["--push-to-hub", REPO_ID, "--dry-run", "--variant", "ort-cpu-int8", "--genai-precision", "int4"], GenaiPrecisionError,
+         "this export will have fp32, int8 (or `auto`)"),
     ],
 )
 def test_bad_flags_are_caught_before_the_export(argv, error, message):
@@ -81,6 +88,16 @@ def test_dry_run_prints_the_plan_without_network(no_network, export_folder, caps
     assert no_network == []
     assert f"public model repo {REPO_ID}" in out
     assert "onnx/model.onnx_data" in out and "genai_config.json" in out and "pipeline_tag: text-generation" in out
+
+
+def test_genai_precision_flag_picks_the_graph_genai_runs(no_network, exported_dir, capsys):
+    folder = exported_dir("llama", "--variant", "ort-cpu-int4")
+    for flag, graph in ((["--genai-precision", "fp32"], "onnx/model.onnx"), ([], "onnx/model_q4.onnx")):
+        args = _parser().parse_args(["-m", "model", str(folder), "--push-to-hub", REPO_ID, "--dry-run", "--variant", "ort-cpu-int4", *flag])
+        assert publish_from_args(args, folder) is None
+        out = capsys.readouterr().out
+        assert f"onnxruntime-genai runs {graph} (" in out and f'"filename": "{graph}"' not in out
+        assert re.search(r"^  onnx/model_q4\.onnx_data +\d", out, re.M)
 
 
 def test_push_from_args(fake_hub, export_folder):

@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -443,6 +444,30 @@ def test_from_pretrained_downloads_only_what_generation_needs(fake_hub, export_f
     assert (tmp_path / "cache" / "models--onnx-community-test--tiny-llama-onnx23" / "snapshots" / first.oid).is_dir()
     prompt = torch.tensor([[1, 17, 205]])
     assert np.asarray(model.generate(prompt, max_new_tokens=4, do_sample=False)).shape == (1, 7)
+
+
+def test_push_uploads_materialized_variants_and_from_pretrained_selects_the_in_file_one(
+    fake_hub, exported_dir, tmp_path, monkeypatch
+):
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+    from optimum_onnx23.publish import save_pretrained
+
+    folder = exported_dir("llama", "--variant", "ort-cpu-int4")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    info = push_to_hub(folder, REPO_ID)
+    assert list(scratch.iterdir()) == []  # the materialized files were written for the upload, then removed
+    written = tmp_path / "written"
+    save_pretrained(folder, written, REPO_ID)
+    files = fake_hub.repos[REPO_ID]["files"]
+    for path in ("onnx/model_q4.onnx", "onnx/model_q4.onnx_data", "onnx/manifest.json", "genai_config.json"):
+        assert files[path][0] == (written / path).read_bytes(), path
+    assert files["onnx/model_q4.onnx_data"][1] is not None  # through LFS, as any weights file
+    model = ORTModelForCausalLM.from_pretrained(REPO_ID, cache_dir=tmp_path / "cache", revision=info.oid)
+    downloaded = {p.split(f"/resolve/{info.oid}/", 1)[1] for p in fake_hub.paths("GET") if "/resolve/" in p}
+    assert "onnx/model.onnx" in downloaded and not {p for p in downloaded if "model_q4" in p}
+    assert model.variant == "ort-cpu-int4"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from optimum_onnx23.errors import OutputFolderError, UnsafeModelFileError
-from optimum_onnx23.publish import find_onnx_models, plan_hub_layout, save_pretrained
+from optimum_onnx23.publish import GenaiPrecisionError, find_onnx_models, plan_hub_layout, save_pretrained
+from optimum_onnx23.publish.card import _size as _card_size
 
 REPO_ID = "onnx-community-test/tiny-llama-onnx23"
 
@@ -250,3 +251,77 @@ def test_exports_genai_cannot_run_get_no_genai_config(exported_dir, model_type, 
     assert [n for n in layout.notes if note in n]
     assert "onnxruntime-genai" not in layout.card.data.tags and "og.Model(" not in layout.card.text
     assert "onnx/model.onnx" in layout.paths
+
+
+@pytest.fixture(scope="module")
+def int4_export(exported_dir) -> Path:
+    return exported_dir("llama", "--variant", "ort-cpu-int4")  # shared with test_model_file / test_generation_variants
+
+
+@pytest.fixture(scope="module")
+def int4_hub(int4_export, tmp_path_factory):
+    target = tmp_path_factory.mktemp("hub-int4") / "tiny-llama-onnx23"
+    return target, save_pretrained(int4_export, target, REPO_ID)
+
+
+def test_int4_variant_is_materialized_as_transformers_js_q4(int4_export, int4_hub):
+    target, layout = int4_hub
+    assert {"onnx/model.onnx", "onnx/model.onnx_data", "onnx/model_q4.onnx", "onnx/model_q4.onnx_data", "onnx/manifest.json"} <= _files(target)
+    # The main graph is published as exported: the variant stays inside it (the source of truth).
+    for name in ("model.onnx", "model.onnx_data"):
+        assert (target / "onnx" / name).read_bytes() == (int4_export / name).read_bytes()
+    # What the plan (and the dry run) states is what was written, byte for byte.
+    assert {f.path_in_repo: f.size for f in layout.files} == {p: (target / p).stat().st_size for p in _files(target)}
+    js = json.loads((target / "config.json").read_text())["transformers.js_config"]["use_external_data_format"]
+    assert js == {"model.onnx": True, "model_q4.onnx": True}
+    assert [(p.precision, p.dtype, p.graph, p.variant) for p in layout.precisions] == [
+        ("fp32", "fp32", "onnx/model.onnx", None), ("int4", "q4", "onnx/model_q4.onnx", "ort-cpu-int4")
+    ]
+    q4 = layout.precisions[1]
+    assert q4.size == sum((target / p).stat().st_size for p in (q4.graph, *q4.data)) < layout.precisions[0].size
+    # The card: the transformers.js snippet uses q4 and lists both dtypes with their sizes; genai's graph is named.
+    snippet = re.search(r"```js\n(.*?)```", layout.card.text, re.S).group(1)
+    assert '{ dtype: "q4" }' in snippet and f'"q4" (int4, {_card_size(q4.size)})' in snippet and '"fp32" (fp32, ' in snippet
+    assert "`genai_config.json` runs `onnx/model_q4.onnx` (int4)" in layout.card.text
+    assert f"| int4 | `q4` | `onnx/model_q4.onnx` | {_card_size(q4.size)} | backend variant `ort-cpu-int4` |" in layout.card.text
+    assert json.loads((target / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "onnx/model_q4.onnx"
+    assert "weights in `onnx/model.onnx_data`, `onnx/model_q4.onnx_data`." in layout.card.text
+
+
+def test_model_package_maps_the_cpu_provider_to_int4_first(int4_hub):
+    target, layout = int4_hub
+    variants = layout.model_package["components"]["decoder"]["variants"]
+    assert list(variants)[:3] == ["cpu-int4", "cpu-fp32", "cuda-fp32"]
+    assert variants["cpu-int4"]["executor_info"]["ort"]["model_file"] == "model_q4.onnx"
+    assert {v["executor_info"]["ort"]["model_file"] for k, v in variants.items() if k != "cpu-int4"} == {"model.onnx"}
+    package = ort.ModelPackageContext(str(target / "onnx"))
+    options = ort.SessionOptions()
+    options.add_provider("CPUExecutionProvider", {})
+    assert package.select_component("decoder", ort.ModelPackageOptions(options)).get_selected_variant_name() == "cpu-int4"
+
+
+def test_genai_precision_is_the_publishers_choice(int4_export, int4_hub):
+    _, auto = int4_hub
+    assert auto.genai_precision.graph == "onnx/model_q4.onnx"
+    main = plan_hub_layout(int4_export, REPO_ID, genai_precision="fp32")
+    assert main.genai_config["model"]["decoder"]["filename"] == "onnx/model.onnx"
+    assert "`genai_config.json` runs `onnx/model.onnx` (fp32)" in main.card.text
+    with pytest.raises(GenaiPrecisionError) as raised:
+        plan_hub_layout(int4_export, REPO_ID, genai_precision="int8")
+    assert str(raised.value) == (
+        "genai precision 'int8': the folder has no such graph (it has: fp32, int4); attach the variant first "
+        "(`optimum-cli onnx23 variants attach FOLDER --variant ort-cpu-int4` for int4), or pass one of those or `auto`."
+    )
+
+
+def test_a_published_folder_republishes_as_it_is(int4_hub):
+    target, layout = int4_hub
+    again = plan_hub_layout(target, REPO_ID)
+    assert sorted(again.paths) == sorted(layout.paths)
+    # Nothing is materialized a second time: the q4 files are copied as they are, genai keeps its graph.
+    assert all(f.writer is None for f in again.files)
+    assert again.genai_precision.graph == "onnx/model_q4.onnx" and again["onnx/manifest.json"].source is not None
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(target)
+    assert model.variant == "ort-cpu-int4"  # our sessions still select the in-file variant

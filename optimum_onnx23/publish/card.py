@@ -1,5 +1,7 @@
 """The repo's `README.md`: a `huggingface_hub.ModelCard` with validated metadata, the export report
-in short and copy-paste usage for this package, optimum-onnx, transformers.js and onnxruntime-genai."""
+in short, the precisions with their download sizes, and copy-paste usage for this package,
+optimum-onnx, transformers.js (one `dtype` per precision present), onnxruntime-genai (saying which
+precision its config runs) and onnxruntime's model package."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .errors import ModelCardError
+from .precisions import PrecisionFile
 
 __all__ = ["CardInputs", "build_model_card", "validate_model_card", "PACKAGE_TAG", "DEFAULT_LIBRARY_NAME"]
 
@@ -35,6 +38,9 @@ class CardInputs:
     library_name: str = DEFAULT_LIBRARY_NAME
     license: str | None = None
     has_genai_config: bool = True
+    precisions: list[PrecisionFile] = field(default_factory=list)  # the main graph first
+    genai_precision: PrecisionFile | None = None  # the graph genai_config.json names
+    model_package: bool = False  # onnx/manifest.json is published
 
 
 def _size(n: int) -> str:
@@ -82,8 +88,18 @@ def _report_section(report: dict[str, Any], opset: int) -> str:
     return "\n".join(lines)
 
 
-def _usage_section(repo_id: str, has_genai_config: bool) -> str:
-    prompt = "Hello, my name is"
+def _js_dtype_line(precisions: list[PrecisionFile]) -> tuple[str, str]:
+    """The dtype the snippet uses (the smallest download) and a comment listing every dtype present."""
+    if not precisions:
+        return "fp32", ""
+    chosen = min(precisions, key=lambda p: p.size)
+    offered = ", ".join(f'"{p.dtype}" ({p.precision}, {_size(p.size)})' for p in sorted(precisions, key=lambda p: p.size))
+    return chosen.dtype, f"// dtype: {offered}"
+
+
+def _usage_section(inputs: CardInputs) -> str:
+    repo_id, prompt = inputs.repo_id, "Hello, my name is"
+    dtype, dtype_comment = _js_dtype_line(inputs.precisions)
     parts = [
         "## Usage",
         "",
@@ -95,6 +111,14 @@ def _usage_section(repo_id: str, has_genai_config: bool) -> str:
         f'generator = pipeline("text-generation", model="{repo_id}", accelerator="ort")',
         f'print(generator("{prompt}", max_new_tokens=32)[0]["generated_text"])',
         "```",
+    ]
+    if inputs.variants:
+        parts += [
+            "",
+            "It downloads `onnx/model.onnx` and runs the backend variant inside it that suits the session's first "
+            "execution provider (" + ", ".join(f"`{v}`" for v in inputs.variants) + "), else the main graph.",
+        ]
+    parts += [
         "",
         "### optimum-onnx (`ORTModelForCausalLM`)",
         "",
@@ -113,16 +137,29 @@ def _usage_section(repo_id: str, has_genai_config: bool) -> str:
         "```js",
         'import { pipeline } from "@huggingface/transformers";',
         "",
-        f'const generator = await pipeline("text-generation", "{repo_id}", {{ dtype: "fp32" }});',
+        *([dtype_comment] if len(inputs.precisions) > 1 else []),
+        f'const generator = await pipeline("text-generation", "{repo_id}", {{ dtype: "{dtype}" }});',
         f'const output = await generator("{prompt}", {{ max_new_tokens: 32 }});',
         "console.log(output[0].generated_text);",
         "```",
     ]
-    if has_genai_config:
+    if inputs.has_genai_config:
+        genai = inputs.genai_precision
+        which = (
+            f"`genai_config.json` runs `{genai.graph}` ({genai.precision}). "
+            if genai is not None else ""
+        )
+        others = [p for p in inputs.precisions if genai is None or p.graph != genai.graph]
+        if others:
+            which += (
+                "The precision is chosen when publishing (`--genai-precision` "
+                + " | ".join(dict.fromkeys(p.precision for p in inputs.precisions)) + ")."
+            )
         parts += [
             "",
             "### onnxruntime-genai",
             "",
+            *([which.strip(), ""] if which else []),
             "```python",
             "import onnxruntime_genai as og",
             "from huggingface_hub import snapshot_download",
@@ -138,13 +175,33 @@ def _usage_section(repo_id: str, has_genai_config: bool) -> str:
             "print(tokenizer.decode(generator.get_sequence(0)))",
             "```",
         ]
+    if inputs.model_package:
+        parts += [
+            "",
+            "### onnxruntime model package",
+            "",
+            "`onnx/manifest.json` maps each execution provider to its graph (onnxruntime >= 1.32 picks the first "
+            "listed for the session's first provider: the same choice as optimum-onnx23's sessions).",
+            "",
+            "```python",
+            "import onnxruntime as ort",
+            "from huggingface_hub import snapshot_download",
+            "",
+            f'package = ort.ModelPackageContext(snapshot_download("{repo_id}") + "/onnx")',
+            "options = ort.SessionOptions()",
+            'options.add_provider("CPUExecutionProvider", {})',
+            'decoder = package.select_component("decoder", ort.ModelPackageOptions(options))',
+            "print(decoder.get_selected_variant_name())",
+            "session = decoder.create_session()",
+            "```",
+        ]
     return "\n".join(parts)
 
 
 def _summary(inputs: CardInputs, source: str) -> str:
     task = inputs.report.get("task", "text-generation-with-past")
     cache = "with the KV cache as graph inputs and outputs" if task.endswith("-with-past") else "without a KV cache"
-    data = sorted(p for p in inputs.files if p.startswith("onnx/") and not p.endswith(".onnx"))
+    data = sorted(p for p in inputs.files if p.startswith("onnx/") and not p.endswith((".onnx", ".json")))
     weights = "weights in " + ", ".join(f"`{p}`" for p in data) if data else "weights inside the graph"
     runtimes = "optimum-onnx23 or optimum-onnx, and in transformers.js"
     if inputs.has_genai_config:
@@ -155,6 +212,33 @@ def _summary(inputs: CardInputs, source: str) -> str:
         f"opset-{inputs.opset} ops, optimum's input and output names, {weights}. "
         f"The same files run in onnxruntime through {runtimes}."
     )
+
+
+def _precisions_section(inputs: CardInputs) -> list[str]:
+    """One row per precision: the files a consumer downloads for it and their total size."""
+    if not inputs.precisions:
+        return []
+    lines = [
+        "## Precisions",
+        "",
+        "| precision | transformers.js `dtype` | graph | download | from |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for p in inputs.precisions:
+        if p.variant:
+            origin = f"backend variant `{p.variant}`"
+        elif p.graph.endswith("/model.onnx"):
+            origin = "main graph" + (" (its data file also holds the in-file variants' weights)" if inputs.variants else "")
+        else:
+            origin = "file as published"
+        lines.append(f"| {p.precision} | `{p.dtype}` | `{p.graph}` | {_size(p.size)} | {origin} |")
+    if any(p.variant for p in inputs.precisions):
+        lines += [
+            "",
+            "Each backend variant's file is the graph optimum-onnx23's sessions run when they select it from "
+            "`onnx/model.onnx`, with its own external data holding only the tensors it reads.",
+        ]
+    return lines + [""]
 
 
 def build_model_card(inputs: CardInputs) -> ModelCard:
@@ -171,15 +255,16 @@ def build_model_card(inputs: CardInputs) -> ModelCard:
         tags=tags,
     )
     source = f"[{inputs.base_model}](https://huggingface.co/{inputs.base_model})" if inputs.base_model else "a transformers checkpoint"
-    files = ["## Files", "", "| file | size |", "| --- | --- |"]
-    files += [f"| `{path}` | {_size(size)} |" for path, size in sorted(inputs.files.items())]
+    files = _precisions_section(inputs) + ["## Files", "", "| file | precision | size |", "| --- | --- | --- |"]
+    precision_of = {path: p.precision for p in inputs.precisions for path in (p.graph, *p.data)}
+    files += [f"| `{path}` | {precision_of.get(path, '-')} | {_size(size)} |" for path, size in sorted(inputs.files.items())]
     if inputs.variants:
         files += ["", "Attached variants: " + ", ".join(f"`{v}`" for v in inputs.variants) + "."]
     body = "\n\n".join(
         [
             f"# {inputs.repo_id.split('/')[-1]} (ONNX)",
             _summary(inputs, source),
-            _usage_section(inputs.repo_id, inputs.has_genai_config),
+            _usage_section(inputs),
             _report_section(inputs.report, inputs.opset),
             "\n".join(files),
         ]

@@ -42,6 +42,15 @@ def add_publish_arguments(parser: ArgumentParser) -> None:
         action="store_true",
         help="With --push-to-hub: print the files, their sizes and the model card, and upload nothing.",
     )
+    group.add_argument(
+        "--genai-precision",
+        dest="genai_precision",
+        default=None,
+        metavar="PRECISION",
+        help="With --push-to-hub: the graph genai_config.json makes onnxruntime-genai run: `auto` (default: the "
+        "backend variant our CPU sessions select, e.g. int4, else the main graph), the main graph's dtype "
+        "(`fp32`), or a variant's precision (`int4`, `int8`).",
+    )
 
 
 def check_publish_args(args: Namespace) -> None:
@@ -50,13 +59,17 @@ def check_publish_args(args: Namespace) -> None:
     the export, so that none of these costs an export."""
     repo_id = getattr(args, "push_to_hub", None)
     if repo_id is None:
-        for flag, name in (("private", "--private"), ("commit_message", "--commit-message"), ("dry_run", "--dry-run")):
+        for flag, name in (
+            ("private", "--private"), ("commit_message", "--commit-message"), ("dry_run", "--dry-run"),
+            ("genai_precision", "--genai-precision"),
+        ):
             if getattr(args, flag, None):
                 raise InvalidArgumentError(f"{name} only applies to an upload; add --push-to-hub <namespace/name>.")
         return
     from .repo_id import check_repo_id
 
     check_repo_id(repo_id)
+    _check_genai_precision(args)
     if not getattr(args, "dry_run", False):
         from huggingface_hub import get_token
 
@@ -67,6 +80,26 @@ def check_publish_args(args: Namespace) -> None:
                 f"No Hugging Face token found to push to {repo_id}: set HF_TOKEN or run `hf auth login` "
                 "(a token with write access), or add --dry-run."
             )
+
+
+def _check_genai_precision(args: Namespace) -> None:
+    """--genai-precision must name a graph this export will have: its dtype, or the precision of a
+    --variant it attaches (so a typo costs no export)."""
+    requested = getattr(args, "genai_precision", None)
+    if requested is None or requested in ("auto", "main"):
+        return
+    from .precisions import VARIANT_PRECISIONS
+
+    dtype = getattr(args, "dtype", None) or "fp32"
+    forms = [VARIANT_PRECISIONS.get(v, {}).get(dtype) for v in getattr(args, "variants", None) or []]
+    allowed = [dtype, *dict.fromkeys(name for form in forms if form for name in form)]
+    if requested not in allowed:
+        from .errors import GenaiPrecisionError
+
+        hint = "; add --variant ort-cpu-int4 for int4" if requested in ("int4", "q4") else ""
+        raise GenaiPrecisionError(
+            f"--genai-precision {requested}: this export will have {', '.join(allowed)} (or `auto`){hint}."
+        )
 
 
 def publish_from_args(args: Namespace, export_folder: Path) -> "CommitInfo | None":
@@ -86,4 +119,5 @@ def publish_from_args(args: Namespace, export_folder: Path) -> "CommitInfo | Non
         private=bool(getattr(args, "private", False)),
         commit_message=getattr(args, "commit_message", None),
         dry_run=bool(getattr(args, "dry_run", False)),
+        genai_precision=getattr(args, "genai_precision", None) or "auto",
     )

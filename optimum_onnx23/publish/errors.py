@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import InvalidArgumentError, ModelNotFoundError, OptimumOnnx23Error
 
-__all__ = ["PublishError", "InvalidRepoIdError", "MissingTokenError", "NoOnnxFilesError", "ModelCardError", "HubRequestError"]
+__all__ = ["PublishError", "InvalidRepoIdError", "MissingTokenError", "NoOnnxFilesError", "ModelCardError", "HubRequestError", "GenaiPrecisionError"]
 
 
 class PublishError(OptimumOnnx23Error):
@@ -29,3 +29,7 @@ class ModelCardError(PublishError, ValueError):
 
 class HubRequestError(PublishError, ConnectionError):
     """The Hub answered with an error; the message is the Hub's first line, never a header or a token."""
+
+
+class GenaiPrecisionError(PublishError, InvalidArgumentError):
+    """`genai_precision` names a precision the repo does not have."""

@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO
 
 import httpx2
@@ -23,7 +25,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from .. import __version__
 from .card import DEFAULT_LIBRARY_NAME
 from .errors import HubRequestError, MissingTokenError, ModelCardError
-from .layout import HubLayout, check_repo_id, plan_hub_layout
+from .layout import AUTO, HubLayout, check_repo_id, plan_hub_layout
 
 __all__ = ["push_to_hub", "describe_dry_run", "default_commit_message"]
 
@@ -49,6 +51,8 @@ def describe_dry_run(layout: HubLayout, private: bool, commit_message: str, toke
     ]
     lines += [f"  {f.path_in_repo:<{width}}  {_size(f.size):>12}" for f in layout.files]
     lines += [f"Note: {note}" for note in layout.notes]
+    if layout.genai_precision is not None:
+        lines.append(f"onnxruntime-genai runs {layout.genai_precision.graph} ({layout.genai_precision.precision}).")
     lines.append(
         "A Hugging Face token was found." if token_found
         else "No Hugging Face token was found: set HF_TOKEN or run `hf auth login` before pushing."
@@ -104,6 +108,7 @@ def push_to_hub(
     dry_run: bool = False,
     validate_card_on_hub: bool = True,
     stdout: TextIO | None = None,
+    genai_precision: str = AUTO,
 ) -> CommitInfo | None:
     """Upload the export `folder` (flat or Hub layout) to the model repo `repo_id` in the Hub layout.
 
@@ -113,12 +118,18 @@ def push_to_hub(
     blob and LFS/Xet storage, as the Hub asks. Returns the `CommitInfo`, or None for a `dry_run`,
     which prints the plan and the card to `stdout` and makes no network call.
 
+    Backend variants materialized as their own files (`model_q4.onnx` + its data) are written to a
+    temporary folder for the upload and removed afterwards; `genai_precision` picks the graph
+    genai_config.json names (`plan_hub_layout`).
+
     Raises (one line, nothing uploaded): `InvalidRepoIdError`, `NoOnnxFilesError`,
-    `ModelCardError` (offline checks, then the Hub's card validator), `MissingTokenError`;
-    `HubRequestError` when the Hub refuses a request.
+    `ModelCardError` (offline checks, then the Hub's card validator), `MissingTokenError`,
+    `GenaiPrecisionError`; `HubRequestError` when the Hub refuses a request.
     """
     check_repo_id(repo_id)
-    layout = plan_hub_layout(folder, repo_id, base_model=base_model, library_name=library_name, license=license)
+    layout = plan_hub_layout(
+        folder, repo_id, base_model=base_model, library_name=library_name, license=license, genai_precision=genai_precision
+    )
     commit_message = commit_message or default_commit_message(layout)
     # Only whether a token exists is used here; its value stays with huggingface_hub. With
     # HF_OIDC_RESOURCE set, get_token() would exchange one over the network: not in a dry run.
@@ -146,19 +157,24 @@ def push_to_hub(
     if revision is not None and revision != "main" and not create_pr:
         with _hub_errors(f"create the branch {revision} of", repo.repo_id):
             api.create_branch(repo.repo_id, branch=revision, repo_type="model", exist_ok=True)
-    operations = [
-        CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.content if f.content is not None else str(f.source))
-        for f in layout.files
-    ]
-    logger.info("Uploading %d files to %s", len(operations), repo.repo_id)
-    with _hub_errors("upload to", repo.repo_id):
-        info = api.create_commit(
-            repo.repo_id,
-            operations,
-            commit_message=commit_message,
-            repo_type="model",
-            revision=revision,
-            create_pr=create_pr,
-        )
+    with tempfile.TemporaryDirectory(prefix="optimum-onnx23-push-") as scratch:
+        written = layout.write_materialized(Path(scratch))
+        operations = [
+            CommitOperationAdd(
+                path_in_repo=f.path_in_repo,
+                path_or_fileobj=f.content if f.content is not None else str(written.get(f.path_in_repo, f.source)),
+            )
+            for f in layout.files
+        ]
+        logger.info("Uploading %d files to %s", len(operations), repo.repo_id)
+        with _hub_errors("upload to", repo.repo_id):
+            info = api.create_commit(
+                repo.repo_id,
+                operations,
+                commit_message=commit_message,
+                repo_type="model",
+                revision=revision,
+                create_pr=create_pr,
+            )
     logger.info("Pushed to %s", info.commit_url)
     return info

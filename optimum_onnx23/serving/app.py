@@ -42,6 +42,8 @@ class ServerConfig:
     max_model_len: int | None = None
     provider: str = "CPUExecutionProvider"
     prefill_chunk: int = 256
+    max_num_batched_tokens: int | None = 64
+    kv_cache: str = "auto"
     revision: str | None = None
     local_files_only: bool = False
 
@@ -66,7 +68,10 @@ def load_engine(config: ServerConfig) -> Engine:
         config.model, provider=config.provider, revision=config.revision, local_files_only=config.local_files_only
     )
     tokenizer = AutoTokenizer.from_pretrained(model.folder)
-    engine = Engine(model, tokenizer, config.max_num_seqs, config.max_queue, config.max_model_len, config.prefill_chunk)
+    engine = Engine(
+        model, tokenizer, config.max_num_seqs, config.max_queue, config.max_model_len, config.prefill_chunk,
+        kv_cache=config.kv_cache, max_num_batched_tokens=config.max_num_batched_tokens,
+    )
     engine.start()
     return engine
 

@@ -2,10 +2,11 @@
 scheduler's plan step after step (continuous batching); requests come from the HTTP event loop
 and get their text back through asyncio queues.
 
-Each step: drop finished and cancelled rows (`pipelines.rows.keep`), run one prefill chunk of the
-request being admitted (alone, batch 1), and when its prompt is through, sample its first token and
-join it to the batch (`pipelines.rows.join`); then one decode step for every running row, each row
-sampled with its own parameters and generator. onnxruntime releases the GIL while it runs, so the
+Each step: drop finished and cancelled rows, run one prefill chunk of the request being admitted
+(alone, batch 1), and when its prompt is through, sample its first token and let it join the
+decoding rows; then one decode step for every running row, each row sampled with its own
+parameters and generator. The rows' caches are a `serving.batch.RowBatch`: fixed KV slots where
+the graph allows them, else the dynamic cache. onnxruntime releases the GIL while it runs, so the
 event loop keeps serving HTTP meanwhile.
 """
 
@@ -19,15 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from optimum_onnx23.pipelines.generation import single_threaded_torch
 from optimum_onnx23.pipelines.limits import context_length
 from optimum_onnx23.pipelines.modeling import ORTModelForCausalLM
-from optimum_onnx23.pipelines.rows import check_joinable, join, keep
-from optimum_onnx23.pipelines.state import DecoderState
 
+from .batch import RowBatch, choose_rows
 from .sampling import RowSampler, SamplingParams
 from .scheduler import Scheduler, Slot
 
@@ -68,14 +67,14 @@ class _Request:
         self.emit = emit
         self.generated: list[int] = []
         self.sent = 0  # characters of the decoded text already emitted
-        self.state: DecoderState | None = None  # while prefilling
         self.arrival = time.perf_counter()
         self.last_token_time: float | None = None
         self.finished = False
 
 
 class Engine:
-    """Continuous batching over one `ORTModelForCausalLM` (dynamic cache)."""
+    """Continuous batching over one `ORTModelForCausalLM`. `kv_cache`: "auto" (KV slots where the
+    graph allows them, else the dynamic cache, with a warning), "slots" or "dynamic"."""
 
     def __init__(
         self,
@@ -85,22 +84,22 @@ class Engine:
         max_queue: int = 64,
         max_model_len: int | None = None,
         prefill_chunk: int = 256,
+        kv_cache: str = "auto",
+        max_num_batched_tokens: int | None = None,
     ) -> None:
-        check_joinable(model.new_state(1))
         self.model = model
         self.tokenizer = tokenizer
         context, _ = context_length(model.config, model.io)
         limits = [n for n in (max_model_len, context) if n is not None]
         self.max_model_len = min(limits) if limits else None  # --max-model-len can only lower the context
-        self.scheduler = Scheduler(max_num_seqs, max_queue, prefill_chunk)
+        self.batch: RowBatch = choose_rows(model, kv_cache, max_num_seqs, self.max_model_len)
+        self.scheduler = Scheduler(max_num_seqs, max_queue, prefill_chunk, max_num_batched_tokens)
         eos = model.generation_config.eos_token_id
         self.eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.eos:
             self.eos.append(tokenizer.eos_token_id)
         self.stats = EngineStats()
         self._requests: dict[str, _Request] = {}
-        self._batch: DecoderState | None = None
-        self._rows: list[str] = []  # request id of each batch row
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -176,7 +175,7 @@ class Engine:
                 if not request.finished:
                     request.finished = True
                     request.emit(Delta("", "abort", len(request.prompt), len(request.generated), error=message))
-        self._batch, self._rows = None, []
+            self.batch.remove(set(self.batch.rows) | set(self._requests))
 
     def _step(self, plan) -> None:
         if plan.evict:
@@ -184,10 +183,10 @@ class Engine:
         if plan.prefill is not None:
             self._prefill(*plan.prefill)
         # Every row decodes, including one that joined in this step's prefill (its first token is sampled).
-        if self._batch is not None and any(not self._requests[i].finished for i in self._rows):
-            tokens = np.array([[self._requests[i].generated[-1]] for i in self._rows], dtype=np.int64)
-            logits = self._batch.step(tokens)
-            for row, request_id in enumerate(list(self._rows)):
+        rows = list(self.batch.rows)
+        if rows and any(not self._requests[i].finished for i in rows):
+            logits = self.batch.decode([self._requests[i].generated[-1] for i in rows])
+            for row, request_id in enumerate(rows):
                 self._accept(self._requests[request_id], logits[row])
 
     def _evict(self, slots: list[Slot]) -> None:
@@ -199,32 +198,18 @@ class Engine:
                 request.emit(Delta("", "abort", len(request.prompt), len(request.generated)))
                 for observer in self.stats.on_finish:
                     observer("abort")
-        kept = [row for row, request_id in enumerate(self._rows) if request_id not in gone]
-        if len(kept) == len(self._rows):
-            return
-        if not kept:
-            self._batch, self._rows = None, []
-            return
-        keep(self._batch, kept)
-        self._rows = [self._rows[row] for row in kept]
+        self.batch.remove(gone)
 
     def _prefill(self, slot: Slot, start: int, end: int) -> None:
         request = self._requests[slot.request_id]
-        if request.state is None:
-            request.state = self.model.new_state(1)
-        logits = request.state.step(np.asarray([request.prompt[start:end]], dtype=np.int64))
+        logits = self.batch.prefill(request.id, request.prompt[start:end])
         with self._lock:
             self.scheduler.prefilled(slot, end - start)
         if end < len(request.prompt):
             return
         self.stats.prompt_tokens += len(request.prompt)
-        state, request.state = request.state, None
-        if self._batch is None:
-            self._batch = state
-        else:
-            join(self._batch, state)
-        self._rows.append(request.id)
-        self._accept(request, logits[0])
+        self.batch.admit(request.id)
+        self._accept(request, logits)
 
     def _accept(self, request: _Request, logits: torch.Tensor) -> None:
         """Sample `request`'s next token, emit its text, and finish it if a limit is reached."""

@@ -35,6 +35,8 @@ _CONFIG_ARGS: dict[str, Any] = {
     "max_model_len": int,
     "provider": str,
     "prefill_chunk": int,
+    "max_num_batched_tokens": int,
+    "kv_cache": str,
     "revision": str,
     "local_files_only": "bool",
 }
@@ -148,6 +150,7 @@ class OnnxServer:
 def build_app(args: dict[str, Any]) -> Application:
     """`serve run optimum_onnx23.serving.ray:build_app model=DIR [num_replicas=N] [max_num_seqs=16]
     [max_queue=64] [max_model_len=N] [provider=...] [served_model_name=...] [prefill_chunk=256]
+    [max_num_batched_tokens=64] [kv_cache=auto|slots|dynamic]
     [num_cpus=1] [num_gpus=N]`."""
     config, options = parse_args(dict(args))
     return serve.deployment(OnnxServer, name="onnx23").options(**options).bind(config)

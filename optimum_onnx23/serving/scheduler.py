@@ -7,6 +7,11 @@ Rules (vLLM's and llama-server's, reduced to one CPU session):
 - At most `max_num_seqs` rows hold a cache: decoding rows plus the one being prefilled.
 - One prefill at a time, in chunks of at most `prefill_chunk` tokens per step, so the decoding
   rows get a step between chunks (a long prompt never stalls them for its whole length).
+- With `max_num_batched_tokens` (vLLM's name), a step's tokens are bounded while rows decode:
+  each decoding row takes one, the prefill chunk what is left (at least `MIN_PREFILL_CHUNK`, so
+  a prompt always advances). On a CPU a step's time grows with its tokens, so this bounds the
+  inter-token latency that a newcomer's prefill adds to the running rows, at the cost of its own
+  time to first token.
 - A cancelled request leaves at the next step, wherever it is (queue, prefill, decode).
 """
 
@@ -16,7 +21,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-__all__ = ["Phase", "Slot", "StepPlan", "Scheduler", "QueueFull", "Draining"]
+__all__ = ["Phase", "Slot", "StepPlan", "Scheduler", "QueueFull", "Draining", "MIN_PREFILL_CHUNK"]
+
+MIN_PREFILL_CHUNK = 8
 
 
 class QueueFull(Exception):
@@ -64,12 +71,17 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int = 16, max_queue: int = 64, prefill_chunk: int = 256) -> None:
+    def __init__(
+        self, max_num_seqs: int = 16, max_queue: int = 64, prefill_chunk: int = 256, max_num_batched_tokens: int | None = None
+    ) -> None:
         if max_num_seqs < 1 or max_queue < 0 or prefill_chunk < 1:
             raise ValueError("max_num_seqs and prefill_chunk must be >= 1, max_queue >= 0")
+        if max_num_batched_tokens is not None and max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
         self.max_num_seqs = max_num_seqs
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Slot] = deque()
         self.prefilling: Slot | None = None
         self.decoding: list[Slot] = []  # the batch's rows, in order
@@ -137,9 +149,15 @@ class Scheduler:
             self.prefilling.phase = Phase.PREFILL
         if self.prefilling is not None:
             start = self.prefilling.prefilled
-            plan.prefill = (self.prefilling, start, min(start + self.prefill_chunk, self.prefilling.prompt_length))
+            plan.prefill = (self.prefilling, start, min(start + self.chunk_size(), self.prefilling.prompt_length))
         plan.decode = list(self.decoding)
         return plan
+
+    def chunk_size(self) -> int:
+        """Prompt tokens the next prefill chunk may take (see the module docstring)."""
+        if self.max_num_batched_tokens is None or not self.decoding:
+            return self.prefill_chunk
+        return max(MIN_PREFILL_CHUNK, min(self.prefill_chunk, self.max_num_batched_tokens - len(self.decoding)))
 
     def _forget(self, slot: Slot) -> None:
         slot.phase = Phase.DONE

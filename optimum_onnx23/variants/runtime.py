@@ -234,6 +234,7 @@ def _materialize(model: ModelFile, variant: str, provider: str) -> Selected:
         logger.info("Using %s for %s (cached selection).", label, provider)
         return Selected(*model.for_onnxruntime(cached.read_bytes()))
     selected = select_variant(model.to_ir(), variant=variant, copy=False)  # built for this call only
+    model.restore_locations(selected)  # the cached graph names the data as the file does
     data = ir.serde.serialize_model(selected).SerializeToString()
     _cache_write(cached, data)
     logger.info("Using %s for %s (selected in memory).", label, provider)

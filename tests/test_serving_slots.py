@@ -1,0 +1,85 @@
+"""KV slots (serving.slot_graph / serving.batch.SlotRows) against the dynamic cache: the same
+logits for rows that join, decode side by side at different lengths and leave, on families whose
+attention differs (sliding windows, softcaps, q/k norms, MoE), and the rewritten graph itself."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from optimum_onnx23.errors import InvalidArgumentError
+from optimum_onnx23.pipelines import ORTModelForCausalLM
+from optimum_onnx23.serving.batch import DynamicRows, SlotRows, choose_rows
+from optimum_onnx23.serving.slot_graph import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, to_kv_slots
+
+# Sliding windows of 6 (mixtral over every layer; cohere2 and gemma3_text on alternate layers): the
+# prompts (9-13 tokens) and the decoding run past them. qwen3, cohere, gemma3_text: 4-D Attention (q/k norms).
+FAMILIES = ["bundled", "mixtral", "qwen3", "gemma", "phi3", "cohere2", "gemma3_text", "cohere"]
+
+
+def _run(batch, prompts, steps: int = 6) -> dict[str, list[np.ndarray]]:
+    """Prefill each prompt in two chunks, then decode; the second request leaves after 2 steps."""
+    logits: dict[str, list[np.ndarray]] = {}
+    for i, prompt in enumerate(prompts):
+        batch.prefill(str(i), prompt[:5])
+        logits[str(i)] = [batch.prefill(str(i), prompt[5:]).numpy()]
+        batch.admit(str(i))
+    for step in range(steps):
+        if step == 2:
+            batch.remove({"1"})
+        out = batch.decode([7 + step + row for row in range(len(batch.rows))])
+        for row, request_id in enumerate(batch.rows):
+            logits[request_id].append(out[row].numpy())
+    return logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slots_give_the_dynamic_cache_logits(family, exported_dir):
+    model = ORTModelForCausalLM.from_pretrained(exported_dir(family))
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(4, 200, n)) for n in (9, 7, 13)]
+    slots = _run(SlotRows(model, 3, 64), prompts)
+    dynamic = _run(DynamicRows(model), prompts)
+    assert slots.keys() == dynamic.keys() and [len(v) for v in slots.values()] == [7, 3, 7]
+    for request_id in slots:
+        got, want = np.stack(slots[request_id]), np.stack(dynamic[request_id])
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (family, request_id)
+
+
+def test_slot_graph_ops_and_in_place_writes(exported_dir):
+    folder = exported_dir("bundled")
+    model = ORTModelForCausalLM.from_pretrained(folder)
+    graph = ir.load(folder / "model.onnx")
+    layers = to_kv_slots(graph)
+    ops = [(n.domain, n.op_type) for n in graph.graph]
+    assert layers == model.io.num_layers
+    assert ops.count(("com.microsoft", "GroupQueryAttention")) == layers and ("", "Attention") not in ops
+    names = [v.name for v in graph.graph.inputs]
+    assert "attention_mask" not in names and names[-2:] == [SEQLENS_K, TOTAL_SEQUENCE_LENGTH]
+    batch = SlotRows(model, 2, 32)
+    batch.prefill("a", [5, 6, 7])
+    batch.admit("a")
+    key = batch.buffers["past_key_values.0.key"]
+    assert key[0, :, :3].any() and not key[1].any()  # the prompt went to row 0 (from the spare slot), not row 1
+    before = key[0, :, 3].copy()
+    batch.decode([8])
+    assert not np.array_equal(key[0, :, 3], before) and not key[0, :, 4:].any()  # written in place, nothing past it
+    assert batch.lengths[0] == 4
+
+
+@pytest.mark.parametrize(
+    "family, reason",
+    [("lfm2", "recurrent or convolution states"), ("gemma2", "without a boolean mask")],
+)
+def test_graphs_slots_cannot_express_fall_back_to_the_dynamic_cache_with_a_warning(family, reason, exported_dir, hybrid_exported_dir):
+    model = ORTModelForCausalLM.from_pretrained(hybrid_exported_dir(family) if family == "lfm2" else exported_dir(family))
+    with pytest.warns(UserWarning, match=f"KV slots do not apply .*{reason}"):
+        assert isinstance(choose_rows(model, "auto", 2, 64), DynamicRows)
+    with pytest.raises(InvalidArgumentError, match="--kv-cache slots: .*use --kv-cache dynamic"):
+        choose_rows(model, "slots", 2, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(choose_rows(model, "dynamic", 2, 64), DynamicRows)
