@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--openvino-venv", type=Path, default=Path(os.environ.get("OPTIMUM_ONNX23_OPENVINO_VENV", ROOT / ".venv-openvino")))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--only", default=None, help="run only the rows whose name contains this text (e.g. 'ORT CPU')")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], json.loads(args.worker[1]))
@@ -282,18 +283,23 @@ def main() -> None:
 
     rows: dict = {}
     notes: dict[str, str] = {}
+    wanted = lambda name: args.only is None or args.only in name
     for label, variant in (("ours ORT CPU fp32", "main"), ("ours ORT CPU int4 contrib (ort-cpu-int4)", "ort-cpu-int4"),
                            ("ours ORT CPU int4 standard (int4)", "int4")):
+        if not wanted(label):
+            continue
         rows[label] = OrtRow(str(onnx), variant=variant)
         notes[label] = "f32" if variant == "main" else "f32, int8 activations per block of 32 (accuracy level 4)"
     remotes = []
     ov_python = args.openvino_venv / "bin" / "python"
-    ep_rows = {"ours ORT OpenVINO EP fp32": {"folder": str(onnx), "provider": "OpenVINOExecutionProvider", "variant": None,
-                                             "options": {"device_type": "CPU", "precision": "FP32"}}}
-    if ov_python.is_file():
-        # int4: a folder whose file carries int4 forms (the session picks the variant for the provider)
-        ep_rows["ours ORT OpenVINO EP int4"] = dict(ep_rows["ours ORT OpenVINO EP fp32"])
-        ep_rows["ours ORT OpenVINO EP fp32"]["folder"] = str(_fp32_only(onnx, args.work))
+    options = {"device_type": "CPU", "precision": "FP32"}
+    # fp32: our export without its int4 forms; int4: the file with them (the session picks the
+    # variant for the provider, as every session does)
+    ep_rows = {name: {"folder": folder, "provider": "OpenVINOExecutionProvider", "variant": None, "options": options}
+               for name, folder in (("ours ORT OpenVINO EP fp32", None), ("ours ORT OpenVINO EP int4", str(onnx))) if wanted(name)}
+    if ov_python.is_file() and ep_rows:
+        if "ours ORT OpenVINO EP fp32" in ep_rows:
+            ep_rows["ours ORT OpenVINO EP fp32"]["folder"] = str(_fp32_only(onnx, args.work))
         remote = Remote(ov_python, "ort", ep_rows)
         remotes.append(remote)
         for name, info in remote.info.items():
@@ -302,14 +308,15 @@ def main() -> None:
                 continue
             rows[name] = RemoteRow(remote, name)
             notes[name] = f"precision FP32 (provider option); variant {info['variant'] or 'main graph'}"
-    else:
-        for name in ("ours ORT OpenVINO EP fp32", "ours ORT OpenVINO EP int4"):
+    elif not ov_python.is_file():
+        for name in filter(wanted, ("ours ORT OpenVINO EP fp32", "ours ORT OpenVINO EP int4")):
             notes[name] = f"skipped: .venv-openvino absent ({args.openvino_venv}; bash scripts/openvino_env.sh makes it)"
     genai_specs = {f"OpenVINO GenAI {fmt} {hint or 'default'}": {"folder": str(folder), "hint": hint}
                    for fmt, folder in (("fp32", ov_fp32), ("int4", ov_int4)) for hint in ("f32", None)}
-    remote = Remote(genai_python, "genai", genai_specs)
-    remotes.append(remote)
-    for name, info in remote.info.items():
+    genai_specs = {name: spec for name, spec in genai_specs.items() if wanted(name)}
+    remote = Remote(genai_python, "genai", genai_specs) if genai_specs else None
+    remotes += [remote] if remote else []
+    for name, info in (remote.info if remote else {}).items():
         if "error" in info:
             notes[name] = f"failed to load: {info['error']}"
             continue
@@ -322,7 +329,7 @@ def main() -> None:
     finally:
         for remote in remotes:
             remote.close()
-    base = results["ours ORT CPU int4 contrib (ort-cpu-int4)"]
+    base = results.get("ours ORT CPU int4 contrib (ort-cpu-int4)") or next(iter(results.values()))
     print(f"\nSmolLM2-135M-Instruct, CPU ({os.cpu_count()} cores), batch 1, {PROMPT}-token prompts, {NEW} new tokens, "
           f"512-token TTFT, best of {args.repeats} interleaved rounds, a new prompt for every call\n")
     print("| row | decode tok/s | x ort-cpu-int4 | 512-token TTFT s | x ort-cpu-int4 | precision |")
@@ -347,7 +354,8 @@ def main() -> None:
     if not args.no_profile:
         for name, variant in (("ours ORT CPU fp32", "main"), ("ours ORT CPU int4 contrib (ort-cpu-int4)", "ort-cpu-int4"),
                               ("ours ORT CPU int4 standard (int4)", "int4")):
-            print(f"- {name}: {profile_ours(onnx, variant, short[0])}")
+            if name in results:
+                print(f"- {name}: {profile_ours(onnx, variant, short[0])}")
 
 
 def _fp32_only(onnx: Path, work: Path) -> Path:
