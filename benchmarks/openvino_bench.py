@@ -223,7 +223,7 @@ def prompts(tokenizer, count: int) -> tuple[list[list[int]], list[list[int]]]:
 
 def measure(rows: dict, short: list[list[int]], long: list[list[int]], repeats: int) -> dict:
     """Best decode tok/s and TTFT per row over `repeats` interleaved rounds, each call on a fresh prompt."""
-    out = {name: {"decode": 0.0, "ttft": float("inf"), "extra": {}} for name in rows}
+    out = {name: {"decode": 0.0, "ttft": float("inf"), "extra": {}, "rounds": []} for name in rows}
     for name, row in rows.items():  # warm-up: every row compiles / allocates before the rounds
         row.generate(short[0], 2)
         row.generate(long[0][: LONG // 2], 1)
@@ -236,6 +236,7 @@ def measure(rows: dict, short: list[list[int]], long: list[list[int]], repeats: 
             if decode > out[name]["decode"]:
                 out[name]["decode"], out[name]["extra"] = decode, full
             out[name]["ttft"] = min(out[name]["ttft"], ttft["s"])
+            out[name]["rounds"].append((decode, ttft["s"]))
             print(f"  round {round_ + 1} {name}: {decode:.1f} tok/s, TTFT {ttft['s']:.3f} s", file=sys.stderr, flush=True)
     return out
 
@@ -332,15 +333,19 @@ def main() -> None:
     base = results.get("ours ORT CPU int4 contrib (ort-cpu-int4)") or next(iter(results.values()))
     print(f"\nSmolLM2-135M-Instruct, CPU ({os.cpu_count()} cores), batch 1, {PROMPT}-token prompts, {NEW} new tokens, "
           f"512-token TTFT, best of {args.repeats} interleaved rounds, a new prompt for every call\n")
-    print("| row | decode tok/s | x ort-cpu-int4 | 512-token TTFT s | x ort-cpu-int4 | precision |")
+    # On a shared machine the best round of each row can fall in different quiet moments: the median
+    # of the per-round ratios (rows of one round ran back to back) is the steadier comparison.
+    print("| row | decode tok/s | x ort-cpu-int4 (best; median of rounds) | 512-token TTFT s | x ort-cpu-int4 (best; median) | precision |")
     print("|---|---|---|---|---|---|")
     for name in [*rows, *(n for n in notes if n not in rows)]:
         if name not in results:
             print(f"| {name} | - | - | - | - | {notes[name]} |")
             continue
         r = results[name]
-        print(f"| {name} | {r['decode']:.1f} | {r['decode'] / base['decode']:.2f} | {r['ttft']:.3f} | "
-              f"{r['ttft'] / base['ttft']:.2f} | {notes[name]} |")
+        decode_ratio = np.median([a[0] / b[0] for a, b in zip(r["rounds"], base["rounds"])])
+        ttft_ratio = np.median([a[1] / b[1] for a, b in zip(r["rounds"], base["rounds"])])
+        print(f"| {name} | {r['decode']:.1f} | {r['decode'] / base['decode']:.2f}; {decode_ratio:.2f} | {r['ttft']:.3f} | "
+              f"{r['ttft'] / base['ttft']:.2f}; {ttft_ratio:.2f} | {notes[name]} |")
     print("\nWhere the time goes:")
     for name, r in results.items():
         extra = r["extra"]
