@@ -13,6 +13,7 @@ from .format import VARIANT_DOMAIN, function_id
 from .listing import list_variants
 from .producers import BUILTIN, portable_opset21, produce
 from .producers._calibration import calibration_windows
+from .producers._quantized import shared_quantization
 
 __all__ = ["attach_builtin_variants"]
 
@@ -42,6 +43,7 @@ def _with_calibration(name: str, folder: Path, options: dict) -> dict:
 def attach_builtin_variants(model_folder: Path, names: list[str], options: dict | None = None) -> dict:
     """Attach the built-in variants `names` to the exported folder, in place.
 
+    Variants of one scheme in both forms (`int4` and `ort-cpu-int4`) quantize once.
     Returns a report: per variant its bytes (owned weights added to the data file, graph bytes added
     to model.onnx), the ops it uses and the seconds it took; the files' sizes before and after; and
     under `skipped`, with a logged warning, the variants that found nothing to rewrite in this graph.
@@ -56,8 +58,12 @@ def attach_builtin_variants(model_folder: Path, names: list[str], options: dict 
     report: dict = {"files_before": {onnx_path.name: onnx_path.stat().st_size, data_path.name: data_path.stat().st_size}}
     report["variants"] = {}
     report["skipped"] = {}
-    for name in names:
-        _attach_one(model, onnx_path, data_path, name, lambda n=name: produce(n, model, **_with_calibration(n, folder, dict((options or {}).get(n, {})))), report)
+    with shared_quantization():  # e.g. int4 and ort-cpu-int4 together: one quantization
+        for name in names:
+            _attach_one(
+                model, onnx_path, data_path, name,
+                lambda n=name: produce(n, model, **_with_calibration(n, folder, dict((options or {}).get(n, {})))), report,
+            )
     # The portable form of every weight-owning variant (int4, int8), whichever was attached first.
     carried = {i.name: i for i in list_variants(model)}
     if portable_opset21.NAME in carried:
