@@ -163,7 +163,11 @@ class _FixedRows(RowBatch):
         step = input_ids.shape[1]
         if int(lengths.max()) + step > self.max_len:
             raise InvalidArgumentError(f"a row would pass the KV buffer length {self.max_len} (--max-model-len)")
-        arrays = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64), **self._inputs(lengths, step)}
+        arrays = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "position_ids": lengths[:, None] + np.arange(step, dtype=np.int64)[None, :],  # no padding: a row's slots are its positions
+            **self._inputs(lengths, step),
+        }
         binding = self._binding(slots)
         for name, array in arrays.items():
             binding.bind_cpu_input(name, array)
@@ -220,7 +224,6 @@ class SlotRows(_FixedRows):
     def _inputs(self, lengths: np.ndarray, step: int) -> dict[str, np.ndarray]:
         seqlens = (lengths + step - 1).astype(np.int32)
         return {
-            "position_ids": lengths[:, None] + np.arange(step, dtype=np.int64)[None, :],
             SEQLENS_K: seqlens,
             TOTAL_SEQUENCE_LENGTH: np.array(int(seqlens.max()) + 1, dtype=np.int32),
         }
@@ -245,7 +248,6 @@ class StaticRows(_FixedRows):
         filled = lengths + step
         return {
             "attention_mask": (np.arange(self.max_len)[None, :] < filled[:, None]).astype(np.int64),
-            "position_ids": lengths[:, None] + np.arange(step, dtype=np.int64)[None, :],
             WRITE_INDICES: lengths.copy(),
         }
 
