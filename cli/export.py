@@ -201,6 +201,10 @@ def run_cli(args) -> int:
             exported = True
             publish_from_args(args, args.output)
     except OptimumOnnx23Error as error:
+        if getattr(args, "verbose", False) and error.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(error.__cause__, file=sys.stderr)  # the chain that led to the one line below
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the staging folder is already gone (exporters.output); no traceback

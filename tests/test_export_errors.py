@@ -46,8 +46,35 @@ def test_every_transformers_text_decoder_is_supported_or_explained():
 
     untriaged = sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(EXPORT_CONFIGS) - set(NOT_SUPPORTED))
     assert not untriaged, f"model types neither exported nor explained: {untriaged}"
+    both = sorted(set(EXPORT_CONFIGS) & set(NOT_SUPPORTED))
+    assert not both, f"registered and refused at once: {both}"
     for model_type, (nearest, reason) in NOT_SUPPORTED.items():
         assert reason and nearest_supported(model_type) in EXPORT_CONFIGS, model_type
+
+
+
+def test_torch_export_failure_is_one_line_naming_module_and_operation(tmp_path, capsys):
+    """A config with inconsistent head counts (3 kv heads for 4 query heads) fails inside torch.export:
+    one line naming the module, the operation and the cause, no traceback; --verbose adds the trace."""
+    import torch
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = tiny_config("llama")
+    config.num_key_value_heads = 3
+    source = tmp_path / "llama-kv3"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(source)
+    AutoTokenizer.from_pretrained(BUNDLED).save_pretrained(source)
+    for verbose in (False, True):
+        code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, tmp_path / "out", *(["--verbose"] if verbose else []))
+        err = capsys.readouterr().err
+        line = err.strip().splitlines()[-1]
+        assert code == 1
+        assert line.startswith("error: torch.export failed on `llama` in `model.layers.0.self_attn` (LlamaAttention) at "), line
+        assert "scaled_dot_product_attention" in line and "length 3" in line and "--verbose" in line
+        assert ("Traceback (most recent call last)" in err) == verbose, err[-2000:]
+        assert "TorchExportError" not in line and leftovers(tmp_path, "out") == []
 
 
 def test_missing_model_folder(tmp_path, capsys):

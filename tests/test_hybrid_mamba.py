@@ -1,4 +1,5 @@
-"""Hybrid decoders with Mamba-2 layers (conv + ssm states): Granite 4 (`granitemoehybrid`), Bamba,
+"""Hybrid decoders with Mamba-2 layers (conv + ssm states): Granite 4 (`granitemoehybrid`, with routed
+experts as Granite 4.0-H Tiny / Small have), Bamba,
 Falcon-H1 (attention and Mamba-2 in every layer), Nemotron-H (with an MLP-only layer) and Mamba-2,
 exported from tiny seeded configs with default flags, against transformers on the same weights.
 The tiny configs use a Mamba chunk of 4, so prompts span many chunks (tests/hybrid_checks.py)."""
@@ -74,11 +75,12 @@ def test_layouts_from_default_configs():
 
     gdn, mamba = {"conv", "recurrent", "key", "value"}, {"conv", "ssm"}
     expected = {  # transformers' defaults: LFM2 all attention, Granite 4 / Bamba all Mamba-2
-        "lfm2": {"key", "value"}, "qwen3_5_text": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
+        "lfm2": {"key", "value"}, "qwen3_5_text": gdn, "qwen3_5_moe_text": gdn, "qwen3_5_moe": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
         "falcon_h1": mamba | {"key", "value"}, "nemotron_h": mamba | {"key", "value"}, "mamba2": mamba,
     }
     assert set(HYBRID_MODEL_TYPES) == set(expected)
     for model_type in HYBRID_MODEL_TYPES:
-        layout = get_export_config(model_type).cache_layout(AutoConfig.for_model(model_type))
+        entry = get_export_config(model_type)  # multimodal checkpoints: their text decoder's config
+        layout = entry.cache_layout(entry.text_config(AutoConfig.for_model(model_type)))
         assert {t.kind for t in layout.tensors} == expected[model_type], model_type
         assert all(isinstance(d, int) for t in layout.tensors if t.is_state for d in t.shape), model_type

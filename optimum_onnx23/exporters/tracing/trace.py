@@ -7,15 +7,17 @@ steps of their own, so `optimize=False` here.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 
 import onnx_ir as ir
 import torch
 
+from ...errors import OptimumOnnx23Error, TraceError
+from ..families import nearest_supported
 from ..passes import layer_replication
 from .experts import static_experts
+from .failure import describe_failure
 from .signature import ExportSignature
 
 __all__ = ["trace", "strip_trace_metadata"]
@@ -23,10 +25,19 @@ __all__ = ["trace", "strip_trace_metadata"]
 
 def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
     """The ONNX graph of `wrapper` (`signature.wrapper(model)`) and how many layers torch.export
-    traced; MoE families trace with static-shape experts (`experts.static_experts`)."""
-    model = wrapper.model
-    with static_experts(model) if signature.family.routed_experts else contextlib.nullcontext():
-        return _trace(wrapper, signature, opset, dtype, device)
+    traced; every experts module of transformers' experts interface is traced in its static-shape
+    form (`experts.static_experts`), whichever family holds it.
+
+    A failure of torch.export or of the ONNX translation raises `TraceError`: one line naming the
+    module and operation that failed (`failure.describe_failure`), the original chained to it."""
+    try:
+        with static_experts(wrapper.model):
+            return _trace(wrapper, signature, opset, dtype, device)
+    except OptimumOnnx23Error:
+        raise
+    except Exception as error:
+        model_type = signature.family.model_type
+        raise TraceError(describe_failure(error, wrapper.model, model_type, nearest_supported(model_type))) from error
 
 
 def _trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
@@ -43,9 +54,12 @@ def _trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dty
 
 def _torch_onnx_export(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> ir.Model:
     args = tuple(t.to(device) for t in signature.sample_inputs(dtype=dtype))
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
+    # "torchvision is not installed. Skipping torchvision::nms" x4; torch.export's own logging of a
+    # failure, which the TraceError raised from it carries (and --verbose prints).
+    loggers = [logging.getLogger("torch.onnx._internal.exporter._registration"), logging.getLogger("torch.export._trace")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.export's deprecation chatter, not actionable by users
@@ -61,7 +75,8 @@ def _torch_onnx_export(wrapper: torch.nn.Module, signature: ExportSignature, ops
                 verbose=False,
             )
     finally:
-        registration.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     return program.model
 
 
