@@ -5,11 +5,13 @@ folder with the int4 variant attached, ...), same run, same seeded requests.
 Requests (issue 19's mix, seeded): prompts of 32/128/512 tokens (50/35/15%), `max_tokens`
 64/128/256 with `ignore_eos` (same mix), greedy. Clients are closed-loop: each sends its next
 request when the previous one finished. Reported per row: output tok/s, TTFT p50/p95, inter-token
-latency p50/p95 (from the streamed chunks), peak RSS of this process (the server runs in it).
+latency p50/p95 (from the streamed chunks), each server's peak RSS (our servers run as
+`optimum-cli onnx23 serve` processes, OpenVINO GenAI's pipeline in its own process).
 
     .venv/bin/python benchmarks/serve_bench.py FOLDER [FOLDER ...] [--requests 64] [--clients 16]
     [--kv-cache slots dynamic] [--max-num-batched-tokens 64]
     [--url http://127.0.0.1:8080 --url-name llama-server]   # another OpenAI server, same requests
+    [--ov-cb OV_FOLDER --ov-python .venv-ovgenai/bin/python]  # OpenVINO GenAI's ContinuousBatchingPipeline
 
 Each `--kv-cache` layout gets its own server rows (concurrency 1 for the first layout only).
 "x generate" compares with the same folder's `generate()` row (the same graph, same run).
@@ -24,7 +26,6 @@ import random
 import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def bench_generate(folder: str, requests) -> dict:
         out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, min_new_tokens=max_tokens)
         tokens += out.shape[1] - len(ids)
     elapsed = time.perf_counter() - start - sum(ttfts)  # the TTFT probes are not part of the work
-    return {"tok/s": tokens / elapsed, "ttft": ttfts, "itl": []}
+    return {"tok/s": tokens / elapsed, "ttft": ttfts, "itl": [], "tokens": tokens}
 
 
 async def _client(url: str, queue: list, model: str, ttfts: list, itls: list, counts: list) -> None:
@@ -110,32 +111,49 @@ def bench_server(url: str, model: str, requests, clients: int) -> dict:
     start = time.perf_counter()
     asyncio.run(run())
     elapsed = time.perf_counter() - start
-    return {"tok/s": sum(counts) / elapsed, "ttft": ttfts, "itl": itls}
+    return {"tok/s": sum(counts) / elapsed, "ttft": ttfts, "itl": itls, "counts": counts}
 
 
-def start_server(folder: str, max_num_seqs: int, kv_cache: str = "auto", max_num_batched_tokens: int | None = 64):
-    import httpx
-    import uvicorn
+class ServerProcess:
+    """`optimum-cli onnx23 serve` in its own process, so each row's peak RSS is its server's."""
 
-    from optimum_onnx23.serving.app import ServerConfig, create_app
+    def __init__(self, folder: str, max_num_seqs: int, kv_cache: str = "auto", max_num_batched_tokens: int | None = 64):
+        import subprocess
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(ServerConfig(
-        model=folder, served_model_name="bench", max_num_seqs=max_num_seqs, max_queue=1024, kv_cache=kv_cache,
-        max_num_batched_tokens=max_num_batched_tokens,
-    ))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+        import httpx
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        cli = Path(sys.executable).with_name("optimum-cli")
+        command = [str(cli), "onnx23", "serve", folder, "--port", str(self.port), "--served-model-name", "bench",
+                   "--max-num-seqs", str(max_num_seqs), "--max-queue", "1024", "--kv-cache", kv_cache, "--log-level", "warning"]
+        if max_num_batched_tokens:
+            command += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
+        self.log = Path(f"/tmp/serve_bench-{self.port}.log")
+        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        text = self.log.read_text()
+        self.layout = "dynamic" if "KV slots do not apply" in text else kv_cache
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
 
 
 def main() -> None:
@@ -149,6 +167,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="where to read the tokenizer when no folder is given")
     parser.add_argument("--kv-cache", nargs="+", default=["auto"], choices=("auto", "slots", "dynamic"))
     parser.add_argument("--max-num-batched-tokens", type=int, default=64, help="0: no per-step budget (prefill chunks of 256)")
+    parser.add_argument("--ov-cb", nargs="*", default=[], help="optimum-intel export folders for OpenVINO GenAI's ContinuousBatchingPipeline")
+    parser.add_argument("--ov-python", default=".venv-ovgenai/bin/python", help="the python with openvino-genai (benchmarks/ov_cb_bench.py)")
+    parser.add_argument("--ov-precision", nargs="+", default=["f32"], help="INFERENCE_PRECISION_HINT per --ov-cb run: f32, default")
     args = parser.parse_args()
     if not args.folders and not args.url:
         parser.error("pass exported folders, --url, or both")
@@ -162,7 +183,8 @@ def main() -> None:
 
     def add(label, result, base=None):
         rows.append((label, result, base))
-        print(f"[serve_bench] {label}: {result['tok/s']:.1f} tok/s", file=sys.stderr, flush=True)
+        print(f"[serve_bench] {label}: {result['tok/s']:.1f} tok/s ({sum(result.get('counts', [])) or result.get('tokens', '?')} tokens)",
+              file=sys.stderr, flush=True)
 
     for folder in args.folders:
         name = Path(folder).name
@@ -170,19 +192,32 @@ def main() -> None:
         if not args.skip_generate:
             add(f"{name}: generate() one at a time", bench_generate(folder, requests))
             base = rows[-1][1]["tok/s"]
-        for i, layout in enumerate(args.kv_cache):
-            server, url = start_server(folder, args.clients, layout, budget)
-            layout = server.config.app.state.onnx23.engine.batch.layout
-            bench_server(url, "bench", requests[:2], 1)  # warm-up
+        report = Path(folder) / "export_report.json"
+        static = report.is_file() and json.loads(report.read_text()).get("cache") == "static"
+        for i, layout in enumerate(["auto"] if static else args.kv_cache):  # a static export runs on its own buffers
+            server = ServerProcess(folder, args.clients, layout, budget)
+            layout = "static" if static else server.layout
+            bench_server(server.url, "bench", requests[:2], 1)  # warm-up
             if i == 0:
-                add(f"{name}: server ({layout}), concurrency 1", bench_server(url, "bench", requests, 1), base)
-            add(f"{name}: server ({layout}), concurrency {args.clients}", bench_server(url, "bench", requests, args.clients), base)
-            server.should_exit = True
-            time.sleep(1)
+                add(f"{name}: server ({layout}), concurrency 1", bench_server(server.url, "bench", requests, 1), base)
+            result = bench_server(server.url, "bench", requests, args.clients)
+            add(f"{name}: server ({layout}, RSS {server.peak_rss_mb():.0f} MB), concurrency {args.clients}", result, base)
+            server.stop()
     if args.url:
         add(f"{args.url_name}, concurrency {args.clients}", bench_server(args.url, args.url_name, requests, args.clients))
+    for folder in args.ov_cb:
+        for precision in args.ov_precision:
+            import subprocess
+
+            tokenizer_dir = args.folders[0] if args.folders else args.tokenizer
+            command = [args.ov_python, str(Path(__file__).parent / "ov_cb_bench.py"), folder, "--tokenizer", tokenizer_dir,
+                       "--requests", str(args.requests), "--clients", str(args.clients)]
+            out = subprocess.run([*command, "--precision", precision], capture_output=True, text=True, check=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            add(f"OpenVINO GenAI ContinuousBatchingPipeline {Path(folder).name} ({precision}, RSS {result['rss_mb']:.0f} MB), "
+                f"concurrency {args.clients}", result)
     print(f"\n{args.requests} requests, {args.clients} clients, --max-num-batched-tokens {budget}; "
-          f"peak RSS of this process {peak_rss_mb():.0f} MB\n")
+          f"peak RSS of the benchmark process ({'generate() rows' if not args.skip_generate else 'clients'}) {peak_rss_mb():.0f} MB\n")
     print("| row | output tok/s | x generate | TTFT p50 s | TTFT p95 s | ITL p50 ms | ITL p95 ms |")
     print("|---|---|---|---|---|---|---|")
     for name, r, base in rows:

@@ -4,6 +4,7 @@ pipeline (same call signature, inputs and outputs) driving an `ORTModelForCausal
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import onnxruntime as ort
@@ -33,6 +34,8 @@ def pipeline(
     accelerator: str = "ort",
     provider: str = "CPUExecutionProvider",
     session_options: ort.SessionOptions | None = None,
+    providers: Sequence[str] | None = None,
+    provider_options: Sequence[dict[str, Any]] | dict[str, Any] | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
@@ -47,7 +50,10 @@ def pipeline(
     `model` is an exported folder, a Hub id or an `ORTModelForCausalLM`; the tokenizer defaults to
     the one saved beside the model. Extra `kwargs` go to the pipeline as in transformers
     (e.g. `batch_size`, or default generation arguments such as `max_new_tokens`); `pipeline_class`
-    replaces `ORTTextGenerationPipeline` (a subclass of it, as transformers' `pipeline_class`)."""
+    replaces `ORTTextGenerationPipeline` (a subclass of it, as transformers' `pipeline_class`).
+    `provider`, `providers`, `provider_options` and `session_options` go to
+    `ORTModelForCausalLM.from_pretrained` (e.g. `provider="OpenVINOExecutionProvider",
+    provider_options={"device_type": "CPU", "precision": "FP32", "cache_dir": ...}`)."""
     if accelerator != "ort":
         # optimum's own message for accelerators it does not know; `ov` is optimum-intel's, not ours.
         if accelerator == "ov":
@@ -63,6 +69,8 @@ def pipeline(
         model = ORTModelForCausalLM.from_pretrained(
             model,
             provider=provider,
+            providers=providers,
+            provider_options=provider_options,
             session_options=session_options,
             revision=revision,
             cache_dir=cache_dir,

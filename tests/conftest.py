@@ -165,23 +165,25 @@ def real_exported_dir(shared_tmp, real_checkpoint):
     return make
 
 
+REAL_VARIANTS = ["ort-cpu-int8", "ort-cpu-int4", "portable-opset21"]
+
+
 @pytest.fixture(scope="session")
 def real_variants_dir(shared_tmp, real_exported_dir) -> tuple[Path, dict]:
-    """(folder, attach report): the real export with `ort-cpu-int8` then `ort-cpu-int4` attached,
-    made once per run for every module that needs them (the int4 attach calibrates: ~1 min).
-    Read it, never change it: copy it first."""
+    """(folder, attach report): a copy of the real export with REAL_VARIANTS attached (and the
+    portable forms of int8 and int4 they imply), once per run for all xdist workers: int4's
+    calibrated scale search alone takes about a minute."""
     import shutil
 
     from optimum_onnx23.variants import attach_builtin_variants
 
-    root = shared_tmp / "real-variants"
-    folder, report_path = root / "smollm2", root / "attach_report.json"
-    with FileLock(str(root) + ".lock"):
+    folder = shared_tmp / "real-variants" / "smollm2"
+    report_path = folder.parent / "attach_report.json"
+    with FileLock(str(folder.parent) + ".lock"):
         if not report_path.is_file():
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(folder.parent, ignore_errors=True)
             shutil.copytree(real_exported_dir(), folder)
-            report = attach_builtin_variants(folder, ["ort-cpu-int8", "ort-cpu-int4"])
-            report_path.write_text(json.dumps(report))
+            report_path.write_text(json.dumps(attach_builtin_variants(folder, REAL_VARIANTS)))
     return folder, json.loads(report_path.read_text())
 
 

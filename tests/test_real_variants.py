@@ -1,29 +1,44 @@
 """Quantized variants on the real checkpoint (SmolLM2-135M-Instruct), through the project's own
 `ORTModelForCausalLM.forward`, against PyTorch on the same weights: perplexity and top-1 agreement
 on the bundled evaluation texts (prose and code), as benchmarks/quality_bench.py scores them. Limits, from the issue: main graph within 0.1% of PyTorch's perplexity,
-`ort-cpu-int8` within +2% with >= 95% top-1 agreement, `ort-cpu-int4` within +10%."""
+int8 within +2% with >= 95% top-1 agreement, int4 within +10%. The limits are asserted on the
+standard-op forms `int8` / `int4` (what CPU sessions select); the contrib forms `ort-cpu-int8` /
+`ort-cpu-int4` carry the same weights (tests/test_standard_quantization.py compares them byte for
+byte) and are checked against their standard twins here, plus OpenVINO on the standard int4."""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from optimum_onnx23 import ORTModelForCausalLM
+from optimum_onnx23.variants import attach_builtin_variants, select_for_providers
 from optimum_onnx23.variants.quality import eval_windows, onnx_logits, score, torch_logits
 from optimum_onnx23.variants.runtime import create_session
 
 pytestmark = [pytest.mark.real_checkpoint, pytest.mark.usefixtures("quiet_onnxruntime")]
 # (max perplexity increase over PyTorch, min top-1 agreement with PyTorch)
-LIMITS = {"main": (0.001, 0.99), "ort-cpu-int8": (0.02, 0.95), "ort-cpu-int4": (0.10, 0.75)}
+LIMITS = {"main": (0.001, 0.99), "int8": (0.02, 0.95), "int4": (0.10, 0.75)}
+TWINS = {"ort-cpu-int8": "int8", "ort-cpu-int4": "int4"}  # contrib form -> standard form, same weights
 
 
 @pytest.fixture(scope="module")
-def with_variants(real_variants_dir) -> tuple[Path, dict]:
-    return real_variants_dir  # shared with tests/test_publish_real_variants.py
+def with_variants(real_variants_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """The shared real export with `ort-cpu-int8`, `ort-cpu-int4` and their portable forms (conftest;
+    the publish and OpenVINO tests read it as it is), copied, plus the standard forms `int8` and
+    `int4`: the report holds them all."""
+    shared, report = real_variants_dir
+    folder = tmp_path_factory.mktemp("real-variants") / "smollm2"
+    shutil.copytree(shared, folder)
+    added = attach_builtin_variants(folder, ["int8", "int4"])
+    return folder, {**report, "variants": {**report["variants"], **added["variants"]}}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +55,7 @@ def reference(real_checkpoint, windows):
     return score(windows, torch_logits(model))
 
 
-@pytest.mark.parametrize("variant", list(LIMITS))
-def test_variant_quality_against_pytorch(with_variants, windows, reference, variant):
-    folder, _ = with_variants
+def _model(folder: Path, variant: str) -> ORTModelForCausalLM:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # onnxruntime's default threads (conftest gives xdist sessions one): 6,645 positions in windows of 512
@@ -51,14 +64,56 @@ def test_variant_quality_against_pytorch(with_variants, windows, reference, vari
     options.intra_op_num_threads = 0
     session, chosen = create_session(folder / "model.onnx", ["CPUExecutionProvider"], options, variant=variant)
     assert chosen == (None if variant == "main" else variant)
-    model = ORTModelForCausalLM(session, AutoConfig.from_pretrained(folder), model_path=folder / "model.onnx")
-    got = score(windows, onnx_logits(model), reference.top1_ids)
+    return ORTModelForCausalLM(session, AutoConfig.from_pretrained(folder), model_path=folder / "model.onnx")
+
+
+@pytest.mark.parametrize("variant", list(LIMITS))
+def test_variant_quality_against_pytorch(with_variants, windows, reference, variant):
+    folder, _ = with_variants
+    got = score(windows, onnx_logits(_model(folder, variant)), reference.top1_ids)
     increase = got.perplexity / reference.perplexity - 1
     max_increase, min_agreement = LIMITS[variant]
     assert increase <= max_increase and got.agreement >= min_agreement, (
         f"{variant}: perplexity {got.perplexity:.3f} vs PyTorch {reference.perplexity:.3f} ({increase:+.2%}), "
         f"top-1 agreement {got.agreement:.1%}"
     )
+
+
+@pytest.mark.parametrize("contrib", list(TWINS))
+def test_contrib_form_matches_its_standard_twin(with_variants, windows, contrib):
+    # Same weights; the contrib form adds the Skip-norm rewrite, whose last-bit differences the int8
+    # activation quantization turns into a few flipped near-ties (measured on 3 windows: perplexity
+    # +0.42% int4, -0.03% int8; 96% top-1 agreement both).
+    folder, _ = with_variants
+    sample = windows[:1]
+    twin = score(sample, onnx_logits(_model(folder, TWINS[contrib])))
+    got = score(sample, onnx_logits(_model(folder, contrib)), twin.top1_ids)
+    assert abs(got.perplexity / twin.perplexity - 1) <= 0.02 and got.agreement >= 0.92, (
+        f"{contrib}: perplexity {got.perplexity:.3f} vs {TWINS[contrib]} {twin.perplexity:.3f}, top-1 agreement {got.agreement:.1%}"
+    )
+
+
+def test_cpu_sessions_select_the_standard_int4(with_variants):
+    folder, _ = with_variants
+    assert select_for_providers(folder / "model.onnx", ["CPUExecutionProvider"])[1] == "int4"
+
+
+def _int8_bytes(k: int, n: int) -> int:  # a byte per weight + a float32 scale per block of 32 (symmetric)
+    return k * n + 4 * (k // 32) * n
+
+
+def _int4_bytes(k: int, n: int) -> int:  # half a byte per weight + a scale and a uint4 zero point per block
+    return k * n // 2 + 4 * (k // 32) * n + (k // 32) * n // 2
+
+
+# SmolLM2-135M: 30 layers of q 576x576, k and v 576x192, o 576x576, gate and up 576x1536, down
+# 1536x576, and the tied lm_head 576x49152. int4: packed QKV (576x960) and down in int8.
+OWNED_BYTES = {
+    "int4": 30 * (_int8_bytes(576, 960) + _int4_bytes(576, 576) + _int4_bytes(576, 3072) + _int8_bytes(1536, 576))
+    + _int4_bytes(576, 49152),
+    "int8": 30 * (2 * _int8_bytes(576, 576) + 2 * _int8_bytes(576, 192) + 2 * _int8_bytes(576, 1536) + _int8_bytes(1536, 576))
+    + _int8_bytes(576, 49152),
+}
 
 
 def test_variants_report_what_they_quantized(with_variants):
@@ -74,3 +129,47 @@ def test_variants_report_what_they_quantized(with_variants):
     # int8: 1 byte + a float32 scale per 32 weights. int4: half a byte + scale + zero point per 32,
     # with the packed Q/K/V and the MLP down projections in int8 (the lm_head int4).
     assert 145e6 < int8["owned_bytes"] < 155e6 and 100e6 < int4["owned_bytes"] < 112e6
+    # The standard forms: DequantizeLinear + MatMul per linear (group), no contrib op, the same bytes.
+    std4, std8 = report["variants"]["int4"], report["variants"]["int8"]
+    assert std8["ops"] == ["ai.onnx::DequantizeLinear", "ai.onnx::MatMul"] and std8["nodes"] == 2 * 211
+    assert std4["ops"] == ["ai.onnx::Constant", "ai.onnx::DequantizeLinear", "ai.onnx::MatMul", "ai.onnx::Split"]
+    assert std4["nodes"] == 2 * (30 * 4 + 1) + 30 * 2 * 2
+    for standard, contrib in (("int4", int4), ("int8", int8)):
+        entry = report["variants"][standard]
+        assert entry["owned_bytes"] == contrib["owned_bytes"] == OWNED_BYTES[standard]
+        assert entry["data_bytes_added"] >= entry["owned_bytes"] - 64 * 1024  # scales of < 256 bytes stay in model.onnx
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed (the test extra has it)")
+def test_openvino_runs_the_standard_int4_compressed(with_variants, windows):
+    """OpenVINO reads the selected int4 graph, keeps every linear's weights in u4 / i8 inside its
+    FullyConnected kernels, and predicts onnxruntime's tokens."""
+    import openvino as ov
+
+    folder, _ = with_variants
+    selected, _ = select_for_providers(folder / "model.onnx", ["CPUExecutionProvider"], variant="int4")
+    # beside model.onnx_data, which its initializers name (OpenVINO refuses a data file, or a link to
+    # one, outside the model's folder); the folder is this module's own copy
+    path = folder / "selected-int4.onnx"
+    path.write_bytes(selected.model)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    weights = [
+        op.input(1).get_element_type().get_type_name()
+        for op in compiled.get_runtime_model().get_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"
+    ]
+    assert len(weights) == 30 * 4 + 1 and weights.count("u4") == 30 * 2 + 1 and weights.count("i8") == 30 * 2, weights
+    request = compiled.create_infer_request()
+
+    def logits(ids: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64), "position_ids": np.arange(len(ids))[None]}
+        feeds |= {i.get_any_name(): np.zeros((1, 3, 0, 64), np.float32) for i in compiled.inputs if i.get_any_name().startswith("past")}
+        return request.infer(feeds)[compiled.output("logits")][0]
+
+    sample = windows[:1]
+    want = score(sample, onnx_logits(_model(folder, "int4")))
+    got = score(sample, logits, want.top1_ids)
+    # measured on 3 windows: perplexity 18.78 vs 18.77, 96% top-1 agreement (onnxruntime quantizes activations per block)
+    assert abs(got.perplexity / want.perplexity - 1) <= 0.02 and got.agreement >= 0.92, (got.perplexity, want.perplexity, got.agreement)

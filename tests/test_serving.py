@@ -20,7 +20,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM  # noqa: E402
 from optimum_onnx23.serving.app import ServerConfig, create_app  # noqa: E402
-from optimum_onnx23.serving.scheduler import Draining, Phase, QueueFull, Scheduler  # noqa: E402
+from optimum_onnx23.serving.scheduler import MIN_PREFILL_CHUNK, Draining, Phase, QueueFull, Scheduler, Slot  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
 
@@ -50,6 +50,26 @@ def test_scheduler_admits_fcfs_prefills_in_chunks_and_decodes_between_chunks():
     s.finish("a")
     plan = s.plan()
     assert plan.evict == [a] and plan.prefill == (c, 0, 1) and plan.decode == [b]
+
+
+def test_scheduler_token_budget_shrinks_prefill_chunks_while_rows_decode():
+    s = Scheduler(max_num_seqs=4, max_queue=4, prefill_chunk=64, max_num_batched_tokens=20)
+    s.add("a", 100)
+    plan = s.plan()
+    assert plan.prefill[1:] == (0, 64)  # nothing decodes: the whole chunk
+    s.prefilled(plan.prefill[0], 64)
+    assert s.plan().prefill[1:] == (64, 100)
+    s.prefilled(s.prefilling, 36)
+    for name in ("b", "c"):
+        s.add(name, 100)
+    plan = s.plan()
+    assert [x.request_id for x in plan.decode] == ["a"] and plan.prefill[1:] == (0, 19)  # 20 tokens: 1 decode + 19
+    s.prefilled(plan.prefill[0], 100)  # b joins (the engine ran its whole prompt)
+    plan = s.plan()
+    assert len(plan.decode) == 2 and plan.prefill[1:] == (0, 18)
+    tight = Scheduler(max_num_seqs=4, max_queue=4, prefill_chunk=64, max_num_batched_tokens=2)
+    tight.decoding = [Slot(str(i), 1) for i in range(3)]
+    assert tight.chunk_size() == MIN_PREFILL_CHUNK  # a prompt always advances
 
 
 def test_scheduler_evicts_cancelled_and_finished_rows_at_the_next_step():

@@ -12,7 +12,7 @@ import pytest
 
 from optimum_onnx23.errors import InvalidArgumentError
 from optimum_onnx23.pipelines import ORTModelForCausalLM
-from optimum_onnx23.serving.batch import DynamicRows, SlotRows, choose_rows
+from optimum_onnx23.serving.batch import DynamicRows, SlotRows, StaticRows, choose_rows
 from optimum_onnx23.serving.slot_graph import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, to_kv_slots
 
 # Sliding windows of 6 (mixtral over every layer; cohere2 and gemma3_text on alternate layers): the
@@ -20,8 +20,8 @@ from optimum_onnx23.serving.slot_graph import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, 
 FAMILIES = ["bundled", "mixtral", "qwen3", "gemma", "phi3", "cohere2", "gemma3_text", "cohere"]
 
 
-def _run(batch, prompts, steps: int = 6) -> dict[str, list[np.ndarray]]:
-    """Prefill each prompt in two chunks, then decode; the second request leaves after 2 steps."""
+def _run(batch, prompts, steps: int = 6, leaves: str = "1") -> dict[str, list[np.ndarray]]:
+    """Prefill each prompt in two chunks, then decode; request `leaves` leaves after 2 steps."""
     logits: dict[str, list[np.ndarray]] = {}
     for i, prompt in enumerate(prompts):
         batch.prefill(str(i), prompt[:5])
@@ -29,8 +29,8 @@ def _run(batch, prompts, steps: int = 6) -> dict[str, list[np.ndarray]]:
         batch.admit(str(i))
     for step in range(steps):
         if step == 2:
-            batch.remove({"1"})
-        out = batch.decode([7 + step + row for row in range(len(batch.rows))])
+            batch.remove({leaves})
+        out = batch.decode([7 + step + int(request_id) for request_id in batch.rows])
         for row, request_id in enumerate(batch.rows):
             logits[request_id].append(out[row].numpy())
     return logits
@@ -47,6 +47,25 @@ def test_slots_give_the_dynamic_cache_logits(family, exported_dir):
     for request_id in slots:
         got, want = np.stack(slots[request_id]), np.stack(dynamic[request_id])
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (family, request_id)
+
+
+def test_static_cache_export_serves_each_row_at_its_own_position(exported_dir):
+    """`--cache static` exports (standard ops only): rows of different lengths decode together
+    like the dynamic cache; the longest row is swapped to row 0 when it joins, and again when it
+    leaves (the graph bounds causality with row 0's position)."""
+    static = ORTModelForCausalLM.from_pretrained(exported_dir("llama", "--cache", "static", "--max-cache-len", "48", "--logits", "last"))
+    dynamic = ORTModelForCausalLM.from_pretrained(exported_dir("llama"))
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(4, 200, n)) for n in (7, 13, 9)]
+    batch = choose_rows(static, "auto", 3, 48)
+    assert isinstance(batch, StaticRows)
+    got = _run(batch, prompts, leaves="1")  # request 1 (the longest) leaves while in row 0
+    want = _run(DynamicRows(dynamic), prompts, leaves="1")
+    for request_id in want:
+        a, b = np.stack(got[request_id]), np.stack(want[request_id])
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(b).max()), request_id
+    with pytest.raises(InvalidArgumentError, match="static cache, served on its own buffers"):
+        choose_rows(static, "slots", 3, 48)
 
 
 def test_slot_graph_ops_and_in_place_writes(exported_dir):

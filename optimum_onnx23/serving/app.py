@@ -72,6 +72,8 @@ def load_engine(config: ServerConfig) -> Engine:
         model, tokenizer, config.max_num_seqs, config.max_queue, config.max_model_len, config.prefill_chunk,
         kv_cache=config.kv_cache, max_num_batched_tokens=config.max_num_batched_tokens,
     )
+    if engine.batch.layout == "slots":
+        model.session = None  # the slot graph's session serves; the model's own would hold the weights twice
     engine.start()
     return engine
 

@@ -10,6 +10,9 @@
   included, inside `Attention`; it is the layout for hybrid decoders (conv / SSM states), for
   attention the slot graph cannot express (sliding windows, additive biases) and for providers
   other than CPU.
+- `StaticRows` (exports made with `--cache static`): the export's own fixed buffers, standard ops
+  only (opset 24 `TensorScatter` + `Attention`), each row written at its own position; attention
+  covers all N positions of every row.
 
 `choose_rows` picks: slots where they apply, else the dynamic cache, with a warning naming the
 reason (measured in docs/serving.md: slots are 1.7-2.9x faster a step at 16 rows of mixed lengths).
@@ -18,6 +21,7 @@ reason (measured in docs/serving.md: slots are 1.7-2.9x faster a step at 16 rows
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -26,6 +30,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
+from optimum_onnx23.contract import WRITE_INDICES
 from optimum_onnx23.errors import InvalidArgumentError
 from optimum_onnx23.pipelines.modeling import ORTModelForCausalLM
 from optimum_onnx23.pipelines.rows import check_joinable, join, keep
@@ -35,7 +40,7 @@ from optimum_onnx23.variants.select import MAIN
 
 from .slot_graph import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, SlotGraphError, to_kv_slots
 
-__all__ = ["KV_CACHE_LAYOUTS", "RowBatch", "DynamicRows", "SlotRows", "choose_rows", "sliding_windows", "slot_session"]
+__all__ = ["KV_CACHE_LAYOUTS", "RowBatch", "DynamicRows", "SlotRows", "StaticRows", "choose_rows", "sliding_windows", "slot_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +113,18 @@ class DynamicRows(RowBatch):
         self.rows = [self.rows[row] for row in kept]
 
 
-class SlotRows(RowBatch):
-    """`max_rows` decoding slots plus one for the prefill, each `max_len` positions long. The
-    buffers are numpy arrays (zero pages are only committed once written, so resident memory
-    follows the lengths actually reached); onnxruntime reads and writes them through OrtValues
-    that alias them."""
+class _FixedRows(RowBatch):
+    """`max_rows` decoding rows plus a spare one for the prefill, each `max_len` positions long.
+    The buffers are numpy arrays that onnxruntime reads and writes in place through OrtValues
+    aliasing them; zero pages are committed when first written, and GroupQueryAttention's CPU
+    kernel writes a row's whole length on its first prefill (measured: +377 MB for one SmolLM2
+    row at 8192 positions), so a row in use holds `max_len` positions. Subclasses say what else
+    the graph is fed (`_inputs`)."""
 
-    layout = "slots"
-
-    def __init__(self, model: ORTModelForCausalLM, max_rows: int, max_len: int) -> None:
+    def __init__(self, model: ORTModelForCausalLM, session: ort.InferenceSession, max_rows: int, max_len: int) -> None:
         super().__init__()
         self.model = model
-        self.session = slot_session(model)
+        self.session = session
         self.max_rows = max_rows
         self.max_len = max_len
         self.buffers = {spec.past: np.zeros((max_rows + 1, spec.shape[0], max_len, spec.shape[2]), spec.dtype) for spec in model.io.cache}
@@ -127,32 +132,46 @@ class SlotRows(RowBatch):
         self.lengths = np.zeros(max_rows + 1, dtype=np.int64)
         self._spare = max_rows  # the prefill slot
         self._prefilling: str | None = None
-        self._logits_at = -1
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, list[ort.OrtValue]]] = {}
 
     @property
     def kv_bytes(self) -> int:
         return sum(buffer.nbytes for buffer in self.buffers.values())
 
+    def _inputs(self, lengths: np.ndarray, step: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _binding(self, slots: slice) -> ort.IOBinding:
+        """One binding per row range, its buffers bound once (OrtValues aliasing numpy views, kept
+        alive with it): a step then binds only its few small inputs (60 bindings a step cost
+        SmolLM2 ~0.7 ms of Python, 5-8% of an int4 token)."""
+        key = (slots.start, slots.stop)
+        if key not in self._bindings:
+            binding = self.session.io_binding()
+            binding.bind_output("logits", "cpu")  # first: outputs[0]
+            views = []
+            for name, buffer in self.buffers.items():
+                view = ort.OrtValue.ortvalue_from_numpy(buffer[slots])
+                views.append(view)
+                binding.bind_ortvalue_input(name, view)
+                binding.bind_ortvalue_output(self.presents[name], view)
+            self._bindings[key] = (binding, views)
+        return self._bindings[key][0]
+
     def _run(self, slots: slice, input_ids: np.ndarray) -> np.ndarray:
         lengths = self.lengths[slots]
         step = input_ids.shape[1]
         if int(lengths.max()) + step > self.max_len:
-            raise InvalidArgumentError(f"a row would pass the KV slot length {self.max_len} (--max-model-len)")
-        positions = lengths[:, None] + np.arange(step, dtype=np.int64)[None, :]
-        seqlens = (lengths + step - 1).astype(np.int32)
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", positions)
-        binding.bind_cpu_input(SEQLENS_K, seqlens)
-        total = np.array(int(seqlens.max()) + 1, dtype=np.int32)
-        binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, total)
-        binding.bind_output("logits", "cpu")
-        views = []  # kept alive until the run returns
-        for name, buffer in self.buffers.items():
-            view = ort.OrtValue.ortvalue_from_numpy(buffer[slots])
-            views.append(view)
-            binding.bind_ortvalue_input(name, view)
-            binding.bind_ortvalue_output(self.presents[name], view)
+            raise InvalidArgumentError(f"a row would pass the KV buffer length {self.max_len} (--max-model-len)")
+        arrays = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "position_ids": lengths[:, None] + np.arange(step, dtype=np.int64)[None, :],  # no padding: a row's slots are its positions
+            **self._inputs(lengths, step),
+        }
+        binding = self._binding(slots)
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, array)
+        binding.bind_output("logits", "cpu")  # rebinding keeps its place; a new shape each prefill chunk
         self.session.run_with_iobinding(binding)
         self.lengths[slots] += step
         return binding.get_outputs()[0].numpy()[:, -1, :]
@@ -193,6 +212,72 @@ class SlotRows(RowBatch):
         self.lengths[target] = length
 
 
+class SlotRows(_FixedRows):
+    """KV slots through GroupQueryAttention (`serving.slot_graph`): each row attends over its own
+    length only."""
+
+    layout = "slots"
+
+    def __init__(self, model: ORTModelForCausalLM, max_rows: int, max_len: int) -> None:
+        super().__init__(model, slot_session(model), max_rows, max_len)
+
+    def _inputs(self, lengths: np.ndarray, step: int) -> dict[str, np.ndarray]:
+        seqlens = (lengths + step - 1).astype(np.int32)
+        return {
+            SEQLENS_K: seqlens,
+            TOTAL_SEQUENCE_LENGTH: np.array(int(seqlens.max()) + 1, dtype=np.int32),
+        }
+
+
+class StaticRows(_FixedRows):
+    """A static-cache export's own graph (`--cache static`: TensorScatter at `write_indices`,
+    opset-24 standard ops), each row written at its own position.
+
+    The graph writes every row at its own `write_indices[b]`, but bounds causality with row 0's
+    (`exporters.tracing.export_cache.WriteLayer`): in a decode step (one new token) that bound
+    is exact for the longest row and looser for the others, whose slots past their length the
+    attention mask covers. So row 0 is kept the longest (a swap when a longer row joins or row 0
+    leaves), and a prefill runs alone. Attention computes over all N slots of every row."""
+
+    layout = "static"
+
+    def __init__(self, model: ORTModelForCausalLM, max_rows: int) -> None:
+        super().__init__(model, model.session, max_rows, model.io.max_cache_len)
+
+    def _inputs(self, lengths: np.ndarray, step: int) -> dict[str, np.ndarray]:
+        filled = lengths + step
+        return {
+            "attention_mask": (np.arange(self.max_len)[None, :] < filled[:, None]).astype(np.int64),
+            WRITE_INDICES: lengths.copy(),
+        }
+
+    def admit(self, request_id: str) -> None:
+        super().admit(request_id)
+        self._longest_first()
+
+    def remove(self, gone: set[str]) -> None:
+        super().remove(gone)
+        self._longest_first()
+
+    def _longest_first(self) -> None:
+        if len(self.rows) < 2:
+            return
+        longest = int(np.argmax(self.lengths[: len(self.rows)]))
+        if longest == 0 or self.lengths[longest] == self.lengths[0]:
+            return
+        short, long = int(self.lengths[0]), int(self.lengths[longest])
+        for buffer in self.buffers.values():  # not through the spare row: a prefill may be under way there
+            kept = buffer[0, :, :short].copy()
+            buffer[0, :, :long] = buffer[longest, :, :long]
+            buffer[longest, :, :short] = kept
+        self.lengths[[0, longest]] = long, short
+        self.rows[0], self.rows[longest] = self.rows[longest], self.rows[0]
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def sliding_windows(config, num_layers: int) -> dict[int, int]:
     """Layer index -> sliding window, as transformers' configs state it: `layer_types` when present
     ("sliding_attention" layers), else `sliding_window` on every layer unless `use_sliding_window`
@@ -220,7 +305,7 @@ def slot_session(model: ORTModelForCausalLM) -> ort.InferenceSession:
     if model.providers[0] != "CPUExecutionProvider":
         raise SlotGraphError(f"KV slots run on onnxruntime's CPU provider, not {model.providers[0]}")
     if model.io.static:
-        raise SlotGraphError("the export has a static cache (write_indices)")
+        raise SlotGraphError("the export has a static cache (write_indices): it is served on its own buffers")
     if model.io.hybrid:
         raise SlotGraphError("the decoder has recurrent or convolution states beside its KV cache")
     source = model.model_file or model.model_path
@@ -238,10 +323,35 @@ def choose_rows(model: ORTModelForCausalLM, layout: str, max_rows: int, max_len:
     dynamic cache with a warning that names why; "slots" refuses with that reason instead."""
     if layout not in KV_CACHE_LAYOUTS:
         raise InvalidArgumentError(f"--kv-cache {layout!r} is not one of: {', '.join(KV_CACHE_LAYOUTS)}.")
+    if model.io.static:
+        if layout != "auto":
+            raise InvalidArgumentError(
+                f"--kv-cache {layout}: this export has a static cache, served on its own buffers; drop --kv-cache "
+                "(or re-export without --cache static)."
+            )
+        if model.providers[0] != "CPUExecutionProvider" or model.io.hybrid:
+            raise InvalidArgumentError(
+                "Static-cache exports are served on onnxruntime's CPU provider, for decoders without recurrent or "
+                "convolution states; re-export without --cache static to serve this one."
+            )
+        if sliding_windows(model.config, model.io.num_layers):
+            raise InvalidArgumentError(
+                "This static-cache export has sliding-window layers, whose window the graph places at row 0's position "
+                "for every row; re-export without --cache static to serve it."
+            )
+        return StaticRows(model, max_rows)
     if layout != "dynamic":
         try:
             if max_len is None:
                 raise SlotGraphError("the model's context length is unknown: pass --max-model-len")
+            needed = (max_rows + 1) * max_len * sum(
+                int(np.prod([d for d in spec.shape if d is not None])) * np.dtype(spec.dtype).itemsize for spec in model.io.cache
+            )
+            if needed > _memory_bytes() // 2:
+                raise SlotGraphError(
+                    f"{max_rows + 1} rows x {max_len} positions need {needed / 1e9:.1f} GB of KV buffers, over half this "
+                    "machine's memory: lower --max-model-len or --max-num-seqs"
+                )
             return SlotRows(model, max_rows, max_len)
         except SlotGraphError as error:
             if layout == "slots":

@@ -93,6 +93,14 @@ class Engine:
         limits = [n for n in (max_model_len, context) if n is not None]
         self.max_model_len = min(limits) if limits else None  # --max-model-len can only lower the context
         self.batch: RowBatch = choose_rows(model, kv_cache, max_num_seqs, self.max_model_len)
+        kv_bytes = getattr(self.batch, "kv_bytes", None)
+        if kv_bytes is not None:  # numpy's zero pages: committed as rows grow, not at start
+            logger.info(
+                "KV cache: %s, %d rows x %d positions, %.2f GB reserved", self.batch.layout, max_num_seqs,
+                self.batch.max_len, kv_bytes / 1e9,
+            )
+        else:
+            logger.info("KV cache: dynamic, up to %d rows", max_num_seqs)
         self.scheduler = Scheduler(max_num_seqs, max_queue, prefill_chunk, max_num_batched_tokens)
         eos = model.generation_config.eos_token_id
         self.eos = [eos] if isinstance(eos, int) else list(eos or [])

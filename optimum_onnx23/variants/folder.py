@@ -113,4 +113,5 @@ def strip_folder(onnx_path: Path, names: list[str] | None = None) -> list[str]:
     remove_selected_files(onnx_path)
     if not variant_functions(model):
         _truncate_data(model, onnx_path)
-    return [n for n in before if names is None or n in names]
+    after = {f.metadata_props.get("variant.name") for f in variant_functions(model)}
+    return [n for n in before if n not in after]  # dependents of `names` included

@@ -27,15 +27,29 @@ from .format import info_from_metadata
 from .providers import check_provider_names, choose_variant
 from .select import MAIN, select_variant
 
-__all__ = ["Selected", "select_for_providers", "missing_ops", "create_session", "cache_dir", "EXTERNAL_FOLDER_KEY"]
+__all__ = ["QDQ_ACCURACY_KEY", "QDQ_ACCURACY_LEVEL", "Selected", "select_for_providers", "missing_ops", "create_session", "cache_dir", "EXTERNAL_FOLDER_KEY"]
 
 logger = logging.getLogger(__name__)
 
+# onnxruntime's CPU provider fuses blocked `DequantizeLinear` + `MatMul` (the `int4` / `int8`
+# variants) into `MatMulNBits` with this accuracy level: 4 (int8 activations per block, integer
+# dot products) is what `ort-cpu-int4` / `ort-cpu-int8` carry as an attribute.
+QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
+QDQ_ACCURACY_LEVEL = 4
+# The first onnxruntime whose CPU provider fuses 8-bit blocked `DequantizeLinear` + `MatMul` too
+# (1.23 and 1.24 fuse 4-bit only: the rest would dequantize every weight at every run).
+QDQ_FUSION_ONNXRUNTIME = (1, 25)
+
 
 @functools.lru_cache(maxsize=1)
-def _kernels() -> dict[str, set[tuple[str, str]]]:
-    """provider -> {(domain, op)} with a kernel in this onnxruntime build."""
+def _kernels() -> dict[str, set[tuple[str, str]]] | None:
+    """provider -> {(domain, op)} with a kernel in this onnxruntime build; None where the build
+    cannot list them: onnxruntime-openvino 1.24.1 crashes (SIGSEGV) in `get_all_opkernel_def`."""
+    import onnxruntime as ort
     import onnxruntime.capi._pybind_state as C
+
+    if "OpenVINOExecutionProvider" in ort.get_available_providers():
+        return None
 
     kernels: dict[str, set[tuple[str, str]]] = {}
     for kernel in C.get_all_opkernel_def():
@@ -46,19 +60,27 @@ def _kernels() -> dict[str, set[tuple[str, str]]]:
 def missing_ops(ops: Sequence[str], providers: Sequence[str]) -> list[str]:
     """The ops (`domain::op`) this onnxruntime cannot run for `providers`: contrib/custom-domain ops
     need a kernel in the *first* provider (the variant was built for it); standard ops may run on
-    any provider of the session, as onnxruntime's partitioner would place them."""
+    any provider of the session, as onnxruntime's partitioner would place them. A provider that
+    compiles subgraphs has no kernel list to consult: ops it may take are not reported here."""
     import onnxruntime as ort
 
     kernels = _kernels()
+    if kernels is None:  # nothing to check against: session creation decides (`create_session`)
+        return []
     available = set(ort.get_available_providers())
     first = providers[0]
     first_kernels = kernels.get(first, set()) if first in available else set()
     any_kernels = set().union(*(kernels.get(p, set()) for p in providers if p in available))
+    # Providers that compile subgraphs (OpenVINO, TensorRT, QNN, ...) register no per-op kernels:
+    # what they take is only known when the session is created (`create_session` decides then).
+    compiling = {p for p in providers if p in available and p not in kernels}
     missing = []
     for op in ops:
         domain, _, name = op.rpartition("::")
         domain = "" if domain in ("", "ai.onnx") else domain
         if (domain, name) in (any_kernels if domain == "" else first_kernels):
+            continue
+        if first in compiling or (domain == "" and compiling):
             continue
         if domain == "" and _runs_without_kernel(name):
             continue
@@ -92,12 +114,17 @@ class Selected:
     folder: Path
 
     def session_options(self, options=None):
-        """`options` (or new ones) set to read external data from `folder` when `model` is bytes;
-        the caller's object is updated in place."""
+        """`options` (or new ones) set to read external data from `folder` when `model` is bytes,
+        and `QDQ_ACCURACY_KEY` to `QDQ_ACCURACY_LEVEL` unless the caller set it; the caller's
+        object is updated in place."""
         import onnxruntime as ort
 
         options = options if options is not None else ort.SessionOptions()
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(self.folder))
+        try:
+            options.get_session_config_entry(QDQ_ACCURACY_KEY)
+        except RuntimeError:  # not set: onnxruntime raises rather than returning a default
+            options.add_session_config_entry(QDQ_ACCURACY_KEY, str(QDQ_ACCURACY_LEVEL))
         return options
 
     def session(self, providers: Sequence, sess_options=None):
@@ -167,6 +194,14 @@ def select_for_providers(
             raise VariantNotFoundError(f"{model.path} has no variant {variant!r}; it has: {', '.join(i.name for i in infos)}.")
     else:
         info = choose_variant(infos, names)
+        if info is not None and not _fused_here(info, names[0]):
+            fallback = choose_variant([i for i in infos if _fused_here(i, names[0])], names)
+            logger.warning(
+                "Variant %s is standard DequantizeLinear + MatMul, which onnxruntime %s does not fuse into MatMulNBits "
+                "(>= %s does): %s.", info.name, _ort_version_text(), ".".join(map(str, QDQ_FUSION_ONNXRUNTIME)),
+                f"using {fallback.name} instead" if fallback else "it runs unfused (slower); upgrade onnxruntime",
+            )
+            info = fallback or info
     if info is None:
         logger.info("No backend variant for %s in %s; using the main graph.", names[0], model.path.name)
         return _materialize(model, MAIN, names[0]), None
@@ -180,6 +215,25 @@ def select_for_providers(
         warnings.warn(message, stacklevel=2)
         return _materialize(model, MAIN, names[0]), None
     return _materialize(model, info.name, names[0]), info.name
+
+
+def _ort_version_text() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def _fused_here(info, provider: str) -> bool:
+    """False for a standard-op quantized variant (`DequantizeLinear`) on an onnxruntime CPU provider
+    too old to fuse it into `MatMulNBits`: automatic selection then prefers the next variant (the
+    contrib form, when the file has it; else the variant runs unfused, with a warning)."""
+    if provider != "CPUExecutionProvider" or "ai.onnx::DequantizeLinear" not in info.ops:
+        return True
+    parts = []
+    for part in _ort_version_text().split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts) >= QDQ_FUSION_ONNXRUNTIME
 
 
 def _materialize(model: ModelFile, variant: str, provider: str) -> Selected:

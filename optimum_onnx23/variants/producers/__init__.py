@@ -6,17 +6,20 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from . import backend_context, ort_cpu, ort_cpu_int4, ort_cpu_int8, ort_cpu_moe
+from . import backend_context, int4, int8, ort_cpu, ort_cpu_int4, ort_cpu_int8, ort_cpu_moe, portable_opset21
 from .spec import VariantSpec
 
 __all__ = ["BUILTIN", "VariantSpec", "produce"]
 
 BUILTIN: dict[str, Callable[..., VariantSpec]] = {
+    int4.NAME: int4.produce,
+    int8.NAME: int8.produce,
     ort_cpu_int4.NAME: ort_cpu_int4.produce,
     ort_cpu_int8.NAME: ort_cpu_int8.produce,
     ort_cpu_moe.NAME: ort_cpu_moe.produce,
     ort_cpu.NAME: ort_cpu.produce,
     backend_context.NAME: backend_context.produce,
+    portable_opset21.NAME: portable_opset21.produce,
 }
 
 

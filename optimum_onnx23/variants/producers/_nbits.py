@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["QuantizedWeight", "block_params", "quantize_blockwise", "quantize_gptq", "dequantize", "matmul_nbits"]
+__all__ = ["QuantizedWeight", "unpack_codes", "block_params", "quantize_blockwise", "quantize_gptq", "dequantize", "matmul_nbits"]
 
 
 @dataclass
@@ -53,7 +53,8 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """`count` codes along the last axis of `_pack`ed bytes (the inverse of `_pack`), as uint8."""
     if bits == 8:
         return packed[..., :count]
     per_byte = 8 // bits
@@ -238,12 +239,12 @@ def _gptq(torch, weights_kn, hessians, bits, block_size, symmetric, search, damp
 def dequantize(qw: QuantizedWeight) -> np.ndarray:
     """The float32 `[K, N]` weight `MatMulNBits` computes with."""
     k_blocks = qw.packed.shape[1]
-    q = _unpack(qw.packed, qw.bits, qw.block_size).astype(np.float32)
+    q = unpack_codes(qw.packed, qw.bits, qw.block_size).astype(np.float32)
     if qw.zero_points is None:
         zero = np.full((qw.n, k_blocks), 1 << (qw.bits - 1), np.float32)
     else:
         per_column = qw.zero_points.reshape(qw.n, -1)
-        zero = _unpack(per_column, qw.bits, k_blocks).astype(np.float32)
+        zero = unpack_codes(per_column, qw.bits, k_blocks).astype(np.float32)
     w = (q - zero[..., None]) * qw.scales.reshape(qw.n, k_blocks, 1)
     return np.ascontiguousarray(w.reshape(qw.n, -1)[:, : qw.k].T)
 

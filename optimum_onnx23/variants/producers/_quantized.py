@@ -1,10 +1,19 @@
-"""The region the weight-only quantized variants share: every linear layer as a `MatMulNBits`
-(`_nbits`), the lm_head with its own settings, plus the `ort-cpu` rewrites."""
+"""The region the weight-only quantized variants share: every linear layer quantized block-wise
+(`_nbits`), the lm_head with its own settings, emitted as `com.microsoft::MatMulNBits` (`_nbits`)
+or as standard `DequantizeLinear` + `MatMul` (`_qdq`) from the same codes, scales and zero points;
+optionally with the `ort-cpu` rewrites.
+
+`shared_quantization()` lets the producers run inside it (one `attach_builtin_variants` call)
+reuse each other's quantized weights: the contrib and standard forms of one scheme quantize once."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +24,26 @@ from ._calibration import input_hessians
 from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
+from ._qdq import dequantize_matmul
 from .ort_cpu import ort_cpu_region
 
-__all__ = ["Scheme", "quantized_region", "lm_head_of", "is_mlp_down", "is_attention_value"]
+__all__ = ["Scheme", "FORMS", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
 
 logger = logging.getLogger(__name__)
+
+FORMS = ("nbits", "qdq")  # com.microsoft::MatMulNBits, or DequantizeLinear + MatMul
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("shared_quantization", default=None)
+
+
+@contextlib.contextmanager
+def shared_quantization() -> Iterator[None]:
+    """Within this block, `quantized_region` calls on the same model with the same linears,
+    schemes and calibration windows quantize once (results kept until the block ends)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -120,12 +144,16 @@ def quantized_region(
     pack: bool = False,
     fusions: bool = True,
     calibration: list[np.ndarray] | None = None,
+    form: str = "nbits",
 ) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict[str, int]]:
-    """(body, owned weights, counts): each linear (group) as one `MatMulNBits` with `scheme`, the
-    lm_head with `lm_head_scheme` and the MLP output projections with `mlp_down_scheme` (None:
-    `scheme`); `fusions` merges the `ort-cpu` rewrites in. With `calibration` (token windows), the
-    main graph is run on them first and the schemes that search or use GPTQ weigh errors by the
-    statistics of each layer's input."""
+    """(body, owned weights, counts): each linear (group) as one `MatMulNBits` (`form="nbits"`) or
+    one `DequantizeLinear` + `MatMul` (`form="qdq"`; `accuracy_level` unused: the session sets it)
+    with `scheme`, the lm_head with `lm_head_scheme` and the MLP output projections with
+    `mlp_down_scheme` (None: `scheme`); `fusions` merges the `ort-cpu` rewrites in. With
+    `calibration` (token windows), the main graph is run on them first and the schemes that search
+    or use GPTQ weigh errors by the statistics of each layer's input."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     linears = find_linears(model.graph, include_lm_head)
     lm_head = lm_head_of(model.graph, linears) if include_lm_head else None
     groups = group_linears([l for l in linears if l is not lm_head], pack) + ([[lm_head]] if lm_head else [])
@@ -144,6 +172,50 @@ def quantized_region(
             counts["attn_v"] += 1
         else:
             chosen.append(scheme)
+    shared = _SHARED.get()
+    key = _shared_key(model, groups, chosen, calibration)
+    if shared is not None and key in shared:
+        quantized = shared[key][1]
+        logger.info("%s: the same quantized weights as an earlier variant of this model", name)
+    else:
+        quantized = _quantize_groups(model, name, groups, chosen, calibration)
+        if shared is not None:  # the key's objects are held so their ids stay unique
+            shared[key] = ((model, [l.weight.const_value for g in groups for l in g]), quantized)
+    prefix = owned_prefix(name)
+    inputs: dict[str, ir.Value] = {}
+    owned: dict[str, ir.TensorProtocol] = {}
+    nodes: list[ir.Node] = []
+    outputs: list[ir.Value] = []
+    for i, (group, qw) in enumerate(zip(groups, quantized)):
+        first = group[0]
+        stem = first.weight.name + (f"+{len(group) - 1}" if len(group) > 1 else "") + (".lm_head" if first is lm_head else "")
+        node_name = f"{first.node.name or first.output.name}_q{qw.bits}"
+        if form == "nbits":
+            emitted = [matmul_nbits(first.activation, qw, f"{prefix}{stem}", accuracy_level, inputs, owned, bias=first.bias, name=node_name)]
+        else:
+            emitted = dequantize_matmul(first.activation, qw, f"{prefix}{stem}", inputs, owned, bias=first.bias, name=node_name)
+        extra, named = name_group_outputs(emitted[-1].outputs[0], group, f"{name}/packed{i}")
+        nodes += [*emitted, *extra]
+        outputs += named
+        counts["linears"] += len(group)
+        counts["matmuls"] += 1
+    body = ir.Graph(list(inputs.values()), outputs, nodes=nodes)
+    if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
+        body = merge_bodies(body, ort_cpu_region(model, name)[0])
+    return body, owned, counts
+
+
+def _shared_key(model: ir.Model, groups: list[list[Linear]], schemes: list[Scheme], calibration) -> tuple:
+    digest = hashlib.sha256()
+    for window in calibration or ():
+        digest.update(np.ascontiguousarray(window, np.int64).tobytes() + b"|")
+    weights = tuple(tuple(id(l.weight.const_value) for l in g) for g in groups)
+    return id(model), weights, tuple(schemes), digest.hexdigest() if calibration else None
+
+
+def _quantize_groups(
+    model: ir.Model, name: str, groups: list[list[Linear]], chosen: list[Scheme], calibration: list[np.ndarray] | None
+) -> list[QuantizedWeight]:
     hessians: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     if calibration:
@@ -155,27 +227,7 @@ def quantized_region(
     quantized = _quantize_all(weights, [hessians.get(g[0].activation.name) for g in groups], chosen)
     logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
                 len(weights), time.perf_counter() - calibrated)
-    prefix = owned_prefix(name)
-    inputs: dict[str, ir.Value] = {}
-    owned: dict[str, ir.TensorProtocol] = {}
-    nodes: list[ir.Node] = []
-    outputs: list[ir.Value] = []
-    for i, (group, qw) in enumerate(zip(groups, quantized)):
-        first = group[0]
-        stem = first.weight.name + (f"+{len(group) - 1}" if len(group) > 1 else "") + (".lm_head" if first is lm_head else "")
-        node = matmul_nbits(
-            first.activation, qw, f"{prefix}{stem}", accuracy_level, inputs, owned, bias=first.bias,
-            name=f"{first.node.name or first.output.name}_q{qw.bits}",
-        )
-        extra, named = name_group_outputs(node.outputs[0], group, f"{name}/packed{i}")
-        nodes += [node, *extra]
-        outputs += named
-        counts["linears"] += len(group)
-        counts["matmuls"] += 1
-    body = ir.Graph(list(inputs.values()), outputs, nodes=nodes)
-    if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
-        body = merge_bodies(body, ort_cpu_region(model, name)[0])
-    return body, owned, counts
+    return quantized
 
 
 def _quantize_all(weights: list[np.ndarray], hessians: list[np.ndarray | None], schemes: list[Scheme], batch: int = 8) -> list[QuantizedWeight]:

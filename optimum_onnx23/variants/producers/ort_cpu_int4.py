@@ -22,7 +22,7 @@ import onnx_ir as ir
 from ._quantized import Scheme, quantized_region
 from .spec import VariantSpec
 
-__all__ = ["NAME", "produce"]
+__all__ = ["NAME", "produce", "int4_region"]
 
 NAME = "ort-cpu-int4"
 logger = logging.getLogger(__name__)
@@ -51,27 +51,9 @@ def produce(
     the real SmolLM2-135M-Instruct: docs/variants.md (benchmarks/quality_bench.py). `pack`
     puts same-input linears (Q/K/V, gate/up) in one `MatMulNBits` (fewer, larger calls: 121
     instead of 211 on SmolLM2); a packed QKV takes `attn_v_bits` as a whole."""
-    from ...errors import InvalidArgumentError
-
-    if method not in ("rtn", "search", "gptq"):
-        raise InvalidArgumentError(f"ort-cpu-int4: method must be rtn, search or gptq, got {method!r}.")
-    if method == "gptq" and not calibration:
-        logger.warning("ort-cpu-int4: GPTQ needs calibration token windows; none given, so scales are searched per block instead.")
-        method = "search"
-    scheme = Scheme(4, block_size, symmetric, method)
-    wide = {8: Scheme(8, block_size, symmetric=True), 4: None}
-    if {lm_head_bits, mlp_down_bits, attn_v_bits} - set(wide):
-        raise InvalidArgumentError("ort-cpu-int4: lm_head_bits, mlp_down_bits and attn_v_bits must be 4 or 8.")
-    body, owned, counts = quantized_region(
-        model, NAME, scheme, accuracy_level, wide[lm_head_bits], wide[mlp_down_bits], wide[attn_v_bits],
-        include_lm_head, pack, fusions, calibration,
-    )
-    extra = "".join(
-        f"; {label} {wide[bits].describe()}" for label, bits, key in (
-            ("lm_head", lm_head_bits, "lm_head"), ("MLP down projections", mlp_down_bits, "mlp_down"),
-            ("attention V (packed QKV) projections", attn_v_bits, "attn_v"),
-        )
-        if wide[bits] is not None and counts[key]
+    body, owned, counts, described = int4_region(
+        model, NAME, "nbits", block_size, accuracy_level, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
+        include_lm_head, fusions, pack, calibration,
     )
     return VariantSpec.ort_cpu(
         model,
@@ -80,7 +62,39 @@ def produce(
         owned=owned,
         priority=30,
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "
-        f"{scheme.describe(bool(calibration))}{extra}, accuracy_level {accuracy_level}",
+        f"{described}, accuracy_level {accuracy_level}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
         "(benchmarks/quality_bench.py, docs/variants.md)",
     )
+
+
+def int4_region(
+    model: ir.Model, name: str, form: str, block_size: int, accuracy_level: int, symmetric: bool, method: str,
+    lm_head_bits: int, mlp_down_bits: int, attn_v_bits: int, include_lm_head: bool, fusions: bool, pack: bool,
+    calibration: list | None,
+) -> tuple[ir.Graph, dict, dict[str, int], str]:
+    """(body, owned, counts, what was quantized how) of the int4 scheme above in `form` ("nbits"
+    or "qdq"); the standard-op `int4` variant shares it."""
+    from ...errors import InvalidArgumentError
+
+    if method not in ("rtn", "search", "gptq"):
+        raise InvalidArgumentError(f"{name}: method must be rtn, search or gptq, got {method!r}.")
+    if method == "gptq" and not calibration:
+        logger.warning("%s: GPTQ needs calibration token windows; none given, so scales are searched per block instead.", name)
+        method = "search"
+    scheme = Scheme(4, block_size, symmetric, method)
+    wide = {8: Scheme(8, block_size, symmetric=True), 4: None}
+    if {lm_head_bits, mlp_down_bits, attn_v_bits} - set(wide):
+        raise InvalidArgumentError(f"{name}: lm_head_bits, mlp_down_bits and attn_v_bits must be 4 or 8.")
+    body, owned, counts = quantized_region(
+        model, name, scheme, accuracy_level, wide[lm_head_bits], wide[mlp_down_bits], wide[attn_v_bits],
+        include_lm_head, pack, fusions, calibration, form=form,
+    )
+    extra = "".join(
+        f"; {label} {wide[bits].describe()}" for label, bits, key in (
+            ("lm_head", lm_head_bits, "lm_head"), ("MLP down projections", mlp_down_bits, "mlp_down"),
+            ("attention V (packed QKV) projections", attn_v_bits, "attn_v"),
+        )
+        if wide[bits] is not None and counts[key]
+    )
+    return body, owned, counts, scheme.describe(bool(calibration)) + extra
