@@ -231,6 +231,17 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
     record_export(model_type, folder)
 
 
+def test_every_family_left_out_by_default_has_its_blocks_tested():
+    """The families the default suite leaves to OPTIMUM_ONNX23_ALL_FAMILIES=1 each name a family of the
+    default suite with the same building blocks, and keep their own expected op counts."""
+    from tiny_models import SAME_BLOCKS_AS, TINY_CONFIGS, TINY_HYBRID_CONFIGS
+
+    default = {f for f in [*TINY_CONFIGS, *TINY_HYBRID_CONFIGS] if f not in SAME_BLOCKS_AS}
+    assert set(SAME_BLOCKS_AS) <= {*TINY_CONFIGS, *TINY_HYBRID_CONFIGS}
+    assert set(SAME_BLOCKS_AS.values()) <= default, set(SAME_BLOCKS_AS.values()) - default
+    assert {f for f in SAME_BLOCKS_AS if f in TINY_CONFIGS} <= set(EXPECTED_OPS)
+
+
 def test_text_generation_task_without_past(exported_dir):
     folder = exported_dir("llama", "--task", "text-generation")
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +30,8 @@ def test_unknown_architecture_lists_supported_ones(tmp_path, capsys):
     (model / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
     code, line = cli_error(capsys, "--dynamo", "--model", model, tmp_path / "out")
     assert code == 1
+    # the CLI's progress handler (bound to this call's stderr, a capture stream here) leaves with it
+    assert logging.getLogger("optimum_onnx23").handlers == []
     assert line.startswith("error: Architecture `bert` is not supported")
     assert "encoder" in line and "nearest supported one is `gpt2`" in line
     for supported in ("gemma2", "gpt2", "llama", "smollm3"):

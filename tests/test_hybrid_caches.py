@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 from architecture_records import record, record_export
-from tiny_models import save_tiny_hybrid_model
+from tiny_models import families_in_run, save_tiny_hybrid_model
 
 from optimum_onnx23.errors import UnsupportedArchitectureError
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 
 # Building blocks: conv (lfm2), gated DeltaNet + attention (qwen3_5_text), the same with routed
 # experts in every layer from a multimodal checkpoint (qwen3_5_moe) and from its text decoder's own
-# (qwen3_5_moe_text), DeltaNet + rotary attention + experts (qwen3_next).
-FAMILIES = ["lfm2", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"]
+# (qwen3_5_moe_text), DeltaNet + rotary attention + experts (qwen3_next). The last two are the
+# blocks of qwen3_5_moe: tested with OPTIMUM_ONNX23_ALL_FAMILIES=1 (tiny_models.SAME_BLOCKS_AS).
+FAMILIES = families_in_run(["lfm2", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"])
 # The model_type of the exported decoder (a multimodal checkpoint exports its text decoder).
 EXPORTED_AS = {"qwen3_5_moe": "qwen3_5_moe_text"}
 
@@ -56,7 +57,7 @@ def test_sampling_reproduces_under_seed(model_type, hybrid_exported_dir, hybrid_
     checks.check_sampling(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_5_moe", "qwen3_next", "granitemoehybrid"])
+@pytest.mark.parametrize("model_type", families_in_run(["qwen3_5_moe", "qwen3_next", "granitemoehybrid"]))
 def test_routed_experts_lowered_per_expert(model_type, hybrid_exported_dir):
     """Hybrid x MoE: the experts of every layer (transformers' experts modules, found by their
     interface, not by family) are one `If` per expert reading that expert's weights in place, as in

@@ -6,17 +6,16 @@ The tiny configs use a Mamba chunk of 4, so prompts span many chunks (tests/hybr
 
 from __future__ import annotations
 
-import os
-
 import hybrid_checks as checks
 import pytest
 from architecture_records import record, record_export
+from tiny_models import families_in_run
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 
 # bamba runs the same Mamba-2 mixer and cache code as granitemoehybrid (with rotary attention):
-# opt in with OPTIMUM_ONNX23_HYBRID_ALL=1 (the CI budget of these two files is ~4 min on 2 cores).
-FAMILIES = ["granitemoehybrid", "falcon_h1", "nemotron_h", "mamba2"] + (["bamba"] if os.environ.get("OPTIMUM_ONNX23_HYBRID_ALL") else [])
+# tested with OPTIMUM_ONNX23_ALL_FAMILIES=1 (tiny_models.SAME_BLOCKS_AS; these two files' CI budget is ~4 min on 2 cores).
+FAMILIES = families_in_run(["granitemoehybrid", "falcon_h1", "nemotron_h", "mamba2", "bamba"])
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
