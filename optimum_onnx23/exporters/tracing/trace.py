@@ -23,7 +23,9 @@ import torch
 
 from ..passes import layer_replication
 from .experts import static_experts
+from .recurrences import standard_ops
 from .signature import ExportSignature
+from .standard_ops import STANDARD_OPS_OPSET, TRANSLATIONS, adopt_pending_ops
 
 __all__ = ["trace", "strip_trace_metadata", "raise_opset", "TRACE_MAX_OPSET"]
 
@@ -34,9 +36,10 @@ def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtyp
     """The ONNX graph of `wrapper` (`signature.wrapper(model)`) and how many layers torch.export
     traced; MoE families trace with static-shape experts (`experts.static_experts`)."""
     model = wrapper.model
-    with static_experts(model) if signature.family.routed_experts else contextlib.nullcontext():
+    with static_experts(model) if signature.family.routed_experts else contextlib.nullcontext(), standard_ops(opset >= STANDARD_OPS_OPSET):
         traced, layers = _trace(wrapper, signature, min(opset, TRACE_MAX_OPSET), dtype, device)
     raise_opset(traced, opset)
+    adopt_pending_ops(traced)
     return traced, layers
 
 
@@ -74,6 +77,7 @@ def _torch_onnx_export(wrapper: torch.nn.Module, signature: ExportSignature, ops
                 output_names=signature.output_names,
                 opset_version=opset,
                 dynamo=True,
+                custom_translation_table=TRANSLATIONS,  # opset-27 ops, where recurrences.standard_ops put them
                 optimize=False,  # the optimizer and fusions run as their own steps, to report what each did
                 verbose=False,
             )
