@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
+from architecture_records import record
 from onnx.reference import ReferenceEvaluator
 from test_export import op_counts
 from test_export_flags import assert_matches_pytorch
@@ -57,6 +58,7 @@ def test_opset28_writes_swiglu_per_mlp_and_its_body_for_onnxruntime(llama_opset2
     assert {o.domain: o.version for o in model.opset_import}[""] == 28
     counts = op_counts(folder / "model.onnx")
     assert counts["SwiGLU"] == 2 and counts["Sigmoid"] == 0  # one per layer, no SiLU left
+    record("llama", "opset28", ops={"SwiGLU": 2}, how="exported with --opset 28, validated, generates as transformers")
     node = next(n for n in model.graph.node if n.op_type == "SwiGLU")
     assert onnx.helper.get_attribute_value(node.attribute[0]) == 1.0  # SiLU is Swish with alpha 1
     # The gated input (A, the first) is gate_proj's output, the value (B) up_proj's.
@@ -100,6 +102,8 @@ def test_opset28_generates_as_transformers(llama_opset28, tiny_model_dir):
     [
         ("phi3", 2),  # one packed gate_up projection, split in halves
         ("qwen3", 2),
+        ("mistral", 2),
+        ("olmo2", 2),
         ("gemma", 0),  # GELU-gated (gelu_pytorch_tanh): not SwiGLU
         ("gpt2", 0),  # no gated MLP
     ],
@@ -114,6 +118,7 @@ def test_swiglu_rule_on_the_families(model_type, expected, exported_dir):
     assert fused == expected
     assert sum(n.op_type == "SwiGLU" for n in model.graph) == expected
     assert sum(n.op_type == "Sigmoid" for n in model.graph) == sigmoids - expected
+    record(model_type, "opset28", ops={"SwiGLU": fused}, how="the SwiGLU rule on the opset-23 export raised to 28")
 
 
 # model_type -> (CausalConvWithState, LinearAttention) of its tiny config at opset 27
@@ -143,6 +148,11 @@ def test_opset27_one_op_per_state_layer_and_validated(opset27, hybrid_exported_d
     default = onnx.load(str(hybrid_exported_dir(model_type) / "model.onnx"), load_external_data=False)
     assert [i.name for i in model.graph.input] == [i.name for i in default.graph.input]
     assert [o.name for o in model.graph.output] == [o.name for o in default.graph.output]
+    rules = sorted({onnx.helper.get_attribute_value(a).decode() for n in model.graph.node for a in n.attribute if a.name == "update_rule"})
+    record(
+        model_type, "opset27", how="exported with --opset 27, validated, generates as transformers",
+        ops={"CausalConvWithState": counts["CausalConvWithState"], "LinearAttention": counts["LinearAttention"]}, update_rules=rules,
+    )
 
 
 def test_opset27_generates_as_transformers(opset27):
