@@ -3,6 +3,13 @@
 Uniform decoders are traced 4 layers deep and the graph is grown to every layer
 (`layer_replication`); others are traced whole. The optimizer and the fusions run afterwards as
 steps of their own, so `optimize=False` here.
+
+torch's exporter converts its graph to the requested opset with onnxscript's version converter,
+which stops at opset 25 (`TRACE_MAX_OPSET`): a newer `--opset` is traced at 25 and its default
+domain raised afterwards (`raise_opset`). Between 25 and 28 the ops torch emits change only by
+accepting more types (Cast, Range, Einsum, Mod, DequantizeLinear: new element types), so the
+graph computes the same; the new ops of 26-28 (LinearAttention, CausalConvWithState, SwiGLU) are
+written by our own passes.
 """
 
 from __future__ import annotations
@@ -18,9 +25,13 @@ from ..families import nearest_supported
 from ..passes import layer_replication
 from .experts import static_experts
 from .failure import describe_failure
+from .recurrences import standard_ops
 from .signature import ExportSignature
+from .standard_ops import STANDARD_OPS_OPSET, TRANSLATIONS, adopt_pending_ops
 
-__all__ = ["trace", "strip_trace_metadata"]
+__all__ = ["trace", "strip_trace_metadata", "raise_opset", "TRACE_MAX_OPSET"]
+
+TRACE_MAX_OPSET = 25
 
 
 def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
@@ -31,13 +42,22 @@ def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtyp
     A failure of torch.export or of the ONNX translation raises `TraceError`: one line naming the
     module and operation that failed (`failure.describe_failure`), the original chained to it."""
     try:
-        with static_experts(wrapper.model):
-            return _trace(wrapper, signature, opset, dtype, device)
+        with static_experts(wrapper.model), standard_ops(opset >= STANDARD_OPS_OPSET):
+            traced, layers = _trace(wrapper, signature, min(opset, TRACE_MAX_OPSET), dtype, device)
     except OptimumOnnx23Error:
         raise
     except Exception as error:
         model_type = signature.family.model_type
         raise TraceError(describe_failure(error, wrapper.model, model_type, nearest_supported(model_type))) from error
+    raise_opset(traced, opset)
+    adopt_pending_ops(traced)
+    return traced, layers
+
+
+def raise_opset(model: ir.Model, opset: int) -> None:
+    """Import `opset` for the default domain where the graph imports an older one (see above)."""
+    if model.opset_imports.get("", 0) < opset:
+        model.opset_imports[""] = opset
 
 
 def _trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
@@ -71,6 +91,7 @@ def _torch_onnx_export(wrapper: torch.nn.Module, signature: ExportSignature, ops
                 output_names=signature.output_names,
                 opset_version=opset,
                 dynamo=True,
+                custom_translation_table=TRANSLATIONS,  # opset-27 ops, where recurrences.standard_ops put them
                 optimize=False,  # the optimizer and fusions run as their own steps, to report what each did
                 verbose=False,
             )
