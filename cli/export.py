@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 import os
 import sys
 from argparse import ArgumentParser
 from pathlib import Path
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+from optimum_onnx23.progress import progress_on_stderr
 
 __all__ = ["ONNXExportCommand", "parse_export_args", "run_cli"]
 
@@ -87,30 +88,6 @@ def parse_export_args(parser: ArgumentParser) -> None:
     from optimum_onnx23.publish import add_publish_arguments  # lazy package: argparse only
 
     add_publish_arguments(parser)
-
-
-@contextlib.contextmanager
-def _progress_on_stderr():
-    """Our INFO lines (the `[i/N]` steps) on the sys.stderr of this command, for this command only.
-
-    Our logger only: onnxscript's optimizer logs every folded constant at INFO. The handler is
-    removed afterwards: the CLI also runs in-process (optimum-cli's `main()` from Python, a notebook,
-    the tests), where a handler left on the logger would keep writing to the sys.stderr of the first
-    call (a closed capture stream, so every later log line printed a logging traceback)."""
-    logger = logging.getLogger("optimum_onnx23")
-    if logger.handlers:  # the application set up our logger: it decides what shows
-        yield
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def check_cli_arguments(args) -> None:
@@ -187,7 +164,7 @@ def run_cli(args) -> int:
     exported = False
     try:
         check_cli_arguments(args)
-        with _progress_on_stderr(), quiet_third_parties(getattr(args, "verbose", False)):
+        with progress_on_stderr(defer_to_root=False), quiet_third_parties(getattr(args, "verbose", False)):
             from optimum_onnx23.exporters import export
             from optimum_onnx23.publish import publish_from_args
 
