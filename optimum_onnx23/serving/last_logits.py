@@ -41,27 +41,21 @@ def last_position_logits(model: ir.Model) -> str | None:
         if node.op_type not in _PER_POSITION:
             return f"logits pass through {node.op_type}, not a per-position op"
         # Follow the one input that is not a constant (the other operand of Mul/Add/... must be).
-        varying = [v for v in node.inputs if v is not None and v.const_value is None and not _is_constant(v)]
+        varying = [v for v in node.inputs if v is not None and ir.convenience.get_const_tensor(v) is None]
         if len(varying) != 1:
             return f"{node.op_type} before the logits has {len(varying)} non-constant inputs"
         value = varying[0]
     hidden = node.inputs[0]
     if hidden.shape is not None and hidden.shape.rank() != 3:
         return "the projection's input is not [batch, sequence, hidden]"
-    starts = graph.initializers.get("_last_position_starts")
-    if starts is None:
-        for name, array in (("_last_position_starts", [-1]), ("_last_position_ends", [np.iinfo(np.int64).max]), ("_last_position_axes", [1])):
-            initializer = ir.Value(name=name, const_value=ir.tensor(np.array(array, dtype=np.int64)))
-            graph.register_initializer(initializer)
-    inits = graph.initializers
-    last = ir.node("Slice", [hidden, inits["_last_position_starts"], inits["_last_position_ends"], inits["_last_position_axes"]], name="last_position")
+    bounds = []
+    for name, bound in (("starts", -1), ("ends", np.iinfo(np.int64).max), ("axes", 1)):
+        bounds.append(ir.Value(name=f"last_position_{name}", const_value=ir.tensor(np.array([bound], dtype=np.int64))))
+        graph.register_initializer(bounds[-1])
+    last = ir.node("Slice", [hidden, *bounds], name="last_position")
     last.outputs[0].name = f"{hidden.name}_last"
     graph.insert_before(node, last)
     node.replace_input_with(0, last.outputs[0])
     logits.shape = ir.Shape([logits.shape[0] if logits.shape else None, 1, logits.shape[2] if logits.shape else None])
     return None
 
-
-def _is_constant(value: ir.Value) -> bool:
-    producer = value.producer()
-    return producer is not None and producer.op_type == "Constant"
