@@ -75,7 +75,7 @@ def parse_export_args(parser: ArgumentParser) -> None:
         default=[],
         metavar="NAME",
         help="Attach a built-in backend variant (repeatable): int4, int8 (standard DequantizeLinear + MatMul), ort-cpu-int4, "
-        "ort-cpu-int8 (com.microsoft::MatMulNBits, for onnxruntime < 1.25), ort-cpu-moe, ort-cpu, backend-context, portable-opset21 (opset-21 standard ops, for OpenVINO). "
+        "ort-cpu-int8 (com.microsoft::MatMulNBits, for onnxruntime < 1.25), ort-cpu-moe, ort-cpu-gqa (gpt-oss: GroupQueryAttention with head sinks), ort-cpu, backend-context, portable-opset21 (opset-21 standard ops, for OpenVINO). "
         "The main graph stays as is; onnxruntime sessions of optimum-onnx23 pick the variant for their provider.",
     )
 

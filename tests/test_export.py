@@ -83,6 +83,18 @@ EXPECTED_OPS = {
     "jais2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
     "ministral3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
     "vaultgemma": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    # issue 24, by building block: learned positions (no rotary) with 2 LayerNorms a layer + final; persimmon's
+    # full-width q/k LayerNorms 2 more a layer; modernbert-decoder's embedding norm 1 more; youtu: minicpm3's MLA
+    # (q_a and kv_a norms); gemma4_unified_text: gemma4's block, q/k/v norms (no per-layer inputs: 15)
+    "biogpt": {"Attention": 2, _LN: 5, "RotaryEmbedding": 0},
+    "ctrl": {"Attention": 2, _LN: 5, "RotaryEmbedding": 0},
+    "gpt-sw3": {"Attention": 2, _LN: 5, "RotaryEmbedding": 0},
+    "persimmon": {"Attention": 2, _LN: 9, "RotaryEmbedding": 4},
+    "modernbert-decoder": {"Attention": 2, _LN: 6, "RotaryEmbedding": 4},
+    "youtu": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "gemma4_unified_text": {"Attention": 2, _RMS: 15, "RotaryEmbedding": 4},
+    "gemma4": {"Attention": 2, _RMS: 18, "RotaryEmbedding": 4},
+    "gemma4_unified": {"Attention": 2, _RMS: 15, "RotaryEmbedding": 4},
 }
 # (rotary_embedding_dim, interleaved) of every RotaryEmbedding node where not (0, 0): partial
 # rotary rotates the first r channels of each 16-wide head (phi, glm, nemotron: half; gpt_neox,
@@ -94,6 +106,7 @@ ROTARY_ATTRIBUTES = {
     # per-layer-type rope: the sliding layer rotates every channel, the full layer the first half
     "laguna": {(0, 0), (8, 0)},
     "gpt_neox": (4, 0), "gptj": (8, 1), "helium": (0, 1), "nemotron": (8, 0), "phi": (8, 0), "stablelm": (4, 0),
+    "persimmon": (8, 0), "cohere2_moe": (0, 1),
 }
 # Mixture-of-Experts families (TINY_MOE_CONFIGS): as above (gpt-oss: no Attention, its sinks have no
 # standard op; ernie4_5_moe: interleaved rotary, glm4_moe: partial; deepseek_v3: MLA's q_a and kv_a
@@ -129,6 +142,14 @@ EXPECTED_MOE_OPS = {
     "param2moe": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
     "sarvam_moe": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
     "laguna": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    # issue 24: sandwich (4) + q/k norms a layer, rotary on the sliding layer only (afmoe, kolibri1: 13; sigmoid routers); exaone4's and cohere2's attention with
+    # experts (cohere2_moe: both layers sparse); MLA + grouped routing (glm4_moe_lite, sarvam_mla: layer 0 dense)
+    "afmoe": {"Attention": 2, _RMS: 13, "RotaryEmbedding": 2, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "kolibri1": {"Attention": 2, _RMS: 13, "RotaryEmbedding": 2, "If": 2 * MOE_EXPERTS, "Softmax": 0},
+    "exaone_moe": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 2, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "cohere2_moe": {"Attention": 2, _LN: 3, "RotaryEmbedding": 2, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "glm4_moe_lite": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "sarvam_mla": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
 }
 EXPECTED_OPS.update(EXPECTED_MOE_OPS)
 # Ops that must be gone once attention is fused (decomposed softmax attention, softcap included);

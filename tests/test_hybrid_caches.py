@@ -20,10 +20,11 @@ from optimum_onnx23.pipelines import ORTModelForCausalLM
 # Building blocks: conv (lfm2), gated DeltaNet + attention (qwen3_5_text), the same with routed
 # experts in every layer from a multimodal checkpoint (qwen3_5_moe) and from its text decoder's own
 # (qwen3_5_moe_text), DeltaNet + rotary attention + experts (qwen3_next). The last two are the
-# blocks of qwen3_5_moe: tested with OPTIMUM_ONNX23_ALL_FAMILIES=1 (tiny_models.SAME_BLOCKS_AS).
-FAMILIES = families_in_run(["lfm2", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"])
+# blocks of qwen3_5_moe, and so is the dense multimodal qwen3_5 (its decoder from the file): tested with
+# OPTIMUM_ONNX23_ALL_FAMILIES=1 (tiny_models.SAME_BLOCKS_AS).
+FAMILIES = families_in_run(["lfm2", "qwen3_5_text", "qwen3_5", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"])
 # The model_type of the exported decoder (a multimodal checkpoint exports its text decoder).
-EXPORTED_AS = {"qwen3_5_moe": "qwen3_5_moe_text"}
+EXPORTED_AS = {"qwen3_5_moe": "qwen3_5_moe_text", "qwen3_5": "qwen3_5_text"}
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

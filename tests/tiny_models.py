@@ -38,6 +38,12 @@ _GPT = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=VOCAB, b
 # The vision tower of multimodal checkpoints whose text decoder is exported (gemma3).
 _TINY_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16)
 
+_GEMMA4_TEXT = dict(head_dim=16, global_head_dim=32, sliding_window=6, layer_types=["sliding_attention", "full_attention"])
+_TINY_GEMMA4_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=16, patch_size=4,
+    position_embedding_size=64,
+)
+
 TINY_CONFIGS: dict[str, dict] = {
     "apertus": {},
     "arcee": dict(head_dim=16),
@@ -103,6 +109,21 @@ TINY_CONFIGS: dict[str, dict] = {
     "jais2": dict(head_dim=16),
     "ministral3": dict(head_dim=16, sliding_window=6),
     "vaultgemma": dict(head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"]),
+    # issue 24, by building block: learned positions + LayerNorm + multi-head attention (gpt2 / opt's)
+    "biogpt": dict(_MHA),
+    "ctrl": dict(n_embd=64, n_layer=2, n_head=4, dff=128, n_positions=256, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2),
+    "gpt-sw3": dict(_GPT),
+    # partial rotary with full-width q/k LayerNorms (stablelm / phi's blocks)
+    "persimmon": dict(_MHA),
+    # LayerNorm (olmo's) with sliding/full layers
+    "modernbert-decoder": dict(_MHA, sliding_window=6, layer_types=["full_attention", "sliding_attention"]),
+    # minicpm3's MLA with interleaved rotary
+    "youtu": dict(_MHA, q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16),
+    # gemma4_text's per-layer cache shapes
+    "gemma4_unified_text": dict(head_dim=16, global_head_dim=32, sliding_window=6, layer_types=["sliding_attention", "full_attention"]),
+    # Gemma 4 multimodal checkpoints (a vision tower in the file): their text decoder, exported as *_text
+    "gemma4": dict(text_config=dict(_GEMMA4_TEXT, hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB), vision_config=_TINY_GEMMA4_VISION),
+    "gemma4_unified": dict(text_config=_GEMMA4_TEXT, vision_config=_TINY_GEMMA4_VISION),
 }
 
 
@@ -194,6 +215,10 @@ TINY_HYBRID_CONFIGS: dict[str, dict] = {
     "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=2, conv_kernel=4, expand=2, chunk_size=4),
 }
 TINY_HYBRID_CONFIGS["qwen3_5_moe_text"] = TINY_HYBRID_CONFIGS["qwen3_5_moe"]["text_config"]
+# The dense multimodal Qwen3.5 checkpoint: qwen3_5_text's decoder beside a vision tower.
+TINY_HYBRID_CONFIGS["qwen3_5"] = dict(
+    text_config=TINY_HYBRID_CONFIGS["qwen3_5_text"], vision_config=TINY_HYBRID_CONFIGS["qwen3_5_moe"]["vision_config"],
+)
 
 
 def tiny_hybrid_config(model_type: str):
@@ -239,6 +264,7 @@ def save_tiny_hybrid_model(model_type: str, folder: Path, seed: int = 0) -> Path
 # optimize: 4, not 8, halves the MoE families' share of the suite's time.
 MOE_EXPERTS = 4
 _MOE = dict(num_experts_per_tok=2)
+_SW = dict(sliding_window=6, layer_types=["sliding_attention", "full_attention"])
 TINY_MOE_CONFIGS: dict[str, dict] = {
     "mixtral": dict(_MOE, num_local_experts=MOE_EXPERTS, sliding_window=6),
     "qwen2_moe": dict(_MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, shared_expert_intermediate_size=64, use_sliding_window=False),
@@ -310,6 +336,19 @@ TINY_MOE_CONFIGS: dict[str, dict] = {
         _MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, shared_expert_intermediate_size=32, head_dim=16, sliding_window=6,
         layer_types=["sliding_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
     ),
+    # issue 24, by building block: sandwich + q/k norms, rotary on sliding layers only (full layers NoPE)
+    "afmoe": dict(_MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, num_dense_layers=1, num_shared_experts=1, head_dim=16, **_SW),
+    "kolibri1": dict(_MOE, num_local_experts=MOE_EXPERTS, moe_intermediate_size=32, shared_expert_intermediate_size=32, head_dim=16, **_SW),
+    "exaone_moe": dict(
+        _MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, num_shared_experts=1, first_k_dense_replace=1,
+        mlp_layer_types=["dense", "sparse"], head_dim=16, **_SW,
+    ),
+    "cohere2_moe": dict(_MOE, num_experts=MOE_EXPERTS, intermediate_size=32, head_dim=16, mlp_layer_types=["sparse", "sparse"], **_SW),
+    # deepseek_v3's MLA + grouped routing
+    **{name: dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, n_shared_experts=1, moe_intermediate_size=32, n_group=1, topk_group=1, q_lora_rank=32,
+        kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, num_key_value_heads=4, **layout,
+    ) for name, layout in (("glm4_moe_lite", dict(mlp_layer_types=["dense", "sparse"])), ("sarvam_mla", dict(first_k_dense_replace=1)))},
 }
 TINY_CONFIGS.update(TINY_MOE_CONFIGS)
 
@@ -333,6 +372,16 @@ SAME_BLOCKS_AS: dict[str, str] = {
     "qwen3_5_moe_text": "qwen3_5_moe", "qwen3_next": "qwen3_5_moe",
     # Mamba-2 + attention, as granitemoehybrid
     "bamba": "granitemoehybrid",
+    # issue 24: learned positions + LayerNorm + MHA; partial rotary + q/k LayerNorms; LayerNorm with sliding layers
+    "biogpt": "opt", "ctrl": "gpt2", "gpt-sw3": "gpt2", "persimmon": "phi", "modernbert-decoder": "olmo",
+    # MLA latent cache: dense as minicpm3, with grouped-routing experts as deepseek_v3; gemma4's per-layer cache shapes
+    "youtu": "minicpm3", "glm4_moe_lite": "deepseek_v3", "sarvam_mla": "deepseek_v3", "gemma4_unified_text": "gemma4_text",
+    # Gemma 4's multimodal checkpoints: gemma4_text's decoder, loaded from the file as gemma3's is
+    "gemma4": "gemma4_text", "gemma4_unified": "gemma4_text",
+    # rotary on sliding layers only (NoPE full layers) with experts: cohere2's and exaone4's attention, afmoe's sandwich norms
+    "cohere2_moe": "cohere2", "exaone_moe": "exaone4", "kolibri1": "afmoe",
+    # the dense multimodal Qwen3.5 checkpoint: its decoder loaded from the file as qwen3_5_moe's is
+    "qwen3_5": "qwen3_5_moe",
 }
 ALL_FAMILIES = os.environ.get("OPTIMUM_ONNX23_ALL_FAMILIES", "").strip().lower() in ("1", "true", "yes")
 

@@ -96,7 +96,7 @@ def export(
         logits: `all` (default: logits for every position) or `last` (the last position only,
             all generation needs; a shorter prefill). Recorded in the ONNX metadata.
         variants: built-in backend variants to attach after validation (`int4`, `int8`,
-            `ort-cpu-int4`, `ort-cpu-int8`, `ort-cpu-moe`, `ort-cpu`, `backend-context`); see
+            `ort-cpu-int4`, `ort-cpu-int8`, `ort-cpu-moe`, `ort-cpu-gqa`, `ort-cpu`, `backend-context`); see
             `optimum_onnx23.variants`.
         gguf_file: export the weights of this GGUF file (llama.cpp format) of the model folder or
             Hub repository, dequantized by transformers' GGUF loader; needs the `gguf` package.

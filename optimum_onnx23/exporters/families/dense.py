@@ -14,7 +14,7 @@ from .schema import (
     per_layer_cache_dims,
 )
 
-__all__ = ["DENSE"]
+__all__ = ["DENSE", "GEMMA_KEY_MAPPING", "MLA_UNFUSED", "gemma4_norms"]
 
 
 def gemma4_norms(config: Config) -> int:
@@ -22,8 +22,18 @@ def gemma4_norms(config: Config) -> int:
     (not on kv-sharing layers); per-layer-input embeddings add a norm per layer and one overall."""
     layers = config.num_hidden_layers
     own_kv = sum(mode != "reuse" for mode in config.kv_sharing_modes[:layers])
-    per_layer_inputs = layers + 1 if config.hidden_size_per_layer_input else 0
+    per_layer_inputs = layers + 1 if getattr(config, "hidden_size_per_layer_input", None) else 0  # gemma4_unified: none
     return layers * 5 + 2 * own_kv + per_layer_inputs + 1
+
+
+# Hub checkpoints name the decoder `language_model.model.*`, transformers 5 `model.language_model.*`.
+GEMMA_KEY_MAPPING = {r"^(language_model\.model|model\.language_model)\.": "model.", r"^language_model\.lm_head": "lm_head"}
+
+MLA_UNFUSED = {
+    "Attention": "multi-head latent attention: the cache holds the compressed latent (as transformers' does) and "
+    "kv_b_proj expands it to per-head keys/values before a standard Attention every step; the absorbed form "
+    "(attention scored against the latent directly) is not applied",
+}
 
 
 DENSE: tuple[DecoderExportConfig, ...] = (
@@ -86,10 +96,15 @@ DENSE: tuple[DecoderExportConfig, ...] = (
     DecoderExportConfig("gemma"),
     DecoderExportConfig(
         "gemma3", decoder_config="text_config", norms_per_layer=4, qk_norm=True, sliding_window_attr="sliding_window",
-        # Hub checkpoints name the decoder `language_model.model.*`, transformers 5 `model.language_model.*`.
-        key_mapping={r"^(language_model\.model|model\.language_model)\.": "model.", r"^language_model\.lm_head": "lm_head"},
+        key_mapping=GEMMA_KEY_MAPPING,
         notes="the text decoder of a Gemma3ForConditionalGeneration checkpoint, exported as gemma3_text",
     ),
+    # The text decoder of Gemma 4 checkpoints (vision and audio towers in the file), exported as gemma4_text /
+    # gemma4_unified_text: the weights renamed as gemma3's.
+    *(DecoderExportConfig(
+        model_type, decoder_config="text_config", key_mapping=GEMMA_KEY_MAPPING, norm_count=gemma4_norms, kv_layout=per_layer_cache_dims,
+        sliding_window_attr="sliding_window", notes=f"the text decoder of a multimodal checkpoint, exported as {model_type}_text",
+    ) for model_type in ("gemma4", "gemma4_unified")),
     DecoderExportConfig(
         "gemma4_text", norm_count=gemma4_norms, kv_layout=per_layer_cache_dims, sliding_window_attr="sliding_window",
         notes="per-layer cache shapes (full-attention layers: global_head_dim); per-layer input embeddings; "
@@ -109,11 +124,7 @@ DENSE: tuple[DecoderExportConfig, ...] = (
     DecoderExportConfig("hunyuan_v1_dense", qk_norm=True, notes="q/k norms after the rotary embedding"),
     DecoderExportConfig(
         "minicpm3", norms_per_layer=lambda c: 3 + (c.q_lora_rank is not None), kv_layout=mla_cache_dims,
-        unfused={
-            "Attention": "multi-head latent attention: the cache holds the compressed latent (as transformers' does) and "
-            "kv_b_proj expands it to per-head keys/values before a standard Attention every step; the absorbed form "
-            "(attention scored against the latent directly) is not applied",
-        },
+        unfused=MLA_UNFUSED,
         notes="MLA: latent KV cache [batch, 1, past, kv_lora_rank] (key) and [batch, 1, past, qk_rope_head_dim] (value)",
     ),
     DecoderExportConfig("ministral", sliding_window_attr="sliding_window"),
@@ -144,4 +155,26 @@ DENSE: tuple[DecoderExportConfig, ...] = (
     DecoderExportConfig("bitnet", norms_per_layer=4, notes="sub-norms before o_proj and down_proj; ternary weights stay floats"),
     DecoderExportConfig("hyperclovax", norms_per_layer=4, notes="post-norms after attention and MLP"),
     DecoderExportConfig("jais2", norm_op="LayerNormalization", notes="LayerNorm"),
+    # ---- by building block (issue 24): multi-head attention with learned positions and LayerNorm, as gpt2 / opt ----
+    *(DecoderExportConfig(model_type, norm_op="LayerNormalization", positions="learned", notes=notes) for model_type, notes in (
+        ("biogpt", "learned positions offset by 2 (opt's), scaled embeddings"),
+        ("ctrl", "sinusoidal position table added to the scaled embeddings"),
+        ("gpt-sw3", "GPT2LMHeadModel under another model type"),
+    )),
+    DecoderExportConfig(
+        "persimmon", norm_op="LayerNormalization", qk_norm=lambda c: c.qk_layernorm, rotary_dim=partial_rotary,
+        notes="partial rotary (stablelm's); full-width q/k LayerNorms; fused qkv",
+    ),
+    DecoderExportConfig(
+        "modernbert-decoder", norm_op="LayerNormalization", extra_norms=1, sliding_window_attr="sliding_window",
+        notes="bias-free LayerNorm after the embeddings; alternating sliding/full layers with their own rope theta",
+    ),
+    DecoderExportConfig(
+        "youtu", norms_per_layer=lambda c: 3 + (c.q_lora_rank is not None), kv_layout=mla_cache_dims,
+        unfused=MLA_UNFUSED, notes="minicpm3's MLA (latent KV cache); rope_interleave permutes q/k before a halves rotary",
+    ),
+    DecoderExportConfig(
+        "gemma4_unified_text", norm_count=gemma4_norms, kv_layout=per_layer_cache_dims, sliding_window_attr="sliding_window",
+        notes="gemma4_text's decoder: per-layer cache shapes (full-attention layers: global_head_dim)",
+    ),
 )

@@ -9,7 +9,7 @@ transformers' `Cache` from the flat tensors inside the trace (`exporters.tracing
 | model_type | layer types -> cache | state shapes (without batch) |
 | --- | --- | --- |
 | lfm2 | conv -> conv; full_attention -> key/value | conv [hidden, L_cache - 1] |
-| qwen3_5_text, qwen3_5_moe_text, qwen3_5_moe, qwen3_next | linear_attention -> conv + recurrent (gated DeltaNet) | conv [2 k_heads k_dim + v_heads v_dim, K - 1], recurrent [v_heads, k_dim, v_dim] |
+| qwen3_5_text, qwen3_5, qwen3_5_moe_text, qwen3_5_moe, qwen3_next | linear_attention -> conv + recurrent (gated DeltaNet) | conv [2 k_heads k_dim + v_heads v_dim, K - 1], recurrent [v_heads, k_dim, v_dim] |
 | granitemoehybrid, bamba, nemotron_h, mamba2 | linear_attention -> conv + ssm (Mamba-2) | conv [expand hidden + 2 groups state, K - 1], ssm [heads, head_dim, state] |
 | falcon_h1 | hybrid -> key/value + conv + ssm (parallel attention and Mamba-2) | as above |
 
@@ -115,7 +115,7 @@ HYBRID: tuple[HybridExportConfig, ...] = (
             + (f"; the text decoder of a multimodal checkpoint, exported as {model_type}_text" if decoder else ""),
         )
         for model_type, decoder in (
-            ("qwen3_5_text", None), ("qwen3_5_moe_text", None), ("qwen3_5_moe", "text_config"),
+            ("qwen3_5_text", None), ("qwen3_5_moe_text", None), ("qwen3_5_moe", "text_config"), ("qwen3_5", "text_config"),
         )
     ),
     HybridExportConfig(

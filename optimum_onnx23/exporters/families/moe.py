@@ -8,9 +8,15 @@ and its op counts in the tests."""
 
 from __future__ import annotations
 
-from .schema import MoeExportConfig, mla_cache_dims, partial_rotary
+from .schema import Config, MoeExportConfig, layers_of_type, mla_cache_dims, partial_rotary
 
-__all__ = ["MOE"]
+_SLIDING_ROPE = layers_of_type("sliding_attention")
+
+
+def _mla_norms(config: Config) -> int:
+    """MLA's kv latent norm (and the q latent's, with a q LoRA) besides the two of every layer."""
+    return config.num_hidden_layers * (3 + (config.q_lora_rank is not None)) + 1
+
 
 MOE: tuple[MoeExportConfig, ...] = (
     MoeExportConfig("mixtral", sliding_window_attr="sliding_window"),
@@ -39,7 +45,7 @@ MOE: tuple[MoeExportConfig, ...] = (
         # to per-head keys and values (`kv_b_proj`) before a standard Attention.
         kv_layout=mla_cache_dims,
         # the kv latent's norm and, with a q LoRA, the q latent's, besides the two of every layer
-        norm_count=lambda c: c.num_hidden_layers * (3 + (c.q_lora_rank is not None)) + 1,
+        norm_count=_mla_norms,
         notes="MLA with a latent cache; grouped top-k routing with score correction and routed scaling; shared experts; "
         "first_k_dense_replace dense layers",
     ),
@@ -77,4 +83,28 @@ MOE: tuple[MoeExportConfig, ...] = (
         "laguna", qk_norm=True, rotary_dim=lambda c: int(c.head_dim * c.rope_parameters["full_attention"]["partial_rotary_factor"]),
         sliding_window_attr="sliding_window", notes="sigmoid routing; shared expert; per-layer-type rope; dense layers by mlp_layer_types",
     ),
+    # ---- by building block (issue 24) -----------------------------------------------------------------------
+    # sandwich norms (4 a layer, gemma3's) and per-head q/k norms; rotary on sliding layers only, full layers NoPE
+    *(MoeExportConfig(
+        model_type, norms_per_layer=4, qk_norm=True, rotary_layers=_SLIDING_ROPE, sliding_window_attr="sliding_window", notes=notes,
+    ) for model_type, notes in (
+        ("afmoe", "sigmoid routing with shared experts; dense layers first (num_dense_layers); gated attention"),
+        ("kolibri1", "sigmoid routing with a shared expert"),
+    )),
+    # exaone4's and cohere2's attention (rotary on sliding layers only) with experts
+    MoeExportConfig(
+        "exaone_moe", qk_norm=True, rotary_layers=_SLIDING_ROPE, sliding_window_attr="sliding_window",
+        notes="exaone4's post-norms and q/k norms; sigmoid routing with shared experts",
+    ),
+    MoeExportConfig(
+        "cohere2_moe", norm_op="LayerNormalization", norms_per_layer=1, rotary_layers=_SLIDING_ROPE, rotary_interleaved=True,
+        sliding_window_attr="sliding_window", notes="cohere2's parallel blocks; softmax routing",
+    ),
+    # deepseek_v3's MLA (latent cache) and grouped routing (rope_interleave permutes q/k: RotaryEmbedding on halves)
+    *(MoeExportConfig(
+        model_type, kv_layout=mla_cache_dims, norm_count=_mla_norms, notes=notes,
+    ) for model_type, notes in (
+        ("glm4_moe_lite", "MLA with a latent cache; dense layers by mlp_layer_types; shared experts"),
+        ("sarvam_mla", "MLA with a latent cache; first_k_dense_replace dense layers; shared experts"),
+    )),
 )

@@ -6,7 +6,18 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from . import backend_context, int4, int8, ort_cpu, ort_cpu_functions, ort_cpu_int4, ort_cpu_int8, ort_cpu_moe, portable_opset21
+from . import (
+    backend_context,
+    int4,
+    int8,
+    ort_cpu,
+    ort_cpu_functions,
+    ort_cpu_gqa,
+    ort_cpu_int4,
+    ort_cpu_int8,
+    ort_cpu_moe,
+    portable_opset21,
+)
 from .spec import VariantSpec
 
 __all__ = ["BUILTIN", "VariantSpec", "produce"]
@@ -17,6 +28,7 @@ BUILTIN: dict[str, Callable[..., VariantSpec]] = {
     ort_cpu_int4.NAME: ort_cpu_int4.produce,
     ort_cpu_int8.NAME: ort_cpu_int8.produce,
     ort_cpu_moe.NAME: ort_cpu_moe.produce,
+    ort_cpu_gqa.NAME: ort_cpu_gqa.produce,
     ort_cpu.NAME: ort_cpu.produce,
     backend_context.NAME: backend_context.produce,
     portable_opset21.NAME: portable_opset21.produce,
