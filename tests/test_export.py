@@ -95,6 +95,10 @@ EXPECTED_OPS = {
     "gemma4_unified_text": {"Attention": 2, _RMS: 15, "RotaryEmbedding": 4},
     "gemma4": {"Attention": 2, _RMS: 18, "RotaryEmbedding": 4},
     "gemma4_unified": {"Attention": 2, _RMS: 15, "RotaryEmbedding": 4},
+    # text decoders of multimodal checkpoints: persimmon's (fuyu), qwen2's (got_ocr2), qwen3's (moss_transcribe_diarize)
+    "fuyu": {"Attention": 2, _LN: 9, "RotaryEmbedding": 4},
+    "got_ocr2": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "moss_transcribe_diarize": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
 }
 # (rotary_embedding_dim, interleaved) of every RotaryEmbedding node where not (0, 0): partial
 # rotary rotates the first r channels of each 16-wide head (phi, glm, nemotron: half; gpt_neox,
@@ -106,7 +110,7 @@ ROTARY_ATTRIBUTES = {
     # per-layer-type rope: the sliding layer rotates every channel, the full layer the first half
     "laguna": {(0, 0), (8, 0)},
     "gpt_neox": (4, 0), "gptj": (8, 1), "helium": (0, 1), "nemotron": (8, 0), "phi": (8, 0), "stablelm": (4, 0),
-    "persimmon": (8, 0), "cohere2_moe": (0, 1),
+    "persimmon": (8, 0), "fuyu": (8, 0), "cohere2_moe": (0, 1),
 }
 # Mixture-of-Experts families (TINY_MOE_CONFIGS): as above (gpt-oss: no Attention, its sinks have no
 # standard op; ernie4_5_moe: interleaved rotary, glm4_moe: partial; deepseek_v3: MLA's q_a and kv_a

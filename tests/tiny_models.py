@@ -124,6 +124,13 @@ TINY_CONFIGS: dict[str, dict] = {
     # Gemma 4 multimodal checkpoints (a vision tower in the file): their text decoder, exported as *_text
     "gemma4": dict(text_config=dict(_GEMMA4_TEXT, hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB), vision_config=_TINY_GEMMA4_VISION),
     "gemma4_unified": dict(text_config=_GEMMA4_TEXT, vision_config=_TINY_GEMMA4_VISION),
+    # multimodal checkpoints whose text decoder is persimmon's, qwen2's, qwen3's (their towers in the file)
+    "fuyu": dict(text_config=_MHA, patch_size=4, num_channels=3),
+    "got_ocr2": dict(text_config={}, vision_config=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16, output_channels=16,
+        global_attn_indexes=[1], mlp_dim=64, window_size=2,
+    )),
+    "moss_transcribe_diarize": dict(text_config=dict(head_dim=16)),
 }
 
 
@@ -378,6 +385,7 @@ SAME_BLOCKS_AS: dict[str, str] = {
     "youtu": "minicpm3", "glm4_moe_lite": "deepseek_v3", "sarvam_mla": "deepseek_v3", "gemma4_unified_text": "gemma4_text",
     # Gemma 4's multimodal checkpoints: gemma4_text's decoder, loaded from the file as gemma3's is
     "gemma4": "gemma4_text", "gemma4_unified": "gemma4_text",
+    "fuyu": "phi", "got_ocr2": "qwen2", "moss_transcribe_diarize": "qwen3",
     # rotary on sliding layers only (NoPE full layers) with experts: cohere2's and exaone4's attention, afmoe's sandwich norms
     "cohere2_moe": "cohere2", "exaone_moe": "exaone4", "kolibri1": "afmoe",
     # the dense multimodal Qwen3.5 checkpoint: its decoder loaded from the file as qwen3_5_moe's is

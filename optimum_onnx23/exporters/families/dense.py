@@ -105,6 +105,19 @@ DENSE: tuple[DecoderExportConfig, ...] = (
         model_type, decoder_config="text_config", key_mapping=GEMMA_KEY_MAPPING, norm_count=gemma4_norms, kv_layout=per_layer_cache_dims,
         sliding_window_attr="sliding_window", notes=f"the text decoder of a multimodal checkpoint, exported as {model_type}_text",
     ) for model_type in ("gemma4", "gemma4_unified")),
+    # Multimodal checkpoints whose text decoder is a supported family's (text_config), weights renamed as gemma3's
+    DecoderExportConfig(
+        "fuyu", decoder_config="text_config", key_mapping=GEMMA_KEY_MAPPING, norm_op="LayerNormalization",
+        qk_norm=lambda c: c.qk_layernorm, rotary_dim=partial_rotary, notes="the persimmon decoder of a Fuyu checkpoint",
+    ),
+    DecoderExportConfig(
+        "got_ocr2", decoder_config="text_config", key_mapping=GEMMA_KEY_MAPPING, sliding_window_attr="sliding_window",
+        notes="the qwen2 decoder of a GOT-OCR2 checkpoint",
+    ),
+    DecoderExportConfig(
+        "moss_transcribe_diarize", decoder_config="text_config", key_mapping=GEMMA_KEY_MAPPING, qk_norm=True,
+        sliding_window_attr="sliding_window", notes="the qwen3 decoder of a MOSS transcription checkpoint (audio encoder in the file)",
+    ),
     DecoderExportConfig(
         "gemma4_text", norm_count=gemma4_norms, kv_layout=per_layer_cache_dims, sliding_window_attr="sliding_window",
         notes="per-layer cache shapes (full-attention layers: global_head_dim); per-layer input embeddings; "

@@ -13,10 +13,6 @@ __all__ = ["NOT_SUPPORTED", "CATEGORIES"]
 
 _ENCODER = "a bidirectional encoder with a causal-LM head (BERT family), not a decoder LLM"
 _SEQ2SEQ = "the decoder half of an encoder-decoder model (cross-attention to encoder states); use optimum-onnx's seq2seq export"
-_MLA = (
-    "multi-head latent attention: the cache holds a compressed latent, so the default K/V layout fails in torch.export (cache "
-    "concat: 1 latent head where num_key_value_heads are expected); missing: an entry with deepseek_v3's `mla_cache_dims`"
-)
 _MULTIMODAL = "multimodal model whose text decoder AutoModelForCausalLM does not load alone: missing its `decoder_config` / `key_mapping` entry"
 
 _GEMMA3N = (
@@ -44,16 +40,21 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "musicgen_melody": ("opt", "audio-codebook decoder conditioned on text and melody"),
     # ---- Mixture-of-Experts: what is missing, from exporting each on a tiny config (4 experts, top-2) ---------
     # Experts built on transformers' experts interface are lowered whatever the family; these miss something else.
-    **{name: ("deepseek_v3", _MLA) for name in ("axk2", "deepseek_v2")},
-    "deepseek_v32": ("deepseek_v3", _MLA + "; and its sparse-attention indexer (top-k token selection) has no standard op"),
-    "glm_moe_dsa": ("deepseek_v3", _MLA + "; and its sparse-attention indexer (top-k token selection) has no standard op"),
-    "deepseek_v4": ("deepseek_v3", _MLA + " (with its own compressed-attention layers)"),
-    "axk1": ("deepseek_v3", "torch.export fails in AXK1Attention's rotary (`q1 * cos - q2 * sin`: the rope part of the head and the "
-             "rotary table disagree, 4 vs 8): missing an MLA entry with its split rope head"),
+    "deepseek_v2": ("deepseek_v3", "multi-head latent attention whose rotary multiplies complex numbers: with deepseek_v3's latent "
+                    "cache (`mla_cache_dims`) torch.export fails: the ONNX translation has no function for aten.unsqueeze on complex "
+                    "values (as llama4's); missing: a real-valued form of its rotary"),
+    "axk2": ("deepseek_v3", "`indexed_attention` layers (a learned indexer selects top-k tokens per query) beside MLA's latent cache: "
+             "no standard op attends over a per-query token subset; missing: that layer kind"),
+    **{name: ("deepseek_v3", "DeepSeek sparse attention: an indexer selects the top-k cached tokens per query, which no standard "
+              "op attends over (missing: that layer kind); its cache is MLA's latent (deepseek_v3's `mla_cache_dims`)")
+       for name in ("deepseek_v32", "glm_moe_dsa")},
+    "deepseek_v4": ("deepseek_v3", "compressed-attention layers of its own beside MLA's latent cache: missing that layer kind"),
+    "axk1": ("deepseek_v3", "torch.export fails in AXK1Attention's rotary (`q1 * cos - q2 * sin`: the rope part of the head and the rotary "
+             "table disagree, 4 vs 8); missing: a rotary table sized to its split rope head"),
     "longcat_flash": ("deepseek_v3", "torch.export fails in LongcatFlashMLA's rotary (rope part 4 vs table 8) and its cache is MLA's "
-                      "latent: missing an MLA entry (`mla_cache_dims`) and its two attention blocks per layer"),
+                      "latent; missing: a rotary table sized to its split rope head, and its two attention blocks per layer (a layer kind)"),
     "hy_v4": ("hunyuan_v1_dense", "its attention caches fewer kv heads than `num_key_value_heads` (cache concat fails in torch.export): "
-              "missing an entry with its cache layout (`kv_layout`)"),
+              "missing: a cache layout with its cached head count"),
     "mimo_v2_flash": ("qwen2", "sliding and full layers with different kv head counts (cache concat fails in torch.export on layer 1): "
                       "missing a per-layer cache layout (`kv_layout`)"),
     "llama4": ("llama", "its rotary multiplies complex numbers: the ONNX translation has no function for aten.unsqueeze on complex values"),
@@ -63,8 +64,8 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
         ("doge", "llama", "its cross-domain MoE is its own code, not transformers' experts interface: missing a static-shape lowering for it"),
         ("jetmoe", "llama", "mixture of attention heads and experts in its own code, not transformers' experts interface: missing a "
          "static-shape lowering for them"),
-        ("beam", "llama", "its experts are its own code, not transformers' experts interface (exports, 0 per-expert Ifs), and its "
-         "sandwich norms (13 RMSNormalization on 2 layers) and rotary on sliding layers only (2 of 4) have no entry"),
+        ("beam", "afmoe", "its experts are its own code, not transformers' experts interface (exports, 0 per-expert Ifs): missing a "
+         "static-shape lowering for them (its sandwich norms and rotary on sliding layers only are afmoe's blocks)"),
     )},
     "ergo": ("afmoe", "exports with afmoe's blocks (sandwich and q/k norms, rotary on sliding layers only; 15 RMSNormalization on 2 "
              "layers) and passes the export's validation, but a one-token decode past its sliding window (7 positions, window 6) "
@@ -85,12 +86,12 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
                        "state for ... DynamicLayer): missing its linear-attention state kind in the hybrid layout"),
     "kimi_linear": ("qwen3_next", "Kimi Delta Attention (KDA) layers: missing its recurrent state kind (per-channel decay) in the hybrid layout"),
     "olmo_hybrid": ("qwen3_next", "gated DeltaNet with separate q/k/v short convolutions: missing its conv-state layout (qwen3_5's has one conv)"),
-    "lara_mini": ("qwen3_next", "gated DeltaNet beside sliding and full attention: missing its entry's state shapes for its config"),
+    "lara_mini": ("qwen3_next", "gated DeltaNet beside sliding and full attention: missing: the conv and recurrent state shapes of its DeltaNet sizes in the hybrid layout"),
     "qwen4_exp": ("qwen3_next", "gated DeltaNet plus `indexed_attention` layers (token-selection attention): missing that layer kind"),
     "qwen4_exp_text": ("qwen3_next", "gated DeltaNet plus `indexed_attention` layers (token-selection attention): missing that layer kind"),
     "lfm2_moe": ("lfm2", "lfm2's conv + attention with experts, but its config has no `layer_types` (the layout comes from "
-                 "full_attn_idxs): missing the entry that reads that layout"),
-    "lfm3": ("lfm2", "lfm2-style conv layers with sandwich norms and sliding layers: missing its entry (conv state, norm counts)"),
+                 "full_attn_idxs): missing: a layout reader for full_attn_idxs"),
+    "lfm3": ("lfm2", "lfm2-style conv layers with sandwich norms and sliding layers: missing: its conv-state shape and sandwich-norm counts"),
     **{name: ("lfm2", "`linear_attention` and `hybrid` layers with states of their own: missing those layer kinds")
        for name in ("inkling_text", "inkling2_text", "inkling2_loop_text")},
     "dory": ("llama", "a past-reader cache layer (DoryPastReader) beside attention: missing that layer kind"),
@@ -101,10 +102,12 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "rwkv": ("gpt_neox", "RWKV's WKV recurrence with its own state tuple, not transformers' Cache: missing that state kind"),
     "xlstm": ("mamba2", "mLSTM / sLSTM recurrences with their own cache class (xLSTMCache): missing those state kinds"),
     # ---- multimodal ---------------------------------------------------------------------------
-    **{name: (dense, _MULTIMODAL) for name, dense in {
-        "emu3": "llama", "fuyu": "stablelm", "git": "opt", "got_ocr2": "qwen2", "phi4_multimodal": "phi3",
-        "moss_transcribe_diarize": "qwen3",
-    }.items()},
+    "emu3": ("llama", "multimodal (a VQ image tokenizer beside the decoder): its text config `emu3_text_model` has no "
+             "AutoModelForCausalLM class, so the decoder cannot be loaded alone; missing: a loader for its text model"),
+    "git": ("opt", "its decoder attends over the image features prepended to the tokens in every layer, and its config has no "
+            "text config: no separable text decoder; missing: a cache layout with the image prefix"),
+    "phi4_multimodal": ("phi3", "its config has no text config: the decoder is built inside Phi4MultimodalModel with the image "
+                        "and audio embedders and their LoRA adapters; missing: a text-only load path"),
     "gemma3n": ("gemma4", "its text decoder is gemma3n_text's (" + _GEMMA3N + "); besides, the full checkpoint's vision tower is a "
                 "timm model, so a tiny Gemma3nForConditionalGeneration cannot be built where timm is not installed"),
     "mllama": ("gemma4", "its text decoder (MllamaForCausalLM, which AutoModelForCausalLM does not map from the text config) has "
@@ -116,14 +119,17 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "moshi": ("llama", "speech-text model with a depth decoder over audio codebooks"),
     # ---- dense decoders ---------------------------------------------------------------------
     "blt": ("llama", "byte latent transformer (local encoder, patcher, global model): torch.export does not finish"),
-    "cohere_compass_text": ("cohere2", "per-layer-type rope parameters that cohere2's entry does not read: missing its entry"),
+    "cohere_compass_text": ("cohere2", "rope parameters per layer type (a rotary table each for sliding and full layers) in an attention "
+                            "that cohere2's rotary handling does not cover; missing: that per-layer-type rotary kind"),
     "cpmant": ("llama", "CPM-Ant: segment/position buckets and its own cache tuples, not transformers' Cache"),
     "diffllama": ("llama", "differential attention (two softmax maps subtracted per head): two Attention nodes a layer, no single standard op"),
     "gemma3n_text": ("gemma3_text", _GEMMA3N),
-    "gpt_neo": ("gpt2", "local (windowed) and global attention layers without scaling: missing its entry (learned positions, window)"),
+    "gpt_neo": ("gpt2", "exports and matches PyTorch (max |diff| 1.6e-6 on a tiny config), but its attention is not fused to "
+                "Attention (0 nodes): GPT-Neo's unscaled scores (no 1/sqrt(head_dim)) are not matched by the fusion rules; "
+                "missing: that fusion rule"),
     "gpt_neox_japanese": ("gpt_neox", "its eager attention is not fused to Attention (exports, 0 Attention nodes)"),
     "granite_swa": ("granite", "exports, but its attention is not fused to Attention (0 nodes)"),
-    "hrm_text": ("llama", "hierarchical recurrent loops over the same layers: the cache layout is not one entry per layer"),
+    "hrm_text": ("llama", "hierarchical recurrent loops over the same layers: missing: a cache layout where one layer runs (and caches) several times a step"),
     "mpt": ("bloom", "torch.export fails on its ALiBi mask construction (inconsistent symbolic shapes)"),
     "nanochat": ("llama", "exports, but its parameter-free RMSNorm and rotary are not fused (0 nodes)"),
     "openai-gpt": ("gpt2", "GPT-1 has no KV cache in transformers (no text-generation-with-past)"),
