@@ -2,6 +2,7 @@
 
     python scripts/architectures_doc.py            # render from build/architectures/ (the last run's records)
     python scripts/architectures_doc.py --run      # clear the records, run the architecture tests, render
+    python scripts/architectures_doc.py --update   # render this run's records over the page's rows (others kept)
 
 Every row comes from a record a passing test wrote; a model type the exporter registers but no test
 recorded is listed as untested. Nothing here is typed by hand.
@@ -75,7 +76,19 @@ def _rotary(export: dict) -> str:
     return "; ".join(forms) if forms else ""
 
 
-def render(records: dict[str, dict[str, dict]], registered: list[str]) -> str:
+def page_rows(page: str) -> dict[str, str]:
+    """The supported-table rows of a rendered page, by model type (for --update)."""
+    rows = {}
+    for line in page.split("## Not supported yet")[0].splitlines():
+        if line.startswith("| `"):
+            rows[line.split("`")[1]] = line
+    return rows
+
+
+def render(records: dict[str, dict[str, dict]], registered: list[str], kept: dict[str, str] | None = None) -> str:
+    """The page; `kept`: rows of model types this run did not record, carried over from the last page
+    (--update renders a partial run, e.g. the families one change added, over a full run's page)."""
+    kept = {name: row for name, row in (kept or {}).items() if name in registered and name not in records}
     lines = [
         "# Supported architectures",
         "",
@@ -95,6 +108,9 @@ def render(records: dict[str, dict[str, dict]], registered: list[str]) -> str:
     ]
     untested = []
     for model_type in sorted(set(records) | set(registered)):
+        if model_type in kept:
+            lines.append(kept[model_type])
+            continue
         checks = records.get(model_type, {})
         export = checks.get("export")
         if export is None:
@@ -111,7 +127,7 @@ def render(records: dict[str, dict[str, dict]], registered: list[str]) -> str:
         lines.append(f"| {name} | {_fused(export)} | {_rotary(export)} | {unfused} | {newer} | {static} | {variants} | {runtimes} |")
     if untested:
         lines += ["", "Registered but not verified by this run: " + ", ".join(f"`{m}`" for m in untested) + "."]
-    refused = {name: why for name, why in not_supported().items() if name not in registered and name not in records}
+    refused = {name: why for name, why in not_supported().items() if name not in registered and name not in records and name not in kept}
     if refused:
         lines += [
             "",
@@ -146,6 +162,7 @@ def not_supported() -> dict[str, tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="clear the records and run the architecture tests first")
+    parser.add_argument("--update", action="store_true", help="keep the output page's rows of model types this run did not record")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (with --run)")
     args = parser.parse_args()
@@ -160,7 +177,8 @@ def main() -> int:
     if not records:
         print(f"no records in {RESULTS}: run the tests first (or pass --run)", file=sys.stderr)
         return 1
-    args.output.write_text(render(records, registered_types()))
+    kept = page_rows(args.output.read_text()) if args.update and args.output.exists() else None
+    args.output.write_text(render(records, registered_types(), kept))
     print(f"wrote {args.output} ({len(records)} model types)")
     return 0
 

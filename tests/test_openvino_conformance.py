@@ -55,7 +55,7 @@ KNOWN_FAILURES = {
          "apertus1p5_text", "ministral3", "minicpm5_moe", "dots1", "hunyuan_v1_moe", "hy_v3", "mellum",
          "minimax_m3_vl_text", "param2moe", "sarvam_moe", "laguna", "hybrid:qwen3_5_moe", "hybrid:qwen3_5_moe_text",
          # issue 24: q/k norms before Attention
-         "afmoe", "kolibri1", "exaone_moe"],
+         "afmoe", "kolibri1", "exaone_moe", "moss_transcribe_diarize"],
         _SDPA_HEADS,
     ),
     **dict.fromkeys(["cohere", "cohere2", "cohere2_moe"], _ROPE_STATIC),

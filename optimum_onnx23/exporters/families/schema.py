@@ -157,7 +157,15 @@ class DecoderExportConfig:
     def text_config(self, config: Config) -> Config:
         """The config of the decoder that is exported: `config` itself, or the text decoder's of a
         multimodal checkpoint (`decoder_config`)."""
-        return getattr(config, self.decoder_config) if self.decoder_config else config
+        if not self.decoder_config:
+            return config
+        text = getattr(config, self.decoder_config)
+        # The full model ties lm_head to the embeddings by its own config (got_ocr2, moss: the top level says
+        # True, the text config False), and its checkpoint then has no lm_head: the decoder loaded alone must tie too.
+        tie = getattr(config, "tie_word_embeddings", None)
+        if tie is not None:
+            text.tie_word_embeddings = tie
+        return text
 
     def load_kwargs(self) -> dict[str, Any]:
         """What `from_pretrained` takes besides the checkpoint (weight renames, attention implementation)."""
