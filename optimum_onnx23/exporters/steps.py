@@ -27,7 +27,7 @@ from .passes.static_cache import lower_kv_writes, record_variant
 from .pipeline import ExportContext, ExportStep
 from .tokenizer import save_tokenizer
 from .tracing.checkpoint import dequantized_config, load_causal_lm
-from .tracing.flex_attention import FLEX_DOMAIN, flex_masks
+from .tracing.flex_attention import FLEX_DOMAIN, flex_masks, keep_modifier_constants
 from .tracing.signature import build_signature
 from .tracing.trace import strip_trace_metadata, trace
 from .validate import Tolerance, compare_with_references, pytorch_references
@@ -89,6 +89,8 @@ def _trace(ctx: ExportContext) -> None:
 
 def _optimize(ctx: ExportContext) -> None:
     optimize(ctx.onnx_model)
+    if ctx.options.attn_implementation == "flex_attention":
+        keep_modifier_constants(ctx.onnx_model)
     strip_trace_metadata(ctx.onnx_model)
 
 

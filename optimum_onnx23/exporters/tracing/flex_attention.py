@@ -39,7 +39,10 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-__all__ = ["FLEX_DOMAIN", "FLEX_VERSION", "TRANSLATIONS", "flex_masks", "flex_attention_onnx", "adopt_flex_opset", "count_flex_attention"]
+__all__ = [
+    "FLEX_DOMAIN", "FLEX_VERSION", "TRANSLATIONS", "flex_masks", "flex_attention_onnx", "adopt_flex_opset", "keep_modifier_constants",
+    "count_flex_attention",
+]
 
 FLEX_DOMAIN = "ai.onnx.preview"
 FLEX_VERSION = 1
@@ -210,6 +213,45 @@ def adopt_flex_opset(model: ir.Model) -> int:
     if count:
         model.opset_imports[FLEX_DOMAIN] = FLEX_VERSION
     return count
+
+
+def keep_modifier_constants(model: ir.Model, size_limit: int = 64) -> int:
+    """Move the small constants of the FlexAttention modifier graphs back inside them.
+
+    The optimizer lifts every Constant, subgraphs' included, to a main-graph initializer
+    (`LiftConstantsToInitializersPass`, `LiftSubgraphInitializersToMainGraphPass`): the softcap,
+    the window size and the index grids' 0/1 would then be outer-scope reads like the padding mask.
+    Each becomes a `Constant` of the graph that reads it again (named under the node), so
+    `score_mod` reads from outside only what the model computes (the padding mask, the cache
+    offset). Returns how many constants moved; initializers left unread are removed."""
+    moved = 0
+    for node in model.graph:
+        if node.domain != FLEX_DOMAIN or node.op_type != "FlexAttention":
+            continue
+        for attribute in node.attributes.values():
+            if attribute.type != ir.AttributeType.GRAPH:
+                continue
+            subgraph: ir.Graph = attribute.value
+            local: dict[int, ir.Value] = {}
+            for inner in list(ir.traversal.RecursiveGraphIterator(subgraph)):
+                for position, value in enumerate(inner.inputs):
+                    if value is None or not value.is_initializer() or value.graph is not model.graph:
+                        continue
+                    tensor = value.const_value
+                    if tensor is None or tensor.size > size_limit:
+                        continue
+                    if id(value) not in local:
+                        constant = ir.node("Constant", [], attributes={"value": ir.tensor(tensor.numpy(), name=value.name)})
+                        constant.outputs[0].name = f"{node.name}/{value.name}"
+                        constant.outputs[0].type, constant.outputs[0].shape = value.type, value.shape
+                        subgraph.insert_before(subgraph[0], constant)
+                        local[id(value)] = constant.outputs[0]
+                        moved += 1
+                    inner.replace_input_with(position, local[id(value)])
+    for name, value in list(model.graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output() and value not in model.graph.inputs:
+            model.graph.initializers.pop(name)
+    return moved
 
 
 def count_flex_attention(graph: ir.Graph) -> int:
