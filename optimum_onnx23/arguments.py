@@ -117,6 +117,8 @@ def check_export_arguments(
         check_known(attn_implementation, ATTN_IMPLEMENTATIONS, "attention implementation", "--attn-implementation")
         if cache == "static":
             raise InvalidArgumentError("--attn-implementation flex_attention exports the dynamic cache only; drop --cache static.")
+        if dtype != "fp32":
+            raise InvalidArgumentError(f"--attn-implementation flex_attention is exported in fp32 only (its modifier graph is float32); drop --dtype {dtype}.")
     unknown = [name for name in variants if name not in VARIANT_NAMES]
     if unknown:
         raise InvalidArgumentError(f"Unknown variant {', '.join(unknown)}; pass --variant with one of: {', '.join(VARIANT_NAMES)}.")

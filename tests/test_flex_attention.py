@@ -191,3 +191,5 @@ def test_flex_attention_flag_is_checked_before_anything_loads():
         check_export_arguments(**arguments, cache="dynamic", max_cache_len=None, attn_implementation="sdpa")
     with pytest.raises(InvalidArgumentError, match="dynamic cache only"):
         check_export_arguments(**arguments, cache="static", max_cache_len=64, attn_implementation="flex_attention")
+    with pytest.raises(InvalidArgumentError, match="fp32 only"):
+        check_export_arguments(**{**arguments, "dtype": "fp16"}, cache="dynamic", max_cache_len=None, attn_implementation="flex_attention")
