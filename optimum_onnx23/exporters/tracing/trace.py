@@ -44,15 +44,15 @@ def trace(
     traced; every experts module of transformers' experts interface is traced in its static-shape
     form (`experts.static_experts`), whichever family holds it. `flex`: the model runs
     transformers' flex attention; its flex_attention ops become `ai.onnx.preview.FlexAttention`
-    (`flex_attention.py`), and every layer is traced (layer replication clones plain nodes, not the
-    modifier graphs that read the shared mask by name).
+    (`flex_attention.py`; layer replication clones them with their score_mod graph, whose reads of
+    the shared mask stay shared).
 
     A failure of torch.export or of the ONNX translation raises `TraceError`: one line naming the
     module and operation that failed (`failure.describe_failure`), the original chained to it."""
     try:
         flex_context = flex_masks() if flex else contextlib.nullcontext()
         with static_experts(wrapper.model), standard_ops(opset >= STANDARD_OPS_OPSET), flex_context:
-            traced, layers = _trace(wrapper, signature, min(opset, TRACE_MAX_OPSET), dtype, device, replicate=not flex)
+            traced, layers = _trace(wrapper, signature, min(opset, TRACE_MAX_OPSET), dtype, device)
     except OptimumOnnx23Error:
         raise
     except Exception as error:
@@ -74,11 +74,9 @@ def raise_opset(model: ir.Model, opset: int) -> None:
         model.opset_imports[""] = opset
 
 
-def _trace(
-    wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device, replicate: bool = True
-) -> tuple[ir.Model, int]:
+def _trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
     config, num_layers = signature.config, signature.num_layers
-    if replicate and signature.family.replicable and layer_replication.plan(config, num_layers, wrapper):
+    if signature.family.replicable and layer_replication.plan(config, num_layers, wrapper):
         with layer_replication.truncated_model(wrapper, config, num_layers):
             shallow = _torch_onnx_export(wrapper, signature.first_layers(layer_replication.TRACED_LAYERS), opset, dtype, device)
         model = layer_replication.replicate(shallow, wrapper, num_layers)
