@@ -63,6 +63,10 @@ def _load(ctx: ExportContext) -> None:
     ctx.wrapper = ctx.signature.wrapper(ctx.model)
 
 
+# Families transformers marks flex-capable whose flex path cannot be traced on CPU.
+_FLEX_REFUSED = {"gpt_oss": "has attention sinks, which transformers' flex path runs on CUDA only"}
+
+
 def _check_flex_support(ctx: ExportContext) -> None:
     """flex_attention is for the dense families whose transformers class supports it (one line otherwise)."""
     from transformers import AutoModelForCausalLM
@@ -71,6 +75,10 @@ def _check_flex_support(ctx: ExportContext) -> None:
         raise UnsupportedArchitectureError(
             f"--attn-implementation flex_attention: {ctx.config.model_type} is a hybrid decoder (recurrent layers); "
             "drop the flag for its own attention."
+        )
+    if ctx.config.model_type in _FLEX_REFUSED:
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: {ctx.config.model_type} {_FLEX_REFUSED[ctx.config.model_type]}; drop the flag."
         )
     model_class = AutoModelForCausalLM._model_mapping.get(type(ctx.config), None)
     if model_class is not None and not getattr(model_class, "_supports_flex_attn", False):
