@@ -33,6 +33,7 @@ Guarantees: one `FlexAttention` per attention call; the node computes
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -91,13 +92,19 @@ def flex_masks() -> Iterator[None]:
 
     mapping = masking_utils.ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
     saved = mapping.get("flex_attention"), hf_flex.compile_friendly_flex_attention, dynamo_config.fake_tensor_cache_enabled
+    # torch translates mask_mod's 0-d index result as Transpose(perm=[]), and onnx-ir warns that the
+    # empty list's type is ambiguous; `_inline` writes that node as Identity: nothing to act on.
+    convenience = logging.getLogger("onnx_ir._convenience")
+    level = convenience.level
     mapping["flex_attention"] = _flex_attention_mask
     hf_flex.compile_friendly_flex_attention = _plain_flex_attention
     dynamo_config.fake_tensor_cache_enabled = False
+    convenience.setLevel(logging.ERROR)
     try:
         yield
     finally:
         mapping["flex_attention"], hf_flex.compile_friendly_flex_attention, dynamo_config.fake_tensor_cache_enabled = saved
+        convenience.setLevel(level)
 
 
 # ---- translation --------------------------------------------------------------------------------
