@@ -47,6 +47,7 @@ class ExportOptions:
     logits: str = "all"
     variants: tuple[str, ...] = ()
     gguf_file: str | None = None
+    attn_implementation: str | None = None
 
     @property
     def with_past(self) -> bool:

@@ -8,6 +8,7 @@ which `export` moves into place only after the last step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import onnx
@@ -26,6 +27,7 @@ from .passes.static_cache import lower_kv_writes, record_variant
 from .pipeline import ExportContext, ExportStep
 from .tokenizer import save_tokenizer
 from .tracing.checkpoint import dequantized_config, load_causal_lm
+from .tracing.flex_attention import FLEX_DOMAIN, flex_masks, keep_modifier_constants
 from .tracing.signature import build_signature
 from .tracing.trace import strip_trace_metadata, trace
 from .validate import Tolerance, compare_with_references, pytorch_references
@@ -51,20 +53,52 @@ def _load(ctx: ExportContext) -> None:
     ctx.signature = build_signature(
         ctx.export_config, ctx.config, options.with_past, static_len=options.static_len, logits_to_keep=options.logits_to_keep
     )
-    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **ctx.export_config.load_kwargs(), **options.hub_kwargs())
+    architecture = ctx.export_config.load_kwargs()
+    if options.attn_implementation:
+        _check_flex_support(ctx)
+        architecture["attn_implementation"] = options.attn_implementation
+        ctx.report.attn_implementation = options.attn_implementation
+    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **architecture, **options.hub_kwargs())
     ctx.model = model.to(torch.device(options.device)).eval()
     ctx.wrapper = ctx.signature.wrapper(ctx.model)
+
+
+# Families transformers marks flex-capable whose flex path cannot be traced on CPU.
+_FLEX_REFUSED = {"gpt_oss": "has attention sinks, which transformers' flex path runs on CUDA only"}
+
+
+def _check_flex_support(ctx: ExportContext) -> None:
+    """flex_attention is for the dense families whose transformers class supports it (one line otherwise)."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(ctx.export_config, HybridExportConfig):
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: {ctx.config.model_type} is a hybrid decoder (recurrent layers); "
+            "drop the flag for its own attention."
+        )
+    if ctx.config.model_type in _FLEX_REFUSED:
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: {ctx.config.model_type} {_FLEX_REFUSED[ctx.config.model_type]}; drop the flag."
+        )
+    model_class = AutoModelForCausalLM._model_mapping.get(type(ctx.config), None)
+    if model_class is not None and not getattr(model_class, "_supports_flex_attn", False):
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: transformers' {model_class.__name__} does not support flex attention; drop the flag."
+        )
 
 
 def _trace(ctx: ExportContext) -> None:
     options = ctx.options
     ctx.onnx_model, ctx.report.traced_layers = trace(
-        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device)
+        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device),
+        flex=options.attn_implementation == "flex_attention",
     )
 
 
 def _optimize(ctx: ExportContext) -> None:
     optimize(ctx.onnx_model)
+    if ctx.options.attn_implementation == "flex_attention":
+        keep_modifier_constants(ctx.onnx_model)
     strip_trace_metadata(ctx.onnx_model)
 
 
@@ -80,6 +114,11 @@ def _fuse(ctx: ExportContext) -> None:
     ctx.report.op_histogram = dict(sorted(fusions.count_ops(model).items()))
     if options.fusions_enabled and options.opset >= fusions.MIN_FUSION_OPSET:
         ctx.report.expected_fusions = ctx.export_config.expected_fusions(ctx.config)
+        if options.attn_implementation == "flex_attention":  # one FlexAttention per layer stands for Attention
+            ctx.report.expected_fusions.pop("Attention", None)
+            flex = f"{FLEX_DOMAIN}::FlexAttention"
+            fusion_report.op_counts[flex] = ctx.report.op_histogram.get(flex, 0)
+            ctx.report.expected_fusions[flex] = ctx.export_config.num_layers(ctx.config)
         ctx.report.unfused = ctx.export_config.unfused_ops(ctx.config)
         for op, expected in ctx.report.expected_fusions.items():
             got = fusion_report.op_counts.get(op, 0)
@@ -114,7 +153,8 @@ def _save(ctx: ExportContext) -> None:
 
 def _attach_function_bodies(ctx: ExportContext) -> None:
     """Before validation: where the saved graph uses a standard op onnxruntime has no kernel for and
-    cannot inline (opset 28's SwiGLU: its body's Swish has no kernel either), attach
+    cannot inline (opset 28's SwiGLU: its body's Swish has no kernel either; the preview
+    FlexAttention, which onnxruntime 1.32 does not know at all), attach
     `ort-cpu-functions` (the main graph with those ops' ONNX bodies), so onnxruntime validates, and
     our sessions run, the graph it selects; the main graph keeps the op."""
     from ..variants import attach_builtin_variants
@@ -170,7 +210,10 @@ def _validate(ctx: ExportContext) -> None:
     """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
     peak memory is the larger of the two, not their sum."""
     options, report = ctx.options, ctx.report
-    references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
+    # flex_attention: PyTorch runs torch's flex_attention uncompiled (its math path) on the same mask functions
+    # (transformers would compile it, and its block mask, with inductor: minutes on CPU, and a C++ toolchain).
+    with flex_masks() if options.attn_implementation == "flex_attention" else contextlib.nullcontext():
+        references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
     free_pytorch_weights(ctx.model)
     ctx.model = ctx.wrapper = None
     session = _validation_session(ctx)
@@ -229,7 +272,8 @@ STEPS: list[ExportStep] = [
     ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
     ExportStep(
         "function_bodies", _attach_function_bodies, lambda ctx: "Attaching function bodies onnxruntime lacks a kernel for",
-        applies=lambda ctx: ctx.options.opset >= fusions.SWIGLU_OPSET and ctx.options.fusions_enabled,
+        applies=lambda ctx: (ctx.options.opset >= fusions.SWIGLU_OPSET and ctx.options.fusions_enabled)
+        or ctx.options.attn_implementation == "flex_attention",
     ),
     ExportStep(
         "validate", _validate, lambda ctx: f"Validating against PyTorch ({Tolerance(ctx.report.atol, ctx.report.rtol)})"

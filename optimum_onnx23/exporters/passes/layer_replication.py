@@ -236,9 +236,19 @@ def _same_nodes(first: list[ir.Node], second: list[ir.Node], role_a, role_b, out
         if len(graphs_a) != len(graphs_b):
             return False
         for graph_a, graph_b in zip(graphs_a, graphs_b):
-            if not _same_nodes(list(graph_a), list(graph_b), where_a, where_b, (graph_a.outputs, graph_b.outputs)):
+            if len(graph_a.inputs) != len(graph_b.inputs):
+                return False
+            if not _same_nodes(
+                list(graph_a), list(graph_b), _with_inputs(graph_a, where_a), _with_inputs(graph_b, where_b), (graph_a.outputs, graph_b.outputs)
+            ):
                 return False
     return [where_a(v) for v in outputs[0]] == [where_b(v) for v in outputs[1]]
+
+
+def _with_inputs(graph: ir.Graph, role):
+    """`role`, and a subgraph's own inputs (FlexAttention's scores) by position."""
+    inputs = {id(v): i for i, v in enumerate(graph.inputs)}
+    return lambda value: ("graph_input", inputs[id(value)]) if value is not None and id(value) in inputs else role(value)
 
 
 def _isomorphic(layers: list[_Layer], index: int, prefix: str) -> bool:
@@ -267,7 +277,9 @@ def _clone_attributes(node: ir.Node, resolve, label: str) -> list[ir.Attr]:
 
 
 def _clone_graph(graph: ir.Graph, resolve, label: str) -> ir.Graph:
-    mapping: dict[int, ir.Value] = {}
+    """A copy of `graph` (an If branch, FlexAttention's score_mod, ...): its own inputs, nodes renamed under `label`."""
+    inputs = [ir.Value(name=v.name, type=v.type, shape=v.shape) for v in graph.inputs]
+    mapping: dict[int, ir.Value] = {id(old): new for old, new in zip(graph.inputs, inputs)}
 
     def inner(value: ir.Value | None) -> ir.Value | None:
         if value is None:
@@ -284,7 +296,7 @@ def _clone_graph(graph: ir.Graph, resolve, label: str) -> ir.Graph:
             output.name, output.type, output.shape = f"{label}/{original.name}", original.type, original.shape
             mapping[id(original)] = output
         nodes.append(clone)
-    return ir.Graph([], [inner(v) for v in graph.outputs], nodes=nodes, name=graph.name)
+    return ir.Graph(inputs, [inner(v) for v in graph.outputs], nodes=nodes, name=graph.name)
 
 
 def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model | None:
