@@ -76,6 +76,7 @@ def export(
     variants: Sequence[str] = (),
     rtol: float | None = None,
     gguf_file: str | None = None,
+    streamed: bool = False,
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -100,6 +101,11 @@ def export(
             `optimum_onnx23.variants`.
         gguf_file: export the weights of this GGUF file (llama.cpp format) of the model folder or
             Hub repository, dequantized by transformers' GGUF loader; needs the `gguf` package.
+        streamed: never hold the model in memory (big models on small machines): only the weights
+            outside the decoder layers and those of the 4 traced layers are read; the other
+            layers' weights go from the local safetensors files to `model.onnx_data` one tensor at
+            a time, and the PyTorch reference of the validation runs one layer's weights at a time.
+            Needs a local safetensors folder and a decoder of identical layers; CPU only.
 
     Returns:
         The `ExportReport`, also written as `export_report.json` in `output`.
@@ -109,6 +115,7 @@ def export(
         dtype=dtype, device=device, fusions_enabled=fusions_enabled, atol=atol, rtol=rtol,
         trust_remote_code=trust_remote_code, revision=revision, cache_dir=cache_dir, token=token, overwrite=overwrite,
         cache=cache, max_cache_len=max_cache_len, logits=logits, variants=tuple(variants), gguf_file=gguf_file,
+        streamed=streamed,
     )
     _check_options(options)
     check_output_folder(options.output, overwrite)

@@ -8,7 +8,9 @@ which `export` moves into place only after the last step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -16,16 +18,18 @@ import torch
 
 from .. import fusions
 from ..contract import INPLACE_STATES_KEY
-from ..errors import UnsupportedArchitectureError
+from ..errors import InvalidArgumentError, UnsupportedArchitectureError
 from .families import HybridExportConfig
 from .families.cache_layout import CACHE_LAYOUT_KEY
 from .memory import free_pytorch_weights
+from .passes import layer_replication
 from .passes.inplace_states import inplace_safe_states
 from .passes.optimize import optimize
 from .passes.static_cache import lower_kv_writes, record_variant
 from .pipeline import ExportContext, ExportStep
 from .tokenizer import save_tokenizer
-from .tracing.checkpoint import dequantized_config, load_causal_lm
+from .tracing import streamed
+from .tracing.checkpoint import check_weight_files, dequantized_config, load_causal_lm
 from .tracing.signature import build_signature
 from .tracing.trace import strip_trace_metadata, trace
 from .validate import Tolerance, compare_with_references, pytorch_references
@@ -51,15 +55,43 @@ def _load(ctx: ExportContext) -> None:
     ctx.signature = build_signature(
         ctx.export_config, ctx.config, options.with_past, static_len=options.static_len, logits_to_keep=options.logits_to_keep
     )
+    if options.streamed:
+        return _load_streamed(ctx)
     model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **ctx.export_config.load_kwargs(), **options.hub_kwargs())
     ctx.model = model.to(torch.device(options.device)).eval()
     ctx.wrapper = ctx.signature.wrapper(ctx.model)
 
 
+def _load_streamed(ctx: ExportContext) -> None:
+    """`--streamed`: the model with its parameters on meta; only the weights outside the decoder
+    layers and those of the traced layers are read (tracing.streamed)."""
+    options = ctx.options
+    folder = Path(options.model).expanduser()
+    if options.gguf_file or not folder.is_dir():
+        raise InvalidArgumentError("--streamed reads the safetensors files of a local model folder; download the checkpoint or export without --streamed.")
+    if options.device != "cpu":
+        raise InvalidArgumentError("--streamed exports on the CPU; pass --device cpu or export without --streamed.")
+    check_weight_files(folder)
+    index = streamed.checkpoint_index(folder)
+    if index is None:
+        raise InvalidArgumentError(f"--streamed: {folder} has no .safetensors weights; export without --streamed.")
+    ctx.model = streamed.skeleton(folder, ctx.config, DTYPES[options.dtype], **ctx.export_config.load_kwargs())
+    ctx.wrapper = ctx.signature.wrapper(ctx.model)
+    num_layers = ctx.signature.num_layers
+    layers = layer_replication.decoder_layers(ctx.wrapper, num_layers)
+    if not ctx.export_config.replicable or layers is None or not layer_replication.plan(ctx.config, num_layers, ctx.wrapper):
+        raise InvalidArgumentError(
+            f"--streamed needs a decoder of more than {layer_replication.TRACED_LAYERS} identical layers "
+            "(traced 4 deep, the others cloned); export this model without --streamed."
+        )
+    ctx.weights = streamed.StreamedWeights(index, ctx.model, DTYPES[options.dtype])
+    ctx.weights.materialize(ctx.model, skip=tuple(layers[layer_replication.TRACED_LAYERS :]))
+
+
 def _trace(ctx: ExportContext) -> None:
     options = ctx.options
     ctx.onnx_model, ctx.report.traced_layers = trace(
-        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device)
+        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device), ctx.weights
     )
 
 
@@ -170,7 +202,11 @@ def _validate(ctx: ExportContext) -> None:
     """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
     peak memory is the larger of the two, not their sum."""
     options, report = ctx.options, ctx.report
-    references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
+    with contextlib.ExitStack() as stack:
+        if ctx.weights is not None:  # --streamed: one decoder layer's weights resident at a time
+            stack.enter_context(ctx.weights.layer_by_layer(layer_replication.decoder_layers(ctx.wrapper, ctx.signature.num_layers)))
+        references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
+    ctx.weights = None
     free_pytorch_weights(ctx.model)
     ctx.model = ctx.wrapper = None
     session = _validation_session(ctx)
