@@ -135,7 +135,13 @@ class StreamedWeights:
 
     def release(self, module: torch.nn.Module) -> None:
         """Put `module`'s parameters back on the meta device (their memory is freed)."""
-        self._set(module, lambda name, param: torch.nn.Parameter(param.to("meta"), requires_grad=False), meta=False)
+        def make(name: str, param: torch.nn.Parameter) -> torch.nn.Parameter:
+            meta = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+            with torch.no_grad():
+                param.data = torch.empty(0, dtype=param.dtype)  # freed even where the trace's program still holds it
+            return meta
+
+        self._set(module, make, meta=False)
 
     def _set(self, module: torch.nn.Module, make: Callable, meta: bool = True, skip: tuple[torch.nn.Module, ...] = ()) -> None:
         base = next(p for p, m in self.model.named_modules(remove_duplicate=False) if m is module)
