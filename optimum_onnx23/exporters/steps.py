@@ -69,7 +69,7 @@ def _load_streamed(ctx: ExportContext) -> None:
     folder = Path(options.model).expanduser()
     if options.gguf_file or not folder.is_dir():
         raise InvalidArgumentError("--streamed reads the safetensors files of a local model folder; download the checkpoint or export without --streamed.")
-    if options.device != "cpu":
+    if torch.device(options.device).type != "cpu":
         raise InvalidArgumentError("--streamed exports on the CPU; pass --device cpu or export without --streamed.")
     check_weight_files(folder)
     index = streamed.checkpoint_index(folder)
