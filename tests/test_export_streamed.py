@@ -61,6 +61,8 @@ def test_streamed_export_computes_what_the_in_memory_export_computes(tmp_path):
     graphs = [onnx.load(str(tmp_path / name / "model.onnx"), load_external_data=False) for name in ("in-memory", "streamed")]
     assert [collections.Counter(n.op_type for n in g.graph.node) for g in graphs][0] == collections.Counter(n.op_type for n in graphs[1].graph.node)
     assert sorted(i.name for i in graphs[0].graph.initializer) == sorted(i.name for i in graphs[1].graph.initializer)
+    for name in ("config.json", "generation_config.json"):
+        assert (tmp_path / "in-memory" / name).read_text() == (tmp_path / "streamed" / name).read_text(), name
     input_ids = np.random.default_rng(0).integers(4, 200, size=(2, 9), dtype=np.int64)
     expected, got = _run(tmp_path / "in-memory", input_ids), _run(tmp_path / "streamed", input_ids)
     assert len(expected) == len(got) == 1 + 2 * 6

@@ -24,7 +24,7 @@ from .passes.layer_replication import TRACED_LAYERS
 from .pipeline import ExportContext, ExportOptions, run_steps
 from .report import ExportReport
 from .steps import DTYPES, ONNX_DATA_NAME, ONNX_FILE_NAME
-from .tracing.checkpoint import load_model_config
+from .tracing.checkpoint import check_weight_files, load_model_config
 from .tracing.streamed import checkpoint_index
 from .validate import DEFAULT_TOLERANCES
 
@@ -64,7 +64,10 @@ def _check_memory(options: ExportOptions) -> None:
     """Estimate the export's peak memory from a local safetensors checkpoint's tensor sizes; refuse
     in one line, naming the flag that would make it fit, when it exceeds what is available."""
     folder = Path(options.model).expanduser()
-    index = checkpoint_index(folder) if folder.is_dir() and not options.gguf_file else None
+    if not folder.is_dir() or options.gguf_file:
+        return
+    check_weight_files(folder)  # a corrupt or truncated file: its one line before its header is read
+    index = checkpoint_index(folder)
     if index is None:
         return
     layer_numel, layers = 0, set()
