@@ -123,10 +123,6 @@ class StreamedWeights:
                     "export without --streamed."
                 )
             self.aliases.update((n, stored) for n in names)
-        self.stored = {stored for stored in self.aliases.values()}
-
-    def parameter_bytes(self) -> int:
-        return sum(torch.Size(self.index.entries[n].shape).numel() for n in self.stored) * self.dtype.itemsize
 
     def materialize(self, module: torch.nn.Module, skip: tuple[torch.nn.Module, ...] = ()) -> None:
         """Read `module`'s parameters (those still on meta, outside the `skip` modules) from the checkpoint."""
@@ -182,13 +178,15 @@ class StreamedWeights:
         """Within: every decoder layer holds its weights only during its forward."""
         for layer in layers:
             self.release(layer)
-        total = len(layers)
+        total, seen = len(layers), set()
         handles = []
         for i, layer in enumerate(layers):
 
             def before(module, args, i=i):
                 self.materialize(module)
-                logger.debug("  PyTorch reference: layer %d/%d", i + 1, total)
+                if i not in seen:  # progress on the first validation shape; the others take as long
+                    seen.add(i)
+                    logger.info("  PyTorch reference: layer %d/%d", i + 1, total)
 
             handles.append(layer.register_forward_pre_hook(before))
             handles.append(layer.register_forward_hook(lambda module, args, output: self.release(module)))
