@@ -135,13 +135,13 @@ def test_an_export_that_will_not_fit_is_refused_naming_the_flag_that_fits(tmp_pa
     """The estimate reads the checkpoint's tensor sizes: here 6 layers of a 4 MB (fp32) bf16
     checkpoint; with less memory available than the in-memory export needs, the refusal names
     --streamed, and with less than that, --streamed --dtype fp16."""
-    from optimum_onnx23.exporters import convert, memory
+    from optimum_onnx23.exporters import memory, steps
 
     source = _bf16_checkpoint(tmp_path / "model", num_layers=6)
     weights = sum(p.numel() for p in build_tiny_model("llama", num_layers=6).parameters()) * 4
     base = memory._BASE
     for available, flag in ((base + 1.5 * weights, "--streamed"), (base + 0.75 * weights, "--streamed --dtype fp16")):
-        monkeypatch.setattr(convert, "available_bytes", lambda available=available: int(available))
+        monkeypatch.setattr(steps, "available_bytes", lambda available=available: int(available))
         with pytest.raises(InvalidArgumentError, match=rf"needs about .* of memory and .* is available; pass {flag} \(about") as refused:
             export(source, tmp_path / "out")
         assert "\n" not in str(refused.value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -18,14 +17,11 @@ from ..contract import EXPORT_REPORT_FILE
 from ..errors import InvalidArgumentError
 from . import steps
 from .families import get_export_config
-from .memory import MemoryEstimate, available_bytes
 from .output import check_output_folder, staged_output_folder
-from .passes.layer_replication import TRACED_LAYERS
 from .pipeline import ExportContext, ExportOptions, run_steps
 from .report import ExportReport
 from .steps import DTYPES, ONNX_DATA_NAME, ONNX_FILE_NAME
-from .tracing.checkpoint import check_weight_files, load_model_config
-from .tracing.streamed import checkpoint_index
+from .tracing.checkpoint import load_model_config
 from .validate import DEFAULT_TOLERANCES
 
 __all__ = ["export", "DTYPES", "MIN_OPSET", "max_opset", "load_model_config", "ONNX_FILE_NAME", "ONNX_DATA_NAME"]
@@ -58,51 +54,6 @@ def _check_options(options: ExportOptions) -> None:
         logits=options.logits, cache=options.cache, max_cache_len=options.max_cache_len, variants=options.variants,
     )
     _check_device(options.device)
-
-
-def _check_memory(options: ExportOptions) -> None:
-    """Estimate the export's peak memory from a local safetensors checkpoint's tensor sizes; refuse
-    in one line, naming the flag that would make it fit, when it exceeds what is available."""
-    folder = Path(options.model).expanduser()
-    if not folder.is_dir() or options.gguf_file:
-        return
-    check_weight_files(folder)  # a corrupt or truncated file: its one line before its header is read
-    index = checkpoint_index(folder)
-    if index is None:
-        return
-    layer_numel, layers = 0, set()
-    for name, entry in index.entries.items():
-        match = re.search(r"\.(\d+)\.", name)  # model.layers.N.*, transformer.h.N.*: inside a decoder layer
-        if match:
-            layers.add(match.group(1))
-            layer_numel += entry.nbytes // entry.dtype.itemsize
-
-    def estimate(dtype: str) -> MemoryEstimate:
-        return MemoryEstimate.of(index.numel(), layer_numel, len(layers), DTYPES[dtype].itemsize, TRACED_LAYERS)
-
-    streamable = len(layers) > TRACED_LAYERS
-
-    def need(dtype: str, streamed: bool) -> int:
-        return estimate(dtype).streamed if streamed else estimate(dtype).in_memory
-
-    wanted = need(options.dtype, options.streamed)
-    available = available_bytes()
-    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
-    logger.info(
-        "Peak memory estimate: %s (%s of %s weights)%s", gb(wanted), gb(estimate(options.dtype).weights), options.dtype,
-        f", {gb(available)} available" if available is not None else "",
-    )
-    if available is None or wanted <= available:
-        return
-    options_to_try = [("--streamed", options.dtype, True)] if streamable and not options.streamed else []
-    if options.dtype == "fp32":
-        options_to_try.append(("--streamed --dtype fp16" if streamable else "--dtype fp16", "fp16", streamable))
-    fix = next((f"pass {flag} (about {gb(need(dtype, streamed))})" for flag, dtype, streamed in options_to_try if need(dtype, streamed) <= available), None)
-    raise InvalidArgumentError(
-        f"Exporting `{options.model}` needs about {gb(wanted)} of memory and {gb(available)} is available; "
-        + (fix or "free memory or export on a machine with more")
-        + "."
-    )
 
 
 def export(
@@ -168,7 +119,6 @@ def export(
     )
     _check_options(options)
     check_output_folder(options.output, overwrite)
-    _check_memory(options)
     config = load_model_config(options.model, revision, cache_dir, trust_remote_code, token, gguf_file=gguf_file)
     export_config = get_export_config(config.model_type)
     default = DEFAULT_TOLERANCES[dtype]

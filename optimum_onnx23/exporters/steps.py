@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 
 import onnx
@@ -21,12 +22,12 @@ from ..contract import INPLACE_STATES_KEY
 from ..errors import InvalidArgumentError, UnsupportedArchitectureError
 from .families import HybridExportConfig
 from .families.cache_layout import CACHE_LAYOUT_KEY
-from .memory import free_pytorch_weights
+from .memory import MemoryEstimate, available_bytes, free_pytorch_weights
 from .passes import layer_replication
 from .passes.inplace_states import inplace_safe_states
 from .passes.optimize import optimize
 from .passes.static_cache import lower_kv_writes, record_variant
-from .pipeline import ExportContext, ExportStep
+from .pipeline import ExportContext, ExportOptions, ExportStep
 from .tokenizer import save_tokenizer
 from .tracing import streamed
 from .tracing.checkpoint import check_weight_files, dequantized_config, load_causal_lm
@@ -48,9 +49,55 @@ def _warn(ctx: ExportContext, message: str) -> None:
     ctx.report.warnings.append(message)
 
 
+def _check_memory(options: ExportOptions) -> None:
+    """Estimate the export's peak memory from a local safetensors checkpoint's tensor sizes; refuse
+    in one line, naming the flag that would make it fit, when it exceeds what is available."""
+    folder = Path(options.model).expanduser()
+    if not folder.is_dir() or options.gguf_file:
+        return
+    check_weight_files(folder)  # a corrupt or truncated file: its one line before its header is read
+    index = streamed.checkpoint_index(folder)
+    if index is None:
+        return
+    layer_numel, layers = 0, set()
+    for name, entry in index.entries.items():
+        match = re.search(r"\.(\d+)\.", name)  # model.layers.N.*, transformer.h.N.*: inside a decoder layer
+        if match:
+            layers.add(match.group(1))
+            layer_numel += entry.nbytes // entry.dtype.itemsize
+
+    def estimate(dtype: str) -> MemoryEstimate:
+        return MemoryEstimate.of(index.numel(), layer_numel, len(layers), DTYPES[dtype].itemsize, layer_replication.TRACED_LAYERS)
+
+    streamable = len(layers) > layer_replication.TRACED_LAYERS
+
+    def need(dtype: str, streamed: bool) -> int:
+        return estimate(dtype).streamed if streamed else estimate(dtype).in_memory
+
+    wanted = need(options.dtype, options.streamed)
+    available = available_bytes()
+    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+    logger.info(
+        "  peak memory estimate: %s (%s of %s weights)%s", gb(wanted), gb(estimate(options.dtype).weights), options.dtype,
+        f", {gb(available)} available" if available is not None else "",
+    )
+    if available is None or wanted <= available:
+        return
+    options_to_try = [("--streamed", options.dtype, True)] if streamable and not options.streamed else []
+    if options.dtype == "fp32":
+        options_to_try.append(("--streamed --dtype fp16" if streamable else "--dtype fp16", "fp16", streamable))
+    fix = next((f"pass {flag} (about {gb(need(dtype, streamed))})" for flag, dtype, streamed in options_to_try if need(dtype, streamed) <= available), None)
+    raise InvalidArgumentError(
+        f"Exporting `{options.model}` needs about {gb(wanted)} of memory and {gb(available)} is available; "
+        + (fix or "free memory or export on a machine with more")
+        + "."
+    )
+
+
 def _load(ctx: ExportContext) -> None:
     """The model, and the export signature (I/O, sample inputs, wrapper) every later step reads."""
     options = ctx.options
+    _check_memory(options)
     ctx.config = ctx.export_config.text_config(ctx.config)  # a multimodal checkpoint's text decoder
     ctx.signature = build_signature(
         ctx.export_config, ctx.config, options.with_past, static_len=options.static_len, logits_to_keep=options.logits_to_keep
