@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import run_optimum_cli
 from tiny_models import BUNDLED, build_tiny_model
 
 from optimum_onnx23.errors import InvalidArgumentError
@@ -70,7 +71,10 @@ def test_streamed_export_computes_what_the_in_memory_export_computes(tmp_path):
         assert a.shape == b.shape and np.array_equal(a, b)
 
 
-def test_what_cannot_be_streamed_is_refused_in_one_line(tmp_path):
+def test_what_cannot_be_streamed_is_refused_in_one_line(tmp_path, capsys):
+    code = run_optimum_cli("export", "onnx", "--dynamo", "--streamed", "--model", BUNDLED, tmp_path / "out")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and line.startswith("error: --streamed needs a decoder of more than 4 identical layers"), line
     with pytest.raises(InvalidArgumentError, match="--streamed needs a decoder of more than 4 identical layers") as refused:
         export(BUNDLED, tmp_path / "out", streamed=True)  # 2 layers: nothing is cloned
     assert "\n" not in str(refused.value)
