@@ -13,7 +13,8 @@ Guarantees:
   returns False or `replicate` None, and the caller traces every layer.
 - Control flow (the `If` of MoE layers) is compared and cloned with its subgraphs: a subgraph
   node's input is either computed inside the subgraph or read like any other input of its layer.
-- Clone k reads layer k's own weights (the PyTorch parameters, never copied), its own
+- Clone k reads layer k's own weights (the PyTorch parameters, never copied; with `--streamed`,
+  lazy tensors read from the checkpoint when the graph is saved), its own
   `past_key_values.k.*` inputs and writes `present.k.*`; everything layers share (masks, rotary
   tables, constants) is shared. The export's validation against the full PyTorch model then
   checks the result like any other trace.
