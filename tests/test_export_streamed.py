@@ -144,7 +144,7 @@ def test_an_export_that_will_not_fit_is_refused_naming_the_flag_that_fits(tmp_pa
     source = _bf16_checkpoint(tmp_path / "model", num_layers=6)
     weights = sum(p.numel() for p in build_tiny_model("llama", num_layers=6).parameters()) * 4
     base = memory._BASE
-    for available, flag in ((base + 1.5 * weights, "--streamed"), (base + 0.75 * weights, "--streamed --dtype fp16")):
+    for available, flag in ((base + 1.55 * weights, "--streamed"), (base + 0.75 * weights, "--streamed --dtype fp16")):
         monkeypatch.setattr(steps, "available_bytes", lambda available=available: int(available))
         with pytest.raises(InvalidArgumentError, match=rf"needs about .* of memory and .* is available; pass {flag} \(about") as refused:
             export(source, tmp_path / "out")
