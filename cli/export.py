@@ -58,6 +58,12 @@ def parse_export_args(parser: ArgumentParser) -> None:
         default=None,
         help="Export the weights of this GGUF file (llama.cpp) found in the --model folder or Hub repository, dequantized.",
     )
+    optional.add_argument(
+        "--streamed",
+        action="store_true",
+        help="Big models on small machines: read the weights of a local safetensors folder tensor by tensor instead of loading the "
+        "model (peak memory about one copy of the exported weights, for validation; the PyTorch reference runs layer by layer).",
+    )
     optional.add_argument("--trust-remote-code", action="store_true", help="Allow custom model code from the Hub. Only use with repositories you trust.")
     optional.add_argument("--revision", type=str, default=None, help="Revision of the model repository (branch, tag or commit).")
     optional.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", type=str, default=None, help="Path indicating where to store cache.")
@@ -196,6 +202,7 @@ def run_cli(args) -> int:
                 logits=args.logits,
                 variants=args.variants,
                 attn_implementation=args.attn_implementation,
+                streamed=args.streamed,
             )
             exported = True
             publish_from_args(args, args.output)

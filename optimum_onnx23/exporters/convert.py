@@ -78,6 +78,7 @@ def export(
     rtol: float | None = None,
     gguf_file: str | None = None,
     attn_implementation: str | None = None,
+    streamed: bool = False,
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -106,6 +107,11 @@ def export(
             torch's flex_attention op as `ai.onnx.preview.FlexAttention` (score_mod / mask_mod as its
             `score_mod` graph; onnxruntime runs the `ort-cpu-functions` variant, its function body).
             Default None: the family's own attention, fused into opset-23 `Attention`.
+        streamed: never hold the model in memory (big models on small machines): only the weights
+            outside the decoder layers and those of the 4 traced layers are read; the other
+            layers' weights go from the local safetensors files to `model.onnx_data` one tensor at
+            a time, and the PyTorch reference of the validation runs one layer's weights at a time.
+            Needs a local safetensors folder and a decoder of identical layers; CPU only.
 
     Returns:
         The `ExportReport`, also written as `export_report.json` in `output`.
@@ -116,6 +122,7 @@ def export(
         trust_remote_code=trust_remote_code, revision=revision, cache_dir=cache_dir, token=token, overwrite=overwrite,
         cache=cache, max_cache_len=max_cache_len, logits=logits, variants=tuple(variants), gguf_file=gguf_file,
         attn_implementation=attn_implementation,
+        streamed=streamed,
     )
     _check_options(options)
     check_output_folder(options.output, overwrite)
