@@ -38,6 +38,14 @@ def parse_export_args(parser: ArgumentParser) -> None:
     optional.add_argument("--device", type=str, default="cpu", help='The device to use to do the export. Defaults to "cpu".')
     optional.add_argument("--no-fusions", action="store_true", help="Do not fuse Attention, RMSNormalization and RotaryEmbedding.")
     optional.add_argument(
+        "--attn-implementation",
+        choices=["flex_attention"],
+        default=None,
+        help="Trace transformers' flex attention and export torch's flex_attention op as ai.onnx.preview.FlexAttention "
+        "(score_mod / mask_mod as its score_mod graph; onnxruntime runs the attached ort-cpu-functions variant). "
+        "Default: the model's own attention, fused into opset-23 Attention.",
+    )
+    optional.add_argument(
         "--atol",
         type=float,
         default=None,
@@ -49,6 +57,12 @@ def parse_export_args(parser: ArgumentParser) -> None:
         type=str,
         default=None,
         help="Export the weights of this GGUF file (llama.cpp) found in the --model folder or Hub repository, dequantized.",
+    )
+    optional.add_argument(
+        "--streamed",
+        action="store_true",
+        help="Big models on small machines: read the weights of a local safetensors folder tensor by tensor instead of loading the "
+        "model (peak memory about one copy of the exported weights, for validation; the PyTorch reference runs layer by layer).",
     )
     optional.add_argument("--trust-remote-code", action="store_true", help="Allow custom model code from the Hub. Only use with repositories you trust.")
     optional.add_argument("--revision", type=str, default=None, help="Revision of the model repository (branch, tag or commit).")
@@ -100,7 +114,7 @@ def check_cli_arguments(args) -> None:
     check_export_arguments(
         task=args.task or "text-generation-with-past", opset=23 if args.opset is None else args.opset, dtype=args.dtype,
         atol=args.atol, rtol=args.rtol, logits=args.logits, cache=args.cache, max_cache_len=args.max_cache_len,
-        variants=args.variants,
+        variants=args.variants, attn_implementation=args.attn_implementation,
     )
     check_publish_args(args)  # offline checks (repo id, token) before an export is spent
     check_output_folder(args.output, args.overwrite)
@@ -187,6 +201,8 @@ def run_cli(args) -> int:
                 max_cache_len=args.max_cache_len,
                 logits=args.logits,
                 variants=args.variants,
+                attn_implementation=args.attn_implementation,
+                streamed=args.streamed,
             )
             exported = True
             publish_from_args(args, args.output)

@@ -12,6 +12,7 @@ from typing import Sequence
 from .errors import InvalidArgumentError
 
 __all__ = [
+    "ATTN_IMPLEMENTATIONS",
     "CACHE_MODES",
     "DTYPE_NAMES",
     "LOGITS_MODES",
@@ -31,6 +32,9 @@ TASK_NAMES = ("text-generation", "text-generation-with-past")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 LOGITS_MODES = ("all", "last")
 CACHE_MODES = ("dynamic", "static")
+# transformers attention code traced instead of the family's own (which fuses into opset-23 Attention):
+# `flex_attention` exports torch's flex_attention op as ai.onnx.preview.FlexAttention.
+ATTN_IMPLEMENTATIONS = ("flex_attention",)
 VARIANT_NAMES = ("int4", "int8", "ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu-gqa", "ort-cpu", "backend-context", "portable-opset21", "ort-cpu-functions")
 MIN_OPSET = 18
 # Every onnx this package accepts (onnx>=1.19, pyproject.toml) knows opset 24: only a higher opset
@@ -96,6 +100,7 @@ def check_export_arguments(
     cache: str,
     max_cache_len: int | None,
     variants: Sequence[str],
+    attn_implementation: str | None = None,
 ) -> None:
     """Every export argument that can be judged without torch, in one line each (InvalidArgumentError)."""
     check_known(task, TASK_NAMES, "task", "--task")
@@ -108,6 +113,12 @@ def check_export_arguments(
         raise InvalidArgumentError("--atol 0 with --rtol 0 allows no rounding at all; pass a positive tolerance.")
     check_known(logits, LOGITS_MODES, "logits mode", "--logits")
     check_static_arguments(cache, max_cache_len, task == "text-generation-with-past", opset)
+    if attn_implementation is not None:
+        check_known(attn_implementation, ATTN_IMPLEMENTATIONS, "attention implementation", "--attn-implementation")
+        if cache == "static":
+            raise InvalidArgumentError("--attn-implementation flex_attention exports the dynamic cache only; drop --cache static.")
+        if dtype != "fp32":
+            raise InvalidArgumentError(f"--attn-implementation flex_attention is exported in fp32 only (its modifier graph is float32); drop --dtype {dtype}.")
     unknown = [name for name in variants if name not in VARIANT_NAMES]
     if unknown:
         raise InvalidArgumentError(f"Unknown variant {', '.join(unknown)}; pass --variant with one of: {', '.join(VARIANT_NAMES)}.")

@@ -70,6 +70,18 @@ def _variant_cache(shared_tmp):
     os.environ.setdefault("OPTIMUM_ONNX23_CACHE", str(shared_tmp / "optimum-onnx23-cache"))
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory) -> Path:
+    """A folder for one test module's big outputs (real-checkpoint copies, published folders),
+    removed when the module ends: CI machines can be short of disk, and the suite's peak use is
+    what the shared exports hold plus at most one such folder per xdist worker."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("module")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(shared_tmp):
     """tiny_model_dir(model_type) -> folder with a seeded random model and the bundled tokenizer."""

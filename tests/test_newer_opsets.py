@@ -8,8 +8,8 @@ reference evaluator (an implementation of the ops' semantics other than onnxrunt
   recurrences as `LinearAttention` (exporters/tracing/recurrences.py, standard_ops.py): Mamba-2's
   SSD scan with `update_rule="gated"`, gated DeltaNet with `"gated_delta"`; onnxruntime 1.32 has
   kernels for both, so no variant. One export per family (LFM2: conv only; Mamba-2: conv + ssm;
-  Qwen3.5: conv + gated DeltaNet + attention); Granite 4, Bamba, Falcon-H1 and Nemotron-H run the
-  same Mamba-2 functions.
+  Qwen3.5: conv + gated DeltaNet + attention; the hybrid x MoE Qwen3-Next and Granite 4.0-H, the
+  same with experts); Bamba, Falcon-H1 and Nemotron-H run the same Mamba-2 functions.
 """
 
 from __future__ import annotations
@@ -122,7 +122,10 @@ def test_swiglu_rule_on_the_families(model_type, expected, exported_dir):
 
 
 # model_type -> (CausalConvWithState, LinearAttention) of its tiny config at opset 27
-OPSET27 = {"lfm2": (1, 0), "mamba2": (2, 2), "qwen3_5_text": (1, 1)}
+# Hybrid x MoE: qwen3_next (gated DeltaNet + attention + experts) and granitemoehybrid (Mamba-2 +
+# attention + experts) run the same ops with the experts' Ifs around them.
+OPSET27 = {"lfm2": (1, 0), "mamba2": (2, 2), "qwen3_5_text": (1, 1), "qwen3_next": (1, 1), "granitemoehybrid": (1, 1)}
+UPDATE_RULE = {"mamba2": b"gated", "granitemoehybrid": b"gated", "qwen3_5_text": b"gated_delta", "qwen3_next": b"gated_delta"}
 
 
 @pytest.fixture(scope="module", params=sorted(OPSET27))
@@ -141,7 +144,7 @@ def test_opset27_one_op_per_state_layer_and_validated(opset27, hybrid_exported_d
     nodes = {n.op_type: n for n in model.graph.node}
     if "LinearAttention" in nodes:
         rule = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["LinearAttention"].attribute}["update_rule"]
-        assert rule == {"mamba2": b"gated", "qwen3_5_text": b"gated_delta"}[model_type]
+        assert rule == UPDATE_RULE[model_type]
     # The conv state is the op's own state: past_conv.{i} in, present_conv.{i} out, same I/O names as opset 23.
     conv = nodes["CausalConvWithState"]
     assert conv.input[3].startswith("past_conv.") and conv.output[1].startswith("present_conv.")

@@ -40,18 +40,19 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def fp32_portable(real_exported_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("openvino") / "smollm2"
+def fp32_portable(real_exported_dir, module_tmp) -> Path:
+    folder = module_tmp / "smollm2"
     shutil.copytree(real_exported_dir(), folder)
     attach_builtin_variants(folder, ["portable-opset21"])
     return folder
 
 
 @pytest.fixture(scope="module")
-def runs(fp32_portable, real_variants_dir, tmp_path_factory) -> dict:
+def runs(fp32_portable, real_variants_dir, module_tmp) -> dict:
     int4 = real_variants_dir[0]
     # OpenVINO's model cache, as its users pass it: the folder is filled on the first session.
-    cache = tmp_path_factory.mktemp("openvino-cache")
+    cache = module_tmp / "openvino-cache"
+    cache.mkdir()
     options = {"device_type": "CPU", "precision": "FP32", "cache_dir": str(cache)}
     jobs = {
         "fp32 openvino": {"folder": str(fp32_portable), "provider": OPENVINO, "provider_options": options, "session_config": NO_FALLBACK},

@@ -45,9 +45,10 @@ except ImportError:
 
 
 @pytest.fixture(scope="module")
-def published(real_variants_dir, tmp_path_factory):
+def published(real_variants_dir, module_tmp):
     folder, _ = real_variants_dir
-    root = tmp_path_factory.mktemp("published")
+    root = module_tmp / "published"
+    root.mkdir()
     layout = save_pretrained(folder, root / REPO_ID, REPO_ID)
     return root / REPO_ID, layout
 

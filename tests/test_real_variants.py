@@ -30,12 +30,12 @@ TWINS = {"ort-cpu-int8": "int8", "ort-cpu-int4": "int4"}  # contrib form -> stan
 
 
 @pytest.fixture(scope="module")
-def with_variants(real_variants_dir, tmp_path_factory) -> tuple[Path, dict]:
+def with_variants(real_variants_dir, module_tmp) -> tuple[Path, dict]:
     """The shared real export with `ort-cpu-int8`, `ort-cpu-int4` and their portable forms (conftest;
     the publish and OpenVINO tests read it as it is), copied, plus the standard forms `int8` and
     `int4`: the report holds them all."""
     shared, report = real_variants_dir
-    folder = tmp_path_factory.mktemp("real-variants") / "smollm2"
+    folder = module_tmp / "smollm2"
     shutil.copytree(shared, folder)
     added = attach_builtin_variants(folder, ["int8", "int4"])
     return folder, {**report, "variants": {**report["variants"], **added["variants"]}}

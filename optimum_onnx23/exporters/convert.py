@@ -52,6 +52,7 @@ def _check_options(options: ExportOptions) -> None:
     check_export_arguments(  # the torch-free ones, which the CLI also runs before its heavy imports
         task=options.task, opset=options.opset, dtype=options.dtype, atol=options.atol, rtol=options.rtol,
         logits=options.logits, cache=options.cache, max_cache_len=options.max_cache_len, variants=options.variants,
+        attn_implementation=options.attn_implementation,
     )
     _check_device(options.device)
 
@@ -76,6 +77,8 @@ def export(
     variants: Sequence[str] = (),
     rtol: float | None = None,
     gguf_file: str | None = None,
+    attn_implementation: str | None = None,
+    streamed: bool = False,
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -100,6 +103,15 @@ def export(
             `optimum_onnx23.variants`.
         gguf_file: export the weights of this GGUF file (llama.cpp format) of the model folder or
             Hub repository, dequantized by transformers' GGUF loader; needs the `gguf` package.
+        attn_implementation: `flex_attention` traces transformers' flex attention and exports
+            torch's flex_attention op as `ai.onnx.preview.FlexAttention` (score_mod / mask_mod as its
+            `score_mod` graph; onnxruntime runs the `ort-cpu-functions` variant, its function body).
+            Default None: the family's own attention, fused into opset-23 `Attention`.
+        streamed: never hold the model in memory (big models on small machines): only the weights
+            outside the decoder layers and those of the 4 traced layers are read; the other
+            layers' weights go from the local safetensors files to `model.onnx_data` one tensor at
+            a time, and the PyTorch reference of the validation runs one layer's weights at a time.
+            Needs a local safetensors folder and a decoder of identical layers; CPU only.
 
     Returns:
         The `ExportReport`, also written as `export_report.json` in `output`.
@@ -109,6 +121,8 @@ def export(
         dtype=dtype, device=device, fusions_enabled=fusions_enabled, atol=atol, rtol=rtol,
         trust_remote_code=trust_remote_code, revision=revision, cache_dir=cache_dir, token=token, overwrite=overwrite,
         cache=cache, max_cache_len=max_cache_len, logits=logits, variants=tuple(variants), gguf_file=gguf_file,
+        attn_implementation=attn_implementation,
+        streamed=streamed,
     )
     _check_options(options)
     check_output_folder(options.output, overwrite)
@@ -119,6 +133,7 @@ def export(
         model=options.model, model_type=config.model_type, task=options.task, opset=opset, dtype=dtype,
         atol=default.atol if atol is None else atol, rtol=default.rtol if rtol is None else rtol,
         cache=cache, max_cache_len=options.static_len, logits=logits, gguf_file=gguf_file,
+        attn_implementation=attn_implementation,
     )
     with staged_output_folder(options.output) as staging:
         run_steps(ExportContext(options, report, staging, config, export_config), steps.STEPS)

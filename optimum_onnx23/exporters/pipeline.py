@@ -47,6 +47,8 @@ class ExportOptions:
     logits: str = "all"
     variants: tuple[str, ...] = ()
     gguf_file: str | None = None
+    attn_implementation: str | None = None
+    streamed: bool = False
 
     @property
     def with_past(self) -> bool:
@@ -80,6 +82,7 @@ class ExportContext:
     model: Any = None  # the PyTorch model; None once its weights are released
     wrapper: Any = None  # the flat-tensor module torch.export traces
     onnx_model: Any = None  # onnx_ir.Model; None once saved
+    weights: Any = None  # tracing.streamed.StreamedWeights with --streamed: the checkpoint behind a meta-parameter model
 
 
 def _always(ctx: ExportContext) -> bool:

@@ -35,6 +35,7 @@ class ExportReport:
     # Layers torch.export traced; fewer than the model has when the others were grown from the
     # last traced one in the graph (exporters.passes.layer_replication).
     traced_layers: int | None = None
+    attn_implementation: str | None = None  # None: the family's own attention (fused into Attention)
     output: str = ""
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
     fusions: dict = field(default_factory=dict)

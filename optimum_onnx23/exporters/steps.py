@@ -8,7 +8,10 @@ which `export` moves into place only after the last step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -16,16 +19,19 @@ import torch
 
 from .. import fusions
 from ..contract import INPLACE_STATES_KEY
-from ..errors import UnsupportedArchitectureError
+from ..errors import InvalidArgumentError, UnsupportedArchitectureError
 from .families import HybridExportConfig
 from .families.cache_layout import CACHE_LAYOUT_KEY
-from .memory import free_pytorch_weights
+from .memory import MemoryEstimate, available_bytes, free_pytorch_weights
+from .passes import layer_replication
 from .passes.inplace_states import inplace_safe_states
 from .passes.optimize import optimize
 from .passes.static_cache import lower_kv_writes, record_variant
-from .pipeline import ExportContext, ExportStep
+from .pipeline import ExportContext, ExportOptions, ExportStep
 from .tokenizer import save_tokenizer
-from .tracing.checkpoint import dequantized_config, load_causal_lm
+from .tracing import streamed
+from .tracing.checkpoint import check_weight_files, dequantized_config, load_causal_lm
+from .tracing.flex_attention import FLEX_DOMAIN, flex_masks, keep_modifier_constants
 from .tracing.signature import build_signature
 from .tracing.trace import strip_trace_metadata, trace
 from .validate import Tolerance, compare_with_references, pytorch_references
@@ -44,27 +50,133 @@ def _warn(ctx: ExportContext, message: str) -> None:
     ctx.report.warnings.append(message)
 
 
+def _check_memory(options: ExportOptions) -> None:
+    """Estimate the export's peak memory from a local safetensors checkpoint's tensor sizes; refuse
+    in one line, naming the flag that would make it fit, when it exceeds what is available."""
+    folder = Path(options.model).expanduser()
+    if not folder.is_dir() or options.gguf_file:
+        return
+    check_weight_files(folder)  # a corrupt or truncated file: its one line before its header is read
+    index = streamed.checkpoint_index(folder)
+    if index is None:
+        return
+    layer_numel, layers = 0, set()
+    for name, entry in index.entries.items():
+        match = re.search(r"\.(\d+)\.", name)  # model.layers.N.*, transformer.h.N.*: inside a decoder layer
+        if match:
+            layers.add(match.group(1))
+            layer_numel += entry.nbytes // entry.dtype.itemsize
+
+    def estimate(dtype: str) -> MemoryEstimate:
+        return MemoryEstimate.of(index.numel(), layer_numel, len(layers), DTYPES[dtype].itemsize, layer_replication.TRACED_LAYERS)
+
+    streamable = len(layers) > layer_replication.TRACED_LAYERS
+
+    def need(dtype: str, streamed: bool) -> int:
+        return estimate(dtype).streamed if streamed else estimate(dtype).in_memory
+
+    wanted = need(options.dtype, options.streamed)
+    available = available_bytes()
+    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+    logger.info(
+        "  peak memory estimate: %s (%s of %s weights)%s", gb(wanted), gb(estimate(options.dtype).weights), options.dtype,
+        f", {gb(available)} available" if available is not None else "",
+    )
+    if available is None or wanted <= available:
+        return
+    options_to_try = [("--streamed", options.dtype, True)] if streamable and not options.streamed else []
+    if options.dtype == "fp32":
+        options_to_try.append(("--streamed --dtype fp16" if streamable else "--dtype fp16", "fp16", streamable))
+    fix = next((f"pass {flag} (about {gb(need(dtype, streamed))})" for flag, dtype, streamed in options_to_try if need(dtype, streamed) <= available), None)
+    raise InvalidArgumentError(
+        f"Exporting `{options.model}` needs about {gb(wanted)} of memory and {gb(available)} is available; "
+        + (fix or "free memory or export on a machine with more")
+        + "."
+    )
+
+
 def _load(ctx: ExportContext) -> None:
     """The model, and the export signature (I/O, sample inputs, wrapper) every later step reads."""
     options = ctx.options
+    _check_memory(options)
     ctx.config = ctx.export_config.text_config(ctx.config)  # a multimodal checkpoint's text decoder
     ctx.signature = build_signature(
         ctx.export_config, ctx.config, options.with_past, static_len=options.static_len, logits_to_keep=options.logits_to_keep
     )
-    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **ctx.export_config.load_kwargs(), **options.hub_kwargs())
+    architecture = ctx.export_config.load_kwargs()
+    if options.attn_implementation:
+        _check_flex_support(ctx)
+        architecture["attn_implementation"] = options.attn_implementation
+        ctx.report.attn_implementation = options.attn_implementation
+    if options.streamed:
+        return _load_streamed(ctx, architecture)
+    model = load_causal_lm(options.model, ctx.config, dtype=DTYPES[options.dtype], **architecture, **options.hub_kwargs())
     ctx.model = model.to(torch.device(options.device)).eval()
     ctx.wrapper = ctx.signature.wrapper(ctx.model)
+
+
+# Families transformers marks flex-capable whose flex path cannot be traced on CPU.
+_FLEX_REFUSED = {"gpt_oss": "has attention sinks, which transformers' flex path runs on CUDA only"}
+
+
+def _check_flex_support(ctx: ExportContext) -> None:
+    """flex_attention is for the dense families whose transformers class supports it (one line otherwise)."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(ctx.export_config, HybridExportConfig):
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: {ctx.config.model_type} is a hybrid decoder (recurrent layers); "
+            "drop the flag for its own attention."
+        )
+    if ctx.config.model_type in _FLEX_REFUSED:
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: {ctx.config.model_type} {_FLEX_REFUSED[ctx.config.model_type]}; drop the flag."
+        )
+    model_class = AutoModelForCausalLM._model_mapping.get(type(ctx.config), None)
+    if model_class is not None and not getattr(model_class, "_supports_flex_attn", False):
+        raise UnsupportedArchitectureError(
+            f"--attn-implementation flex_attention: transformers' {model_class.__name__} does not support flex attention; drop the flag."
+        )
+
+
+def _load_streamed(ctx: ExportContext, architecture: dict) -> None:
+    """`--streamed`: the model with its parameters on meta; only the weights outside the decoder
+    layers and those of the traced layers are read (tracing.streamed)."""
+    options = ctx.options
+    folder = Path(options.model).expanduser()
+    if options.gguf_file or not folder.is_dir():
+        raise InvalidArgumentError("--streamed reads the safetensors files of a local model folder; download the checkpoint or export without --streamed.")
+    if torch.device(options.device).type != "cpu":
+        raise InvalidArgumentError("--streamed exports on the CPU; pass --device cpu or export without --streamed.")
+    check_weight_files(folder)
+    index = streamed.checkpoint_index(folder)
+    if index is None:
+        raise InvalidArgumentError(f"--streamed: {folder} has no .safetensors weights; export without --streamed.")
+    ctx.model = streamed.skeleton(folder, ctx.config, DTYPES[options.dtype], **architecture)
+    ctx.wrapper = ctx.signature.wrapper(ctx.model)
+    num_layers = ctx.signature.num_layers
+    layers = layer_replication.decoder_layers(ctx.wrapper, num_layers)
+    if not ctx.export_config.replicable or layers is None or not layer_replication.plan(ctx.config, num_layers, ctx.wrapper):
+        raise InvalidArgumentError(
+            f"--streamed needs a decoder of more than {layer_replication.TRACED_LAYERS} identical layers "
+            "(traced 4 deep, the others cloned); export this model without --streamed."
+        )
+    ctx.weights = streamed.StreamedWeights(index, ctx.model, DTYPES[options.dtype])
+    ctx.weights.materialize(ctx.model, skip=tuple(layers[layer_replication.TRACED_LAYERS :]))
 
 
 def _trace(ctx: ExportContext) -> None:
     options = ctx.options
     ctx.onnx_model, ctx.report.traced_layers = trace(
-        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device)
+        ctx.wrapper, ctx.signature, options.opset, DTYPES[options.dtype], torch.device(options.device), ctx.weights,
+        flex=options.attn_implementation == "flex_attention",
     )
 
 
 def _optimize(ctx: ExportContext) -> None:
     optimize(ctx.onnx_model)
+    if ctx.options.attn_implementation == "flex_attention":
+        keep_modifier_constants(ctx.onnx_model)
     strip_trace_metadata(ctx.onnx_model)
 
 
@@ -80,6 +192,11 @@ def _fuse(ctx: ExportContext) -> None:
     ctx.report.op_histogram = dict(sorted(fusions.count_ops(model).items()))
     if options.fusions_enabled and options.opset >= fusions.MIN_FUSION_OPSET:
         ctx.report.expected_fusions = ctx.export_config.expected_fusions(ctx.config)
+        if options.attn_implementation == "flex_attention":  # one FlexAttention per layer stands for Attention
+            ctx.report.expected_fusions.pop("Attention", None)
+            flex = f"{FLEX_DOMAIN}::FlexAttention"
+            fusion_report.op_counts[flex] = ctx.report.op_histogram.get(flex, 0)
+            ctx.report.expected_fusions[flex] = ctx.export_config.num_layers(ctx.config)
         ctx.report.unfused = ctx.export_config.unfused_ops(ctx.config)
         for op, expected in ctx.report.expected_fusions.items():
             got = fusion_report.op_counts.get(op, 0)
@@ -106,6 +223,11 @@ def _save(ctx: ExportContext) -> None:
         record_variant(model, options.cache, options.static_len, options.logits)
     model.graph.name = f"{ctx.config.model_type}_{options.task.replace('-', '_')}"
     ir.save(model, ctx.staging / ONNX_FILE_NAME, external_data=ONNX_DATA_NAME)
+    # onnxscript's rewrite rules keep their last graph alive: drop its tensors (the optimizer's
+    # transposed copies of the weights; the traced layers' ones with --streamed) so validation
+    # does not hold them beside onnxruntime's copy. Measured on the 1.07 B Llama, --streamed: -1.1 GB.
+    for value in model.graph.initializers.values():
+        value.const_value = None
     ctx.onnx_model = None
     dequantized_config(ctx.model.config).save_pretrained(ctx.staging)
     if ctx.model.generation_config is not None:
@@ -114,7 +236,8 @@ def _save(ctx: ExportContext) -> None:
 
 def _attach_function_bodies(ctx: ExportContext) -> None:
     """Before validation: where the saved graph uses a standard op onnxruntime has no kernel for and
-    cannot inline (opset 28's SwiGLU: its body's Swish has no kernel either), attach
+    cannot inline (opset 28's SwiGLU: its body's Swish has no kernel either; the preview
+    FlexAttention, which onnxruntime 1.32 does not know at all), attach
     `ort-cpu-functions` (the main graph with those ops' ONNX bodies), so onnxruntime validates, and
     our sessions run, the graph it selects; the main graph keeps the op."""
     from ..variants import attach_builtin_variants
@@ -170,7 +293,15 @@ def _validate(ctx: ExportContext) -> None:
     """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
     peak memory is the larger of the two, not their sum."""
     options, report = ctx.options, ctx.report
-    references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
+    with contextlib.ExitStack() as stack:
+        if ctx.weights is not None:  # --streamed: one decoder layer's weights resident at a time
+            stack.enter_context(ctx.weights.layer_by_layer(layer_replication.decoder_layers(ctx.wrapper, ctx.signature.num_layers)))
+        # flex_attention: PyTorch runs torch's flex_attention uncompiled (its math path) on the same mask functions
+        # (transformers would compile it, and its block mask, with inductor: minutes on CPU, and a C++ toolchain).
+        if options.attn_implementation == "flex_attention":
+            stack.enter_context(flex_masks())
+        references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
+    ctx.weights = None
     free_pytorch_weights(ctx.model)
     ctx.model = ctx.wrapper = None
     session = _validation_session(ctx)
@@ -229,7 +360,8 @@ STEPS: list[ExportStep] = [
     ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
     ExportStep(
         "function_bodies", _attach_function_bodies, lambda ctx: "Attaching function bodies onnxruntime lacks a kernel for",
-        applies=lambda ctx: ctx.options.opset >= fusions.SWIGLU_OPSET and ctx.options.fusions_enabled,
+        applies=lambda ctx: (ctx.options.opset >= fusions.SWIGLU_OPSET and ctx.options.fusions_enabled)
+        or ctx.options.attn_implementation == "flex_attention",
     ),
     ExportStep(
         "validate", _validate, lambda ctx: f"Validating against PyTorch ({Tolerance(ctx.report.atol, ctx.report.rtol)})"

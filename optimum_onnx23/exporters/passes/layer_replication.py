@@ -13,7 +13,8 @@ Guarantees:
   returns False or `replicate` None, and the caller traces every layer.
 - Control flow (the `If` of MoE layers) is compared and cloned with its subgraphs: a subgraph
   node's input is either computed inside the subgraph or read like any other input of its layer.
-- Clone k reads layer k's own weights (the PyTorch parameters, never copied), its own
+- Clone k reads layer k's own weights (the PyTorch parameters, never copied; with `--streamed`,
+  lazy tensors read from the checkpoint when the graph is saved), its own
   `past_key_values.k.*` inputs and writes `present.k.*`; everything layers share (masks, rotary
   tables, constants) is shared. The export's validation against the full PyTorch model then
   checks the result like any other trace.
@@ -25,6 +26,7 @@ import ast
 import contextlib
 import logging
 import re
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterator
 
 import onnx_ir as ir
@@ -35,7 +37,9 @@ from ...contract import CACHE_NAMES
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["TRACED_LAYERS", "plan", "truncated_model", "replicate"]
+    from ..tracing.streamed import StreamedWeights
+
+__all__ = ["TRACED_LAYERS", "decoder_layers", "plan", "truncated_model", "replicate"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,15 @@ def _decoder_layers(wrapper: torch.nn.Module, num_layers: int) -> tuple[torch.nn
             if isinstance(child, torch.nn.ModuleList) and len(child) == num_layers:
                 return module, name, f"{path}.{name}" if path else name
     raise _NotReplicable(f"{type(wrapper.model).__name__} keeps no list of its {num_layers} layers")
+
+
+def decoder_layers(wrapper: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList | None:
+    """The ModuleList of `wrapper`'s decoder layers; None if the model keeps none."""
+    try:
+        owner, attribute, _ = _decoder_layers(wrapper, num_layers)
+    except _NotReplicable:
+        return None
+    return getattr(owner, attribute)
 
 
 @contextlib.contextmanager
@@ -236,9 +249,19 @@ def _same_nodes(first: list[ir.Node], second: list[ir.Node], role_a, role_b, out
         if len(graphs_a) != len(graphs_b):
             return False
         for graph_a, graph_b in zip(graphs_a, graphs_b):
-            if not _same_nodes(list(graph_a), list(graph_b), where_a, where_b, (graph_a.outputs, graph_b.outputs)):
+            if len(graph_a.inputs) != len(graph_b.inputs):
+                return False
+            if not _same_nodes(
+                list(graph_a), list(graph_b), _with_inputs(graph_a, where_a), _with_inputs(graph_b, where_b), (graph_a.outputs, graph_b.outputs)
+            ):
                 return False
     return [where_a(v) for v in outputs[0]] == [where_b(v) for v in outputs[1]]
+
+
+def _with_inputs(graph: ir.Graph, role):
+    """`role`, and a subgraph's own inputs (FlexAttention's scores) by position."""
+    inputs = {id(v): i for i, v in enumerate(graph.inputs)}
+    return lambda value: ("graph_input", inputs[id(value)]) if value is not None and id(value) in inputs else role(value)
 
 
 def _isomorphic(layers: list[_Layer], index: int, prefix: str) -> bool:
@@ -267,7 +290,9 @@ def _clone_attributes(node: ir.Node, resolve, label: str) -> list[ir.Attr]:
 
 
 def _clone_graph(graph: ir.Graph, resolve, label: str) -> ir.Graph:
-    mapping: dict[int, ir.Value] = {}
+    """A copy of `graph` (an If branch, FlexAttention's score_mod, ...): its own inputs, nodes renamed under `label`."""
+    inputs = [ir.Value(name=v.name, type=v.type, shape=v.shape) for v in graph.inputs]
+    mapping: dict[int, ir.Value] = {id(old): new for old, new in zip(graph.inputs, inputs)}
 
     def inner(value: ir.Value | None) -> ir.Value | None:
         if value is None:
@@ -284,21 +309,36 @@ def _clone_graph(graph: ir.Graph, resolve, label: str) -> ir.Graph:
             output.name, output.type, output.shape = f"{label}/{original.name}", original.type, original.shape
             mapping[id(original)] = output
         nodes.append(clone)
-    return ir.Graph([], [inner(v) for v in graph.outputs], nodes=nodes, name=graph.name)
+    return ir.Graph(inputs, [inner(v) for v in graph.outputs], nodes=nodes, name=graph.name)
 
 
-def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model | None:
+def replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int, stream: StreamedWeights | None = None) -> ir.Model | None:
     """Grow `model` (traced with TRACED_LAYERS layers) to `num_layers` by cloning its last layer;
     None if the traced layers do not have the expected shape (the caller then traces all and
-    drops `model`, which may be half grown)."""
+    drops `model`, which may be half grown).
+
+    With `stream` (`--streamed`: the clones' PyTorch weights are on the meta device), each clone's
+    weights are lazy tensors read from the checkpoint when the graph is saved; a weight the traced
+    layer reads only through a `Transpose` becomes that Transpose's output, transposed when read
+    (what the optimizer's constant folding makes of the in-memory form, without materializing it)."""
     try:
-        return _replicate(model, wrapper, num_layers)
+        return _replicate(model, wrapper, num_layers, stream)
     except _NotReplicable as reason:
         logger.info("Tracing all %d layers: %s.", num_layers, reason)
         return None
 
 
-def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir.Model:
+def _transposed_weight(node: ir.Node) -> ir.Value | None:
+    """The weight `node` transposes, if it is a Transpose of an initializer that nothing else reads."""
+    if node.op_type != "Transpose" or node.domain != "" or len(node.inputs) != 1:
+        return None
+    weight = node.inputs[0]
+    if weight is None or weight.const_value is None or not weight.is_initializer() or len(weight.uses()) != 1:
+        return None
+    return weight
+
+
+def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int, stream: StreamedWeights | None) -> ir.Model:
     graph = model.graph
     prefix = _decoder_layers(wrapper, num_layers)[2]
     by_layer = _nodes_by_layer(graph, prefix)
@@ -326,9 +366,23 @@ def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir
     ]
     previous = last
     anchor = last.nodes[-1]
+    announced: set[int] = set()
     for k in range(TRACED_LAYERS, num_layers):
         mapping: dict[int, ir.Value] = {}
         clones: list[ir.Node] = []
+        aligned: list = []  # one entry per node of `last` (folded Transposes included): the next clone's stream
+
+        def on_read(k: int = k) -> None:
+            if k not in announced:
+                announced.add(k)
+                logger.info("  writing layer %d/%d from the checkpoint", k + 1, num_layers)
+
+        def lazy(name: str, like: ir.Value, perm: tuple[int, ...] | None, tensor_name: str) -> ir.Value:
+            const = stream.lazy(name, like.const_value, perm, tensor_name, on_read)
+            shape = ir.Shape(const.shape) if perm is not None else like.shape
+            new = ir.Value(name=tensor_name, type=like.type, shape=shape, const_value=const)
+            graph.register_initializer(new)
+            return new
 
         def resolve(value: ir.Value | None) -> ir.Value | None:
             if value is None:
@@ -347,6 +401,9 @@ def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir
                 tensor = weights.get(name)
                 if tensor is None or value.const_value is None:
                     raise _NotReplicable(f"layer {k} has no weight `{name}`")
+                if stream is not None and tensor.is_meta:
+                    mapping[id(value)] = lazy(name, value, None, name)
+                    return mapping[id(value)]
                 # The layer's own PyTorch tensor, wrapped the way torch's exporter wraps weights.
                 wrap = type(value.const_value) if type(value.const_value).__name__ == "TorchTensor" else None
                 const = wrap(tensor.detach(), name=name) if wrap else ir.tensor(tensor.detach().cpu().numpy(), name=name)
@@ -356,6 +413,15 @@ def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir
             return new
 
         for node in last.nodes:
+            weight = _transposed_weight(node) if stream is not None else None
+            name = weight is not None and _per_layer_name(weight.name, source, k, prefix)
+            if name and name in weights and weights[name].is_meta:
+                rank = len(weight.shape)
+                perm = tuple(node.attributes["perm"].as_ints()) if "perm" in node.attributes else tuple(reversed(range(rank)))
+                output = node.outputs[0]
+                mapping[id(output)] = lazy(name, weight, perm, f"layers.{k}/{output.name}")
+                aligned.append(SimpleNamespace(outputs=[mapping[id(output)]]))
+                continue
             clone = ir.Node(
                 node.domain, node.op_type, [resolve(v) for v in node.inputs],
                 attributes=_clone_attributes(node, resolve, f"layers.{k}"), overload=node.overload,
@@ -369,9 +435,10 @@ def _replicate(model: ir.Model, wrapper: torch.nn.Module, num_layers: int) -> ir
                     new_io[output.name] = output
             clone.metadata_props["pkg.torch.onnx.name_scopes"] = repr([f"{prefix}.{k}"])
             clones.append(clone)
+            aligned.append(clone)
         graph.insert_after(anchor, clones)
         anchor = clones[-1]
-        previous = _Layer(clones)
+        previous = SimpleNamespace(nodes=aligned)
     for user, index, value in outside_uses:
         user.replace_input_with(index, previous.nodes[last.position[id(value.producer())]].outputs[value.index()])
     for io in (graph.inputs, graph.outputs):

@@ -14,36 +14,53 @@ written by our own passes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
 import onnx_ir as ir
 import torch
 
-from ...errors import OptimumOnnx23Error, TraceError
+from ...errors import InvalidArgumentError, OptimumOnnx23Error, TraceError
 from ..families import nearest_supported
 from ..passes import layer_replication
 from .experts import static_experts
 from .failure import describe_failure
+from .flex_attention import TRANSLATIONS as FLEX_TRANSLATIONS
+from .flex_attention import adopt_flex_opset, flex_masks
 from .recurrences import standard_ops
 from .signature import ExportSignature
 from .standard_ops import STANDARD_OPS_OPSET, TRANSLATIONS, adopt_pending_ops
+from .streamed import StreamedWeights
 
 __all__ = ["trace", "strip_trace_metadata", "raise_opset", "TRACE_MAX_OPSET"]
 
 TRACE_MAX_OPSET = 25
 
 
-def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
+def trace(
+    wrapper: torch.nn.Module,
+    signature: ExportSignature,
+    opset: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    stream: StreamedWeights | None = None,
+    flex: bool = False,
+) -> tuple[ir.Model, int]:
     """The ONNX graph of `wrapper` (`signature.wrapper(model)`) and how many layers torch.export
     traced; every experts module of transformers' experts interface is traced in its static-shape
-    form (`experts.static_experts`), whichever family holds it.
+    form (`experts.static_experts`), whichever family holds it. With `stream` (`--streamed`) the
+    layers past the traced ones hold no weights: their clones read the checkpoint when saved.
+    `flex`: the model runs transformers' flex attention; its flex_attention ops become
+    `ai.onnx.preview.FlexAttention` (`flex_attention.py`; layer replication clones them with their
+    score_mod graph, whose reads of the shared mask stay shared).
 
     A failure of torch.export or of the ONNX translation raises `TraceError`: one line naming the
     module and operation that failed (`failure.describe_failure`), the original chained to it."""
     try:
-        with static_experts(wrapper.model), standard_ops(opset >= STANDARD_OPS_OPSET):
-            traced, layers = _trace(wrapper, signature, min(opset, TRACE_MAX_OPSET), dtype, device)
+        flex_context = flex_masks() if flex else contextlib.nullcontext()
+        with static_experts(wrapper.model), standard_ops(opset >= STANDARD_OPS_OPSET), flex_context:
+            traced, layers = _trace(wrapper, signature, min(opset, TRACE_MAX_OPSET), dtype, device, stream)
     except OptimumOnnx23Error:
         raise
     except Exception as error:
@@ -51,6 +68,11 @@ def trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtyp
         raise TraceError(describe_failure(error, wrapper.model, model_type, nearest_supported(model_type))) from error
     raise_opset(traced, opset)
     adopt_pending_ops(traced)
+    if flex and not adopt_flex_opset(traced):
+        raise TraceError(
+            f"--attn-implementation flex_attention: the traced {signature.family.model_type} graph has no flex_attention call "
+            "(its attention does not go through transformers' flex path); drop the flag."
+        )
     return traced, layers
 
 
@@ -60,15 +82,22 @@ def raise_opset(model: ir.Model, opset: int) -> None:
         model.opset_imports[""] = opset
 
 
-def _trace(wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device) -> tuple[ir.Model, int]:
+def _trace(
+    wrapper: torch.nn.Module, signature: ExportSignature, opset: int, dtype: torch.dtype, device: torch.device, stream: StreamedWeights | None
+) -> tuple[ir.Model, int]:
     config, num_layers = signature.config, signature.num_layers
     if signature.family.replicable and layer_replication.plan(config, num_layers, wrapper):
         with layer_replication.truncated_model(wrapper, config, num_layers):
             shallow = _torch_onnx_export(wrapper, signature.first_layers(layer_replication.TRACED_LAYERS), opset, dtype, device)
-        model = layer_replication.replicate(shallow, wrapper, num_layers)
+        model = layer_replication.replicate(shallow, wrapper, num_layers, stream)
         if model is not None:
             return model, layer_replication.TRACED_LAYERS
         del shallow
+    if stream is not None:
+        raise InvalidArgumentError(
+            f"--streamed: the {layer_replication.TRACED_LAYERS} traced layers of this {signature.family.model_type} model are not "
+            "all alike, so the others cannot be cloned from the checkpoint; export without --streamed."
+        )
     return _torch_onnx_export(wrapper, signature, opset, dtype, device), num_layers
 
 
@@ -91,7 +120,8 @@ def _torch_onnx_export(wrapper: torch.nn.Module, signature: ExportSignature, ops
                 output_names=signature.output_names,
                 opset_version=opset,
                 dynamo=True,
-                custom_translation_table=TRANSLATIONS,  # opset-27 ops, where recurrences.standard_ops put them
+                # opset-27 ops, where recurrences.standard_ops put them; flex_attention, where transformers calls it
+                custom_translation_table={**TRANSLATIONS, **FLEX_TRANSLATIONS},
                 optimize=False,  # the optimizer and fusions run as their own steps, to report what each did
                 verbose=False,
             )

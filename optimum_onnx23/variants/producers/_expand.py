@@ -25,7 +25,9 @@ import onnx_ir as ir
 
 from ...errors import VariantNotApplicableError
 
-__all__ = ["expand_ops", "newer_ops", "function_body"]
+__all__ = ["PREVIEW_DOMAIN", "expand_ops", "newer_ops", "function_body", "outer_values"]
+
+PREVIEW_DOMAIN = "ai.onnx.preview"  # FlexAttention: a function op of the preview opset
 
 
 def newer_ops(graph: ir.Graph, opset: int) -> list[str]:
@@ -57,28 +59,51 @@ def _type_proto(value: ir.Value | None) -> onnx.TypeProto:
     return proto
 
 
-def function_body(node: ir.Node, opset: int) -> ir.Model:
+def outer_values(node: ir.Node) -> list[ir.Value]:
+    """Values of the enclosing graph that `node`'s graph attributes read (outer scope, as
+    FlexAttention's `score_mod` reads the padding mask), sorted by name."""
+    inner: set[int] = set()
+    read: dict[str, ir.Value] = {}
+    for attribute in node.attributes.values():
+        if attribute.type != ir.AttributeType.GRAPH:
+            continue
+        inner.update(id(v) for v in attribute.value.inputs)
+        inner.update(id(v) for v in attribute.value.initializers.values())
+        for n in ir.traversal.RecursiveGraphIterator(attribute.value):
+            inner.update(id(v) for v in n.outputs)
+            read.update((v.name, v) for v in n.inputs if v is not None)
+    return [read[name] for name in sorted(read) if id(read[name]) not in inner]
+
+
+def function_body(node: ir.Node, opset: int, domain_opset: int | None = None) -> ir.Model:
     """The node's ONNX function body as a standalone model whose inputs carry the node's input
-    types and shapes (absent optional inputs and outputs left out)."""
-    schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+    types and shapes (absent optional inputs and outputs left out), followed by the outer-scope
+    values its graph attributes read (`outer_values`), which the body reads by name."""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    version = opset if domain == "" else (domain_opset or 1)
+    schema = onnx.defs.get_schema(node.op_type, version, domain)
     types = [_type_proto(v) for v in node.inputs]
     if schema.has_context_dependent_function:
-        version = max(v for v in schema.context_dependent_function_opset_versions if v <= opset)
+        body_version = max(v for v in schema.context_dependent_function_opset_versions if v <= version)
         raw = schema.get_context_dependent_function_with_opset_version(
-            version, ir.serde.serialize_node(node).SerializeToString(), [t.SerializeToString() for t in types]
+            body_version, ir.serde.serialize_node(node).SerializeToString(), [t.SerializeToString() for t in types]
         )
     elif schema.has_function:
-        version = max(v for v in schema.function_opset_versions if v <= opset)
-        raw = schema.get_function_with_opset_version(version)
+        body_version = max(v for v in schema.function_opset_versions if v <= version)
+        raw = schema.get_function_with_opset_version(body_version)
     else:
         raise VariantNotApplicableError(f"{node.op_type} has no ONNX function body to expand.")
     function = onnx.FunctionProto()
     function.ParseFromString(raw)
     _bind_attributes(function, node, schema)
     inputs = [onnx.helper.make_value_info(name, t) for name, t, v in zip(function.input, types, node.inputs) if v is not None]
+    inputs += [onnx.helper.make_value_info(v.name, _type_proto(v)) for v in outer_values(node)]
     outputs = [onnx.helper.make_value_info(name, onnx.TypeProto()) for name, v in zip(function.output, node.outputs) if _needed(v)]
     graph = onnx.helper.make_graph(list(function.node), node.op_type, inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=list(function.opset_import), ir_version=10)
+    imports = {o.domain: o.version for o in function.opset_import}
+    imports.setdefault("", opset)  # a preview-domain body imports only its own domain, yet its nodes are standard ops
+    imports.pop(domain, None) if domain else None
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in imports.items()], ir_version=10)
     return ir.serde.deserialize_model(model)
 
 
@@ -159,9 +184,10 @@ def _fold(body: ir.Model) -> int:
 
 
 def _splice(graph: ir.Graph, node: ir.Node, body: ir.Model, prefix: str) -> None:
-    """Put `body`'s nodes in place of `node`: its inputs become the node's inputs, its outputs take
-    over the node's outputs and their names; internal values are renamed under `prefix`."""
-    present = [v for v in node.inputs if v is not None]
+    """Put `body`'s nodes in place of `node`: its inputs become the node's inputs (then the outer
+    values its graph attributes read), its outputs take over the node's outputs and their names;
+    internal values are renamed under `prefix`."""
+    present = [v for v in node.inputs if v is not None] + outer_values(node)
     for formal, actual in zip(list(body.graph.inputs), present):
         formal.replace_all_uses_with(actual)
     wanted = [v for v in node.outputs if _needed(v)]
@@ -189,7 +215,7 @@ def _splice(graph: ir.Graph, node: ir.Node, body: ir.Model, prefix: str) -> None
 
 
 def expand_ops(model: ir.Model, ops: Collection[str]) -> Counter:
-    """Expand, in place, every standard-domain node of `model.graph` (not of its subgraphs: no
+    """Expand, in place, every standard- or preview-domain node of `model.graph` (not of its subgraphs: no
     export puts these ops there; `newer_ops` still sees them, so a producer refuses such a graph)
     whose op is in `ops`; returns
     how many of each op were expanded (and `Split outputs dropped`). The model's value types must be
@@ -198,11 +224,11 @@ def expand_ops(model: ir.Model, ops: Collection[str]) -> Counter:
     counts: Counter = Counter()
     folded: dict[bytes, tuple[ir.Model, int]] = {}  # one fold per (op, attributes, input types): 30 layers share a few
     for index, node in enumerate(list(model.graph)):
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ops:
+        if node.domain not in ("", "ai.onnx", PREVIEW_DOMAIN) or node.op_type not in ops:
             continue
         key = _signature(node)
         if key not in folded:
-            body = function_body(node, opset)
+            body = function_body(node, opset, model.opset_imports.get(node.domain, 1))
             folded[key] = body, _fold(body)
         template, dropped = folded[key]
         counts["Split outputs dropped"] += dropped

@@ -1,5 +1,7 @@
 """`ort-cpu-functions`: the main graph with the standard ops onnxruntime has no kernel for
-replaced by the function bodies ONNX defines for them.
+replaced by the function bodies ONNX defines for them (the `ai.onnx.preview` FlexAttention
+included: its body inlines the node's `score_mod` graph, which reads the padding mask and cache
+offset of the main graph by name).
 
 ONNX defines its newest ops as functions, so that a runtime without a kernel inlines the body.
 onnxruntime 1.32 does inline a function op, but only one level: opset 28's `SwiGLU` expands to
@@ -24,7 +26,7 @@ import onnx_ir as ir
 
 from ...errors import VariantNotApplicableError
 from ._diff import region_from_rewrite
-from ._expand import expand_ops
+from ._expand import PREVIEW_DOMAIN, expand_ops
 from .spec import VariantSpec
 
 __all__ = ["NAME", "PROVIDERS", "PRIORITY", "produce", "ops_without_kernel"]
@@ -37,9 +39,9 @@ PRIORITY = 50
 _MAX_DEPTH = 4  # function bodies nest one or two levels (SwiGLU -> Swish -> Sigmoid)
 
 
-def _has_body(op: str, opset: int) -> bool:
+def _has_body(op: str, opset: int, domain: str = "") -> bool:
     try:
-        schema = onnx.defs.get_schema(op, opset, "")
+        schema = onnx.defs.get_schema(op, opset, domain)
     except onnx.defs.SchemaError:
         return False
     return bool(schema.has_function or schema.has_context_dependent_function)
@@ -55,6 +57,9 @@ def ops_without_kernel(graph: ir.Graph, opset: int, provider: str = "CPUExecutio
         if node.domain in ("", "ai.onnx") and node.op_type != "Constant" and _has_body(node.op_type, opset):
             if has_kernel(node.op_type, provider) is False:
                 found.add(node.op_type)
+        elif node.domain == PREVIEW_DOMAIN and _has_body(node.op_type, 1, PREVIEW_DOMAIN):
+            if has_kernel(node.op_type, provider, PREVIEW_DOMAIN) is False:
+                found.add(node.op_type)  # FlexAttention (onnxruntime 1.32 has none)
     return sorted(found)
 
 
