@@ -1,9 +1,13 @@
 """How much a variant changes a model's predictions on real text: perplexity, and top-1 agreement
 with a reference (PyTorch on the same weights), on a fixed evaluation set.
 
-The evaluation texts ship with the package (`data/quality/eval/`: original English prose, a
-public-domain chapter, and Python code from this repository, ~6,600 SmolLM2 tokens); the texts
-that calibrated variants are quantized with (`data/quality/calibration/`) are different ones.
+The evaluation texts ship with the package (`data/quality/eval/`, ~10,500 SmolLM2 tokens: original
+English prose, a public-domain chapter, Python code from this repository, original JavaScript,
+chat turns, and prose in French, German, Spanish, Italian, Portuguese, Russian, Chinese and
+Japanese). The texts that calibrated variants are quantized with (`data/quality/calibration/`,
+~6,200 tokens of the same four kinds: prose, code (Python, shell, SQL, C), chat, multilingual) are
+disjoint from them: other topics, other programs, no shared passage (tests/test_quality_texts.py).
+Every file's name starts with its kind (`KINDS`).
 Each text is cut into windows of `window` tokens, each scored as one prompt (every position
 predicts the next token). `benchmarks/quality_bench.py` prints the table for every variant; the
 real-checkpoint tests assert the documented limits on a subset.
@@ -22,9 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EVAL_DIR", "Score", "eval_windows", "score", "torch_logits", "onnx_logits"]
+__all__ = ["EVAL_DIR", "KINDS", "Score", "kind_of", "eval_windows", "score", "torch_logits", "onnx_logits"]
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "data" / "quality" / "eval"
+KINDS = ("prose", "code", "chat", "multilingual")  # each split has every kind; a file's name starts with its kind
+
+
+def kind_of(path: Path) -> str:
+    """The kind of a quality text file, from its name (`code_javascript.txt` -> `code`)."""
+    kind = path.stem.split("_")[0]
+    if kind not in KINDS:
+        raise ValueError(f"{path.name}: a quality text's name must start with one of {', '.join(KINDS)}")
+    return kind
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # token ids [S] -> float logits [S, vocab]
 
