@@ -77,6 +77,14 @@ def parse_export_args(parser: ArgumentParser) -> None:
         "ort-cpu-int8 (com.microsoft::MatMulNBits, for onnxruntime < 1.25), ort-cpu-moe, ort-cpu, backend-context, portable-opset21 (opset-21 standard ops, for OpenVINO). "
         "The main graph stays as is; onnxruntime sessions of optimum-onnx23 pick the variant for their provider.",
     )
+    optional.add_argument(
+        "--quant-budget",
+        type=float,
+        default=None,
+        metavar="REL",
+        help="Quality budget of the int4 variants: the perplexity change allowed on held-out calibration text (default 0.10 = +10%%). "
+        "Which linear groups (lm_head included) stay int8 is measured against it; the attach report and model card state the result.",
+    )
 
     optional.add_argument(
         "--verbose",
@@ -109,7 +117,7 @@ def check_cli_arguments(args) -> None:
     check_export_arguments(
         task=args.task or "text-generation-with-past", opset=23 if args.opset is None else args.opset, dtype=args.dtype,
         atol=args.atol, rtol=args.rtol, logits=args.logits, cache=args.cache, max_cache_len=args.max_cache_len,
-        variants=args.variants,
+        variants=args.variants, quant_budget=args.quant_budget,
     )
     check_publish_args(args)  # offline checks (repo id, token) before an export is spent
     check_output_folder(args.output, args.overwrite)
@@ -197,6 +205,7 @@ def run_cli(args) -> int:
                 max_cache_len=args.max_cache_len,
                 logits=args.logits,
                 variants=args.variants,
+                quant_budget=args.quant_budget,
             )
             exported = True
             publish_from_args(args, args.output)

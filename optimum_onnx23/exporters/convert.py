@@ -76,6 +76,7 @@ def export(
     variants: Sequence[str] = (),
     rtol: float | None = None,
     gguf_file: str | None = None,
+    quant_budget: float | None = None,
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -98,6 +99,8 @@ def export(
         variants: built-in backend variants to attach after validation (`int4`, `int8`,
             `ort-cpu-int4`, `ort-cpu-int8`, `ort-cpu-moe`, `ort-cpu`, `backend-context`); see
             `optimum_onnx23.variants`.
+        quant_budget: the int4 variants' quality budget: the perplexity change allowed on held-out
+            calibration text (default 0.10); which groups stay int8 is measured against it.
         gguf_file: export the weights of this GGUF file (llama.cpp format) of the model folder or
             Hub repository, dequantized by transformers' GGUF loader; needs the `gguf` package.
 
@@ -109,6 +112,7 @@ def export(
         dtype=dtype, device=device, fusions_enabled=fusions_enabled, atol=atol, rtol=rtol,
         trust_remote_code=trust_remote_code, revision=revision, cache_dir=cache_dir, token=token, overwrite=overwrite,
         cache=cache, max_cache_len=max_cache_len, logits=logits, variants=tuple(variants), gguf_file=gguf_file,
+        quant_budget=quant_budget,
     )
     _check_options(options)
     check_output_folder(options.output, overwrite)

@@ -174,7 +174,10 @@ def _record_cache_layout(ctx: ExportContext) -> None:
 def _attach_variants(ctx: ExportContext) -> None:
     from ..variants import attach_builtin_variants
 
-    ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants))
+    options = {}
+    if ctx.options.quant_budget is not None:
+        options = {name: {"budget": ctx.options.quant_budget} for name in ("int4", "ort-cpu-int4")}
+    ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants), options)
 
 
 def _save_tokenizer(ctx: ExportContext) -> None:

@@ -63,18 +63,22 @@ def eval_windows(tokenizer, window: int = 512, files: Sequence[str] | None = Non
     return windows
 
 
-def score(windows: Sequence[np.ndarray], logits: LogitsFn, reference: Sequence[np.ndarray] | None = None) -> Score:
+def score(windows: Sequence[np.ndarray], logits: LogitsFn, reference: Sequence[np.ndarray] | None = None, rows: int = 64) -> Score:
     """Perplexity of `logits` on `windows` (exp of the mean next-token negative log-likelihood),
     and with `reference` (another score's `top1_ids`) the share of positions whose argmax agrees."""
     nll, count, agree = 0.0, 0, 0
     top1 = []
     for i, ids in enumerate(windows):
-        out = np.asarray(logits(ids), np.float64)[:-1]
-        peak = out.max(-1)
-        log_z = np.log(np.exp(out - peak[:, None]).sum(-1)) + peak
-        nll += float((log_z - out[np.arange(len(out)), ids[1:]]).sum())
-        count += len(out)
-        best = out.argmax(-1)
+        raw = logits(ids)
+        best = np.empty(len(ids) - 1, np.int64)
+        for start in range(0, len(ids) - 1, rows):  # float64 in slices: a 262k vocabulary's window is ~1 GB at once
+            out = np.asarray(raw[start : min(start + rows, len(ids) - 1)], np.float64)
+            peak = out.max(-1)
+            log_z = np.log(np.exp(out - peak[:, None]).sum(-1)) + peak
+            nll += float((log_z - out[np.arange(len(out)), ids[start + 1 : start + 1 + len(out)]]).sum())
+            best[start : start + len(out)] = out.argmax(-1)
+        del raw
+        count += len(best)
         top1.append(best)
         if reference is not None:
             agree += int((best == reference[i]).sum())
