@@ -20,7 +20,11 @@ so read the ratios):
    fixed 256-token chunks (a one-token step padded to a chunk) / our chunk = min(S, 256) / the
    one-token recurrent update (`selective_state_update`, what a second, decode-only branch would run);
    Gated DeltaNet (16 heads, 128 x 128, chunk 64) at 1 and 512 tokens: chunks in a Scan (ours) /
-   a Scan over tokens (transformers' recurrent form).
+   a Scan over tokens (transformers' recurrent form); both with the opset-27 form beside them
+   (one `LinearAttention`, update_rule `gated` / `gated_delta`).
+4. `--opset 27` against the default (opset 23: chunked SSD / Concat+Conv+Slice) export and PyTorch
+   eager, same run, on the models of tables 1-2: decode ms/token (32 steps after a 128-token
+   prefill) and TTFT 512 (one 512-token prefill step), batch 1, fp32.
 """
 
 from __future__ import annotations
@@ -56,12 +60,12 @@ def build(folder: Path, model_type: str, **config) -> Path:
     return folder
 
 
-def export(source: Path, out: Path) -> Path:
+def export(source: Path, out: Path, opset: int = 23) -> Path:
     from optimum_onnx23 import export as export_onnx
 
     if not (out / "model.onnx").exists():
         start = time.perf_counter()
-        export_onnx(source, out, overwrite=True)
+        export_onnx(source, out, overwrite=True, opset=opset)
         print(f"  exported {source.name} in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -80,6 +84,72 @@ def model_tables(work: Path, repeat: int, tables: set[str], only: str = "") -> N
         decode_and_ttft(work, models, rng, repeat)
     if "2" in tables:
         context_growth(work, {k: v for k, v in models.items() if only in k}, rng, repeat)
+    if "4" in tables:
+        opset27_table(work, {k: v for k, v in models.items() if only in k}, rng, repeat)
+
+
+def opset27_table(work, models, rng, repeat) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from optimum_onnx23.pipelines import ORTModelForCausalLM
+
+    print("\n## 4. --opset 27 (LinearAttention / CausalConvWithState) vs the default export vs PyTorch eager\n")
+    print("| model | backend | decode ms/token (ctx 128) | vs opset 23 | TTFT 512 (ms) | vs opset 23 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, source in models.items():
+        backends = {
+            "opset 23 (default)": ORTModelForCausalLM.from_pretrained(export(source, work / f"{source.name}-onnx")),
+            "opset 27": ORTModelForCausalLM.from_pretrained(export(source, work / f"{source.name}-onnx27", opset=27)),
+        }
+        torch_model = AutoModelForCausalLM.from_pretrained(source).eval()
+        prompt, long = rng.integers(4, 65536, (1, 128)), rng.integers(4, 65536, (1, 512))
+
+        def ours(model):
+            def decode():
+                state = model.new_state(1)
+                state.step(prompt)
+                start = time.perf_counter()
+                for _ in range(32):
+                    state.step(np.array([[5]], np.int64))
+                return (time.perf_counter() - start) / 32
+
+            def ttft():
+                state = model.new_state(1)
+                start = time.perf_counter()
+                state.step(long)
+                return time.perf_counter() - start
+
+            return decode, ttft
+
+        def pytorch():
+            def decode():
+                with torch.no_grad():
+                    out = torch_model(torch.from_numpy(prompt), use_cache=True)
+                    cache, ids = out.cache, torch.tensor([[5]])
+                    start = time.perf_counter()
+                    for step in range(32):
+                        mask = torch.ones(1, 129 + step, dtype=torch.long)
+                        cache = torch_model(ids, cache=cache, use_cache=True, attention_mask=mask).cache
+                    return (time.perf_counter() - start) / 32
+
+            def ttft():
+                with torch.no_grad():
+                    start = time.perf_counter()
+                    torch_model(torch.from_numpy(long), use_cache=True)
+                    return time.perf_counter() - start
+
+            return decode, ttft
+
+        runs = {name: ours(model) for name, model in backends.items()}
+        runs["PyTorch eager"] = pytorch()
+        results = {name: [float("inf"), float("inf")] for name in runs}
+        for _ in range(repeat):  # interleaved: a burst of load hits every backend alike
+            for name, (decode, ttft) in runs.items():
+                results[name][0] = min(results[name][0], decode())
+                results[name][1] = min(results[name][1], ttft())
+        base = results["opset 23 (default)"]
+        for name, (decode, ttft) in results.items():
+            print(f"| {label} | {name} | {decode * 1e3:.2f} | {base[0] / decode:.2f}x | {ttft * 1e3:.0f} | {base[1] / ttft:.2f}x |")
 
 
 def decode_and_ttft(work, models, rng, repeat) -> None:
@@ -153,12 +223,20 @@ def context_growth(work, models, rng, repeat) -> None:
 
 
 # ---- 3: the kernels --------------------------------------------------------------------------------------
-def _onnx_session(module, args, dynamic_shapes, path: Path):
+def _onnx_session(module, args, dynamic_shapes, path: Path, opset: int = 23):
     import onnxruntime as ort
+
+    from optimum_onnx23.exporters.tracing.standard_ops import TRANSLATIONS, adopt_pending_ops
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, args, dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=23, verbose=False)
+        program = torch.onnx.export(
+            module, args, dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=min(opset, 25), verbose=False,
+            custom_translation_table=TRANSLATIONS,
+        )
+    if opset > 25:
+        program.model.opset_imports[""] = opset
+        adopt_pending_ops(program.model)
     program.save(str(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -214,6 +292,9 @@ def kernel_tables(work: Path, repeat: int) -> None:
             sessions["fixed 256-token chunks"] = _onnx_session(Scan(fixed_chunk), inputs(5), shapes, Path(tmp) / "b.onnx")
         finally:
             recurrences._chunks = original
+        sessions["opset 27: LinearAttention (gated)"] = _onnx_session(
+            Scan(recurrences.mamba2_linear_attention), inputs(5), shapes, Path(tmp) / "a27.onnx", opset=27
+        )
         step = _onnx_session(Step(None), inputs(1), None, Path(tmp) / "c.onnx")
         print("| form | S = 1 | S = 512 |")
         print("| --- | --- | --- |")
@@ -266,6 +347,9 @@ def kernel_tables(work: Path, repeat: int) -> None:
         gdn = {
             "ours: chunks of min(S, 64) in a Scan": _onnx_session(GDN(recurrences.chunk_gated_delta_rule), gdn_inputs(5), shapes, Path(tmp) / "d.onnx"),
             "Scan over tokens (recurrent form)": _onnx_session(GDN(token_scan), gdn_inputs(5), shapes, Path(tmp) / "e.onnx"),
+            "opset 27: LinearAttention (gated_delta)": _onnx_session(
+                GDN(recurrences.gated_delta_linear_attention), gdn_inputs(5), shapes, Path(tmp) / "f.onnx", opset=27
+            ),
         }
         reference = modeling_qwen3_5.torch_chunk_gated_delta_rule
         print("| form | S = 1 | S = 512 | max abs diff vs transformers (S = 512) |")
@@ -285,13 +369,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "optimum-onnx23-hybrid-bench")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--tables", default="1,2,3", help="comma-separated subset of 1,2,3")
+    parser.add_argument("--tables", default="1,2,3", help="comma-separated subset of 1,2,3,4")
     parser.add_argument("--models", default="", help="table 2: only the models whose label contains this")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tables = set(args.tables.split(","))
     print(f"torch threads {torch.get_num_threads()}; work folder {args.work}")
-    if tables & {"1", "2"}:
+    if tables & {"1", "2", "4"}:
         model_tables(args.work, args.repeat, tables, args.models)
     if "3" in tables:
         kernel_tables(args.work, args.repeat)

@@ -372,7 +372,8 @@ def _fp32_only(onnx: Path, work: Path) -> Path:
     folder = work / "onnx-fp32"
     names = [v.name for v in list_variants(load_model(onnx / "model.onnx"))]
     quantized = [n for n in names if "int4" in n or "int8" in n]
-    if not (folder / "model.onnx").is_file() or any(n in quantized for n in _names(folder)):
+    kept = sorted(n for n in names if n not in quantized)
+    if not (folder / "model.onnx").is_file() or sorted(_names(folder)) != kept:  # a copy of an older folder
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(onnx, folder)
         if quantized:

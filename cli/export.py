@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 import os
 import sys
 from argparse import ArgumentParser
 from pathlib import Path
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+from optimum_onnx23.progress import progress_on_stderr
 
 __all__ = ["ONNXExportCommand", "parse_export_args", "run_cli"]
 
@@ -97,16 +98,6 @@ def parse_export_args(parser: ArgumentParser) -> None:
     add_publish_arguments(parser)
 
 
-def _log_progress_to_stderr() -> None:
-    # Our logger only: onnxscript's optimizer logs every folded constant at INFO.
-    logger = logging.getLogger("optimum_onnx23")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def check_cli_arguments(args) -> None:
     """The checks that need no torch, transformers or onnx (under 0.2 s), before anything heavy is
     imported: every flag's value, the publishing flags, and whether the output folder may be written."""
@@ -181,8 +172,7 @@ def run_cli(args) -> int:
     exported = False
     try:
         check_cli_arguments(args)
-        _log_progress_to_stderr()
-        with quiet_third_parties(getattr(args, "verbose", False)):
+        with progress_on_stderr(defer_to_root=False), quiet_third_parties(getattr(args, "verbose", False)):
             from optimum_onnx23.exporters import export
             from optimum_onnx23.publish import publish_from_args
 
@@ -210,6 +200,10 @@ def run_cli(args) -> int:
             exported = True
             publish_from_args(args, args.output)
     except OptimumOnnx23Error as error:
+        if getattr(args, "verbose", False) and error.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(error.__cause__, file=sys.stderr)  # the chain that led to the one line below
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the staging folder is already gone (exporters.output); no traceback

@@ -16,7 +16,7 @@ from .serve import ServeCommand
 
 __all__ = ["ONNX23Command", "VariantsCommand"]
 
-BUILTIN_NAMES = ("int4", "int8", "ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu", "backend-context", "portable-opset21")  # checked again in run()
+BUILTIN_NAMES = ("int4", "int8", "ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu", "backend-context", "portable-opset21", "ort-cpu-functions")  # checked again in run()
 
 
 def _model_path(value: Path) -> Path:

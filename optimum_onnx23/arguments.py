@@ -31,7 +31,7 @@ TASK_NAMES = ("text-generation", "text-generation-with-past")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 LOGITS_MODES = ("all", "last")
 CACHE_MODES = ("dynamic", "static")
-VARIANT_NAMES = ("int4", "int8", "ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu", "backend-context", "portable-opset21")
+VARIANT_NAMES = ("int4", "int8", "ort-cpu-int4", "ort-cpu-int8", "ort-cpu-moe", "ort-cpu", "backend-context", "portable-opset21", "ort-cpu-functions")
 MIN_OPSET = 18
 # Every onnx this package accepts (onnx>=1.19, pyproject.toml) knows opset 24: only a higher opset
 # needs onnx imported (about 1 s, mostly ml_dtypes) to learn the installed one's newest.

@@ -11,6 +11,7 @@ __all__ = [
     "InvalidArgumentError",
     "OutputFolderError",
     "ValidationError",
+    "TraceError",
     "UnsafeModelFileError",
     "VariantFormatError",
     "VariantNotFoundError",
@@ -46,6 +47,11 @@ class OutputFolderError(OptimumOnnx23Error, FileExistsError):
 
 class ValidationError(OptimumOnnx23Error, AssertionError):
     """The exported ONNX model disagrees with PyTorch beyond the tolerance."""
+
+
+class TraceError(OptimumOnnx23Error, RuntimeError):
+    """torch.export or the ONNX translation failed; the message names the module and operation, the
+    original error is chained (`__cause__`) for --verbose."""
 
 
 class UnsafeModelFileError(OptimumOnnx23Error, ValueError):

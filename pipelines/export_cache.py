@@ -11,21 +11,20 @@ Folders live under `$OPTIMUM_ONNX23_EXPORT_CACHE`, by default `$HF_HOME/optimum-
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from filelock import FileLock
 
 from optimum_onnx23.errors import InvalidArgumentError, ModelNotFoundError
+from optimum_onnx23.progress import progress_on_stderr
 
 __all__ = ["EXPORT_CACHE_ENV", "CacheEntry", "cache_entry", "cached_export", "export_cache_root", "export_dtype"]
 
@@ -145,25 +144,6 @@ def _hub_checkpoint(model_id: str, revision, cache_dir, token, local_files_only,
     return _Checkpoint(model_id, commit or revision, identity, _label(model_id))
 
 
-@contextlib.contextmanager
-def _progress_on_stderr() -> Iterator[None]:
-    """Show our INFO lines (the exporter's `[i/N]` steps) unless the application set up logging."""
-    ours = logging.getLogger("optimum_onnx23")
-    if ours.hasHandlers():  # a handler here or on the root: the application decides what shows
-        yield
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = ours.level
-    ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        ours.removeHandler(handler)
-        ours.setLevel(level)
-
-
 @dataclass(frozen=True)
 class CacheEntry:
     """Where the export of a checkpoint lives, and what the exporter is given to make it."""
@@ -230,7 +210,7 @@ def cached_export(
     entry = cache_entry(
         model_id, cache_dir=cache_dir, token=token, trust_remote_code=trust_remote_code, dtype=dtype, **hub_options
     )
-    with _progress_on_stderr(), FileLock(str(entry.folder) + ".lock"):
+    with progress_on_stderr(defer_to_root=True), FileLock(str(entry.folder) + ".lock"):
         if entry.complete:
             logger.info("Using the ONNX export of %s cached in %s", model_id, entry.folder)
             return entry.folder

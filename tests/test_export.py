@@ -71,6 +71,18 @@ EXPECTED_OPS = {
     "smollm3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 2},
     "stablelm": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
     "starcoder2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    # by building block: llama-style (5), q/k norms (apertus1p5_text: 9), sub-norms before o_proj and
+    # down_proj (bitnet: 9), post-norms (hyperclovax: 9), LayerNorm (jais2)
+    "apertus1p5_text": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "bitnet": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "cwm": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "exaone": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "hyperclovax": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4},
+    "internlm3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "iquestcoder": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "jais2": {"Attention": 2, _LN: 5, "RotaryEmbedding": 4},
+    "ministral3": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
+    "vaultgemma": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4},
 }
 # (rotary_embedding_dim, interleaved) of every RotaryEmbedding node where not (0, 0): partial
 # rotary rotates the first r channels of each 16-wide head (phi, glm, nemotron: half; gpt_neox,
@@ -79,6 +91,8 @@ EXPECTED_OPS = {
 ROTARY_ATTRIBUTES = {
     "codegen": (8, 1), "cohere": (0, 1), "cohere2": (0, 1), "ernie4_5": (0, 1), "ernie4_5_moe": (0, 1), "glm": (8, 1), "glm4": (8, 1),
     "glm4_moe": (8, 0),
+    # per-layer-type rope: the sliding layer rotates every channel, the full layer the first half
+    "laguna": {(0, 0), (8, 0)},
     "gpt_neox": (4, 0), "gptj": (8, 1), "helium": (0, 1), "nemotron": (8, 0), "phi": (8, 0), "stablelm": (4, 0),
 }
 # Mixture-of-Experts families (TINY_MOE_CONFIGS): as above (gpt-oss: no Attention, its sinks have no
@@ -98,6 +112,23 @@ EXPECTED_MOE_OPS = {
     "deepseek_v3": {"Attention": 2, "RMSNormalization": 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
     "ernie4_5_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 1},
     "glm4_moe": {"Attention": 2, "RMSNormalization": 5, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    # By building block: 5 RMSNorms (2 a layer + final), 9 with per-head q/k norms; one If per expert of each
+    # MoE layer (layer 0 dense: minicpm5_moe, hy_v3, laguna by mlp_layer_types, dots1, param2moe, sarvam_moe
+    # by first_k_dense_replace); a Softmax per MoE layer for softmax routers, none for sigmoid ones.
+    "aria_text": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "granitemoeshared": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "minicpm5_moe": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "solar_open": {"Attention": 2, _RMS: 5, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 0},
+    "dots1": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "flex_olmo": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "hunyuan_v1_moe": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "hy_v3": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "mellum": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 2},
+    "minimax_m2": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 0},
+    "minimax_m3_vl_text": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 2 * MOE_EXPERTS, "Softmax": 0},
+    "param2moe": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "sarvam_moe": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
+    "laguna": {"Attention": 2, _RMS: 9, "RotaryEmbedding": 4, "If": 1 * MOE_EXPERTS, "Softmax": 0},
 }
 EXPECTED_OPS.update(EXPECTED_MOE_OPS)
 # Ops that must be gone once attention is fused (decomposed softmax attention, softcap included);
@@ -166,7 +197,9 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
         (a.get("rotary_embedding_dim", 0), a.get("interleaved", 0))
         for a in ({x.name: x.i for x in n.attribute} for n in model.graph.node if n.op_type == "RotaryEmbedding")
     }
-    assert rotary <= {ROTARY_ATTRIBUTES.get(model_type, (0, 0))}, f"{model_type}: RotaryEmbedding attributes {rotary}"
+    allowed = ROTARY_ATTRIBUTES.get(model_type, (0, 0))
+    allowed = allowed if isinstance(allowed, set) else {allowed}
+    assert rotary == allowed if len(allowed) > 1 else rotary <= allowed, f"{model_type}: RotaryEmbedding attributes {rotary}"
 
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
@@ -196,6 +229,17 @@ def test_architecture_exports_fused_and_matches_pytorch(model_type, exported_dir
                 ref, got = ref[valid], got[valid]
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0, err_msg=f"{model_type} {name} b={batch} s={seq} p={past}")
     record_export(model_type, folder)
+
+
+def test_every_family_left_out_by_default_has_its_blocks_tested():
+    """The families the default suite leaves to OPTIMUM_ONNX23_ALL_FAMILIES=1 each name a family of the
+    default suite with the same building blocks, and keep their own expected op counts."""
+    from tiny_models import SAME_BLOCKS_AS, TINY_CONFIGS, TINY_HYBRID_CONFIGS
+
+    default = {f for f in [*TINY_CONFIGS, *TINY_HYBRID_CONFIGS] if f not in SAME_BLOCKS_AS}
+    assert set(SAME_BLOCKS_AS) <= {*TINY_CONFIGS, *TINY_HYBRID_CONFIGS}
+    assert set(SAME_BLOCKS_AS.values()) <= default, set(SAME_BLOCKS_AS.values()) - default
+    assert {f for f in SAME_BLOCKS_AS if f in TINY_CONFIGS} <= set(EXPECTED_OPS)
 
 
 def test_text_generation_task_without_past(exported_dir):

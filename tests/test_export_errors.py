@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +30,8 @@ def test_unknown_architecture_lists_supported_ones(tmp_path, capsys):
     (model / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
     code, line = cli_error(capsys, "--dynamo", "--model", model, tmp_path / "out")
     assert code == 1
+    # the CLI's progress handler (bound to this call's stderr, a capture stream here) leaves with it
+    assert logging.getLogger("optimum_onnx23").handlers == []
     assert line.startswith("error: Architecture `bert` is not supported")
     assert "encoder" in line and "nearest supported one is `gpt2`" in line
     for supported in ("gemma2", "gpt2", "llama", "smollm3"):
@@ -46,8 +50,37 @@ def test_every_transformers_text_decoder_is_supported_or_explained():
 
     untriaged = sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(EXPORT_CONFIGS) - set(NOT_SUPPORTED))
     assert not untriaged, f"model types neither exported nor explained: {untriaged}"
+    both = sorted(set(EXPORT_CONFIGS) & set(NOT_SUPPORTED))
+    assert not both, f"registered and refused at once: {both}"
     for model_type, (nearest, reason) in NOT_SUPPORTED.items():
         assert reason and nearest_supported(model_type) in EXPORT_CONFIGS, model_type
+        # A refusal names what is missing (a layer kind, an op, a check that failed), not a to-do.
+        assert not re.search(r"without an entry|provisional|not tried|\byet\b", reason), f"{model_type}: {reason}"
+
+
+
+def test_torch_export_failure_is_one_line_naming_module_and_operation(tmp_path, capsys):
+    """A config with inconsistent head counts (3 kv heads for 4 query heads) fails inside torch.export:
+    one line naming the module, the operation and the cause, no traceback; --verbose adds the trace."""
+    import torch
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = tiny_config("llama")
+    config.num_key_value_heads = 3
+    source = tmp_path / "llama-kv3"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(source)
+    AutoTokenizer.from_pretrained(BUNDLED).save_pretrained(source)
+    for verbose in (False, True):
+        code = run_optimum_cli("export", "onnx", "--dynamo", "--model", source, tmp_path / "out", *(["--verbose"] if verbose else []))
+        err = capsys.readouterr().err
+        line = err.strip().splitlines()[-1]
+        assert code == 1
+        assert line.startswith("error: torch.export failed on `llama` in `model.layers.0.self_attn` (LlamaAttention) at "), line
+        assert "scaled_dot_product_attention" in line and "length 3" in line and "--verbose" in line
+        assert ("Traceback (most recent call last)" in err) == verbose, err[-2000:]
+        assert "TorchExportError" not in line and leftovers(tmp_path, "out") == []
 
 
 def test_missing_model_folder(tmp_path, capsys):

@@ -1,32 +1,39 @@
 """Hybrid decoders whose cache is more than K and V (exporters.families.cache_layout, exporters.families.hybrid):
-LFM2 (conv states) and Qwen3.5 / Qwen3-Next (gated DeltaNet: conv + recurrent states), exported
-from tiny seeded configs with default flags, against transformers on the same weights. The
+LFM2 (conv states) and Qwen3.5 / Qwen3.5-MoE / Qwen3-Next (gated DeltaNet: conv + recurrent states;
+the last two with routed experts, lowered through transformers' experts interface), exported from
+tiny seeded configs with default flags, against transformers on the same weights. The
 Mamba-2 families are in test_hybrid_mamba.py (a second file, so xdist exports them in parallel).
 Also here: the static cache, in-place state binding, errors."""
 
 from __future__ import annotations
-
-import os
 
 import hybrid_checks as checks
 import numpy as np
 import pytest
 import torch
 from architecture_records import record, record_export
-from tiny_models import save_tiny_hybrid_model
+from tiny_models import families_in_run, save_tiny_hybrid_model
 
 from optimum_onnx23.errors import UnsupportedArchitectureError
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 
-# qwen3_next runs the same DeltaNet and cache code as qwen3_5_text (another ~90 s export): opt in with
-# OPTIMUM_ONNX23_HYBRID_ALL=1 (the CI budget of these two files is ~4 min on 2 cores).
-FAMILIES = ["lfm2", "qwen3_5_text"] + (["qwen3_next"] if os.environ.get("OPTIMUM_ONNX23_HYBRID_ALL") else [])
+# Building blocks: conv (lfm2), gated DeltaNet + attention (qwen3_5_text), the same with routed
+# experts in every layer from a multimodal checkpoint (qwen3_5_moe) and from its text decoder's own
+# (qwen3_5_moe_text), DeltaNet + rotary attention + experts (qwen3_next). The last two are the
+# blocks of qwen3_5_moe: tested with OPTIMUM_ONNX23_ALL_FAMILIES=1 (tiny_models.SAME_BLOCKS_AS).
+FAMILIES = families_in_run(["lfm2", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"])
+# The model_type of the exported decoder (a multimodal checkpoint exports its text decoder).
+EXPORTED_AS = {"qwen3_5_moe": "qwen3_5_moe_text"}
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_export_validates_every_state(model_type, hybrid_exported_dir):
-    checks.check_export(hybrid_exported_dir(model_type), model_type)
-    record_export(model_type, hybrid_exported_dir(model_type))
+    import json
+
+    folder = hybrid_exported_dir(model_type)
+    checks.check_export(folder, model_type)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == EXPORTED_AS.get(model_type, model_type)
+    record_export(model_type, folder)
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -48,6 +55,26 @@ def test_heavy_left_padding_does_not_leak_into_states(model_type, hybrid_exporte
 @pytest.mark.parametrize("model_type", ["lfm2", "qwen3_5_text"])
 def test_sampling_reproduces_under_seed(model_type, hybrid_exported_dir, hybrid_model_dir):
     checks.check_sampling(hybrid_exported_dir(model_type), hybrid_model_dir(model_type))
+
+
+@pytest.mark.parametrize("model_type", families_in_run(["qwen3_5_moe", "qwen3_next", "granitemoehybrid"]))
+def test_routed_experts_lowered_per_expert(model_type, hybrid_exported_dir):
+    """Hybrid x MoE: the experts of every layer (transformers' experts modules, found by their
+    interface, not by family) are one `If` per expert reading that expert's weights in place, as in
+    the dense MoE decoders; no grouped_mm fallback or data-dependent op is left (DeltaNet's Scan is
+    the recurrence's own)."""
+    import onnx
+
+    model = onnx.load(hybrid_exported_dir(model_type) / "model.onnx", load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"NonZero", "Unique", "Compress", "Loop"} & set(ops), ops
+    initializers = {t.name for t in model.graph.initializer}
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(ifs) == 2 * 4, f"{model_type}: {len(ifs)} If nodes for 2 MoE layers of 4 experts"
+    for node in ifs:
+        then = next(a.g for a in node.attribute if a.name == "then_branch")
+        weights = [n.input[1] for n in then.node if n.op_type == "MatMul"]
+        assert len(weights) == 2 and all(w in initializers for w in weights), weights
 
 
 def test_layout_names_follow_transformers_js(hybrid_exported_dir):

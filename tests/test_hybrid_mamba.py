@@ -1,21 +1,21 @@
-"""Hybrid decoders with Mamba-2 layers (conv + ssm states): Granite 4 (`granitemoehybrid`), Bamba,
+"""Hybrid decoders with Mamba-2 layers (conv + ssm states): Granite 4 (`granitemoehybrid`, with routed
+experts as Granite 4.0-H Tiny / Small have), Bamba,
 Falcon-H1 (attention and Mamba-2 in every layer), Nemotron-H (with an MLP-only layer) and Mamba-2,
 exported from tiny seeded configs with default flags, against transformers on the same weights.
 The tiny configs use a Mamba chunk of 4, so prompts span many chunks (tests/hybrid_checks.py)."""
 
 from __future__ import annotations
 
-import os
-
 import hybrid_checks as checks
 import pytest
 from architecture_records import record, record_export
+from tiny_models import families_in_run
 
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 
 # bamba runs the same Mamba-2 mixer and cache code as granitemoehybrid (with rotary attention):
-# opt in with OPTIMUM_ONNX23_HYBRID_ALL=1 (the CI budget of these two files is ~4 min on 2 cores).
-FAMILIES = ["granitemoehybrid", "falcon_h1", "nemotron_h", "mamba2"] + (["bamba"] if os.environ.get("OPTIMUM_ONNX23_HYBRID_ALL") else [])
+# tested with OPTIMUM_ONNX23_ALL_FAMILIES=1 (tiny_models.SAME_BLOCKS_AS; these two files' CI budget is ~4 min on 2 cores).
+FAMILIES = families_in_run(["granitemoehybrid", "falcon_h1", "nemotron_h", "mamba2", "bamba"])
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -74,11 +74,12 @@ def test_layouts_from_default_configs():
 
     gdn, mamba = {"conv", "recurrent", "key", "value"}, {"conv", "ssm"}
     expected = {  # transformers' defaults: LFM2 all attention, Granite 4 / Bamba all Mamba-2
-        "lfm2": {"key", "value"}, "qwen3_5_text": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
+        "lfm2": {"key", "value"}, "qwen3_5_text": gdn, "qwen3_5_moe_text": gdn, "qwen3_5_moe": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
         "falcon_h1": mamba | {"key", "value"}, "nemotron_h": mamba | {"key", "value"}, "mamba2": mamba,
     }
     assert set(HYBRID_MODEL_TYPES) == set(expected)
     for model_type in HYBRID_MODEL_TYPES:
-        layout = get_export_config(model_type).cache_layout(AutoConfig.for_model(model_type))
+        entry = get_export_config(model_type)  # multimodal checkpoints: their text decoder's config
+        layout = entry.cache_layout(entry.text_config(AutoConfig.for_model(model_type)))
         assert {t.kind for t in layout.tensors} == expected[model_type], model_type
         assert all(isinstance(d, int) for t in layout.tensors if t.is_state for d in t.shape), model_type

@@ -13,6 +13,7 @@ import pytest
 from optimum_onnx23.errors import InvalidArgumentError
 from optimum_onnx23.pipelines import ORTModelForCausalLM
 from optimum_onnx23.serving.batch import DynamicRows, SlotRows, StaticRows, choose_rows
+from optimum_onnx23.serving.last_logits import last_position_logits
 from optimum_onnx23.serving.slot_graph import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, to_kv_slots
 
 # Sliding windows of 6 (mixtral over every layer; cohere2 and gemma3_text on alternate layers): the
@@ -41,7 +42,9 @@ def test_slots_give_the_dynamic_cache_logits(family, exported_dir):
     model = ORTModelForCausalLM.from_pretrained(exported_dir(family))
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(4, 200, n)) for n in (9, 7, 13)]
-    slots = _run(SlotRows(model, 3, 64), prompts)
+    batch = SlotRows(model, 3, 64)
+    assert batch.session.get_outputs()[0].shape[1] == 1  # logits for the last position only (serving.last_logits)
+    slots = _run(batch, prompts)
     dynamic = _run(DynamicRows(model), prompts)
     assert slots.keys() == dynamic.keys() and [len(v) for v in slots.values()] == [7, 3, 7]
     for request_id in slots:
@@ -73,8 +76,13 @@ def test_slot_graph_ops_and_in_place_writes(exported_dir):
     model = ORTModelForCausalLM.from_pretrained(folder)
     graph = ir.load(folder / "model.onnx")
     layers = to_kv_slots(graph)
+    projections = sum(n.op_type == "MatMul" for n in graph.graph)
+    assert last_position_logits(graph) is None
     ops = [(n.domain, n.op_type) for n in graph.graph]
     assert layers == model.io.num_layers
+    assert ops.count(("", "Slice")) >= 1 and sum(n.op_type == "MatMul" for n in graph.graph) == projections
+    lm_head = next(v for v in graph.graph.outputs if v.name == "logits").producer()
+    assert lm_head.inputs[0].producer().name == "last_position"
     assert ops.count(("com.microsoft", "GroupQueryAttention")) == layers and ("", "Attention") not in ops
     names = [v.name for v in graph.graph.inputs]
     assert "attention_mask" not in names and names[-2:] == [SEQLENS_K, TOTAL_SEQUENCE_LENGTH]
@@ -102,3 +110,32 @@ def test_graphs_slots_cannot_express_fall_back_to_the_dynamic_cache_with_a_warni
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(choose_rows(model, "dynamic", 2, 64), DynamicRows)
+
+
+def _resident_kib(array: np.ndarray) -> int:
+    """Resident KiB of the mappings that hold `array` (/proc/self/smaps: madvise splits a mapping)."""
+    start = array.__array_interface__["data"][0]
+    end, total, inside = start + array.nbytes, 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            low, high = (int(x, 16) for x in head.split("-"))
+            inside = low < end and start < high
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_slot_buffers_commit_the_positions_rows_use(exported_dir):
+    """A row's first tokens commit their pages, not the row's whole length: numpy's huge pages
+    committed a row per head (SmolLM2: 377 MB and ~0.9 s of page faults for a 48-token prompt)."""
+    model = ORTModelForCausalLM.from_pretrained(exported_dir("bundled"))
+    batch = SlotRows(model, 4, 65536)  # a head's positions span 4 MiB here, as at 8192 x 64 in SmolLM2 (2 MiB)
+    key = batch.buffers["past_key_values.0.key"]
+    batch.prefill("a", [5, 6, 7])
+    batch.admit("a")
+    batch.decode([8])
+    heads, row_bytes = key.shape[1], key[0].nbytes
+    # spare + row 0, each head's first page
+    assert _resident_kib(key) <= 2 * heads * 8, (_resident_kib(key), row_bytes // 1024)
+    assert row_bytes // 1024 > 4 * 2 * heads * 8  # the bound above means something

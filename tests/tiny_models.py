@@ -7,6 +7,7 @@ the bundled tokenizer's vocabulary so that the same folder serves export and gen
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -91,9 +92,18 @@ TINY_CONFIGS: dict[str, dict] = {
     "smollm3": dict(no_rope_layers=[1, 0]),
     "stablelm": dict(_MHA, use_qkv_bias=True),
     "starcoder2": dict(sliding_window=6, use_bias=True),
+    # By building block (families/dense.py): llama-style attention with another normalization or window.
+    "apertus1p5_text": {},
+    "bitnet": {},
+    "cwm": dict(head_dim=16, sliding_window=6, layer_types=["full_attention", "sliding_attention"]),
+    "exaone": dict(head_dim=16),
+    "hyperclovax": dict(head_dim=16),
+    "internlm3": dict(head_dim=16),
+    "iquestcoder": dict(head_dim=16),
+    "jais2": dict(head_dim=16),
+    "ministral3": dict(head_dim=16, sliding_window=6),
+    "vaultgemma": dict(head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"]),
 }
-
-ARCHITECTURES = sorted(TINY_CONFIGS)
 
 
 def tiny_config(model_type: str, num_layers: int = 2):
@@ -150,16 +160,29 @@ TINY_HYBRID_CONFIGS: dict[str, dict] = {
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
     ),
+    # Hybrid x MoE, shaped like the released checkpoints: DeltaNet and attention layers, routed experts
+    # (4, top-2) and a gated shared expert in every layer; Granite 4.0-H Tiny / Small: Mamba-2 and NoPE
+    # attention, routed experts beside the shared MLP. Their experts are transformers' experts modules.
     "qwen3_next": dict(
         head_dim=16,
         layer_types=["linear_attention", "full_attention"],
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-        # Dense MLPs: the MoE experts (transformers' grouped_mm op) are the MoE exporter's part, not the cache's.
-        mlp_only_layers=[0, 1], partial_rotary_factor=0.5,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, partial_rotary_factor=0.5,
+    ),
+    # A Qwen3.5-MoE multimodal checkpoint (vision tower in the file): its text decoder is exported.
+    "qwen3_5_moe": dict(
+        text_config=dict(
+            head_dim=16,
+            layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, num_position_embeddings=16),
     ),
     "granitemoehybrid": dict(
-        # Granite 4.0-H micro's shape: no routed experts, a shared MLP.
-        layer_types=["linear_attention", "full_attention"], num_local_experts=0, shared_intermediate_size=64, embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5,
+        layer_types=["linear_attention", "full_attention"], num_local_experts=4, num_experts_per_tok=2, intermediate_size=32,
+        shared_intermediate_size=64, embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5,
         logits_scaling=2.0, **_MAMBA,
     ),
     "bamba": dict(attn_layer_indices=[1], **_MAMBA),
@@ -170,19 +193,28 @@ TINY_HYBRID_CONFIGS: dict[str, dict] = {
     ),
     "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=2, conv_kernel=4, expand=2, chunk_size=4),
 }
-HYBRID_ARCHITECTURES = sorted(TINY_HYBRID_CONFIGS)
+TINY_HYBRID_CONFIGS["qwen3_5_moe_text"] = TINY_HYBRID_CONFIGS["qwen3_5_moe"]["text_config"]
 
 
 def tiny_hybrid_config(model_type: str):
-    kwargs = {**_COMMON, **TINY_HYBRID_CONFIGS[model_type]}
+    extra = dict(TINY_HYBRID_CONFIGS[model_type])
+    if "text_config" in extra:  # multimodal checkpoint: the tiny decoder is its text config
+        text = {**_COMMON, **extra["text_config"]}
+        text["num_hidden_layers"] = len(text["layer_types"])
+        return AutoConfig.for_model(model_type, **{**extra, "text_config": text})
+    kwargs = {**_COMMON, **extra}
     layers = kwargs.get("layer_types") or kwargs.get("layers_block_type")
     kwargs["num_hidden_layers"] = len(layers) if layers else 2
     return AutoConfig.for_model(model_type, **kwargs)
 
 
 def build_tiny_hybrid_model(model_type: str, seed: int = 0):
+    from transformers import AutoModelForImageTextToText
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_hybrid_config(model_type))
+    config = tiny_hybrid_config(model_type)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    model = auto.from_config(config)
     with torch.no_grad():  # as build_tiny_model: logits far from ties
         for p in model.parameters():
             if p.dim() >= 2:
@@ -241,9 +273,77 @@ TINY_MOE_CONFIGS: dict[str, dict] = {
         _MOE, n_routed_experts=MOE_EXPERTS, n_group=2, topk_group=1, n_shared_experts=1, moe_intermediate_size=32,
         first_k_dense_replace=1, routed_scaling_factor=1.5, head_dim=16,
     ),
+    # By building block (families/moe.py): each family's own router and shared experts around the
+    # experts interface; 4 experts top-2, layer 0 dense where the family has dense layers.
+    "aria_text": dict(moe_num_experts=MOE_EXPERTS, moe_topk=2, moe_num_shared_experts=1, intermediate_size=32, head_dim=16),
+    "granitemoeshared": dict(
+        _MOE, num_local_experts=MOE_EXPERTS, intermediate_size=32, shared_intermediate_size=32,
+        embedding_multiplier=2.0, attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.0,
+    ),
+    "minicpm5_moe": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, head_dim=16,
+        mlp_layer_types=["dense", "sparse"],
+    ),
+    "solar_open": dict(_MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1, head_dim=16),
+    "dots1": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, n_shared_experts=1,
+        first_k_dense_replace=1, sliding_window=6, head_dim=16,
+    ),
+    "flex_olmo": dict(_MOE, num_experts=MOE_EXPERTS, intermediate_size=32),
+    "hunyuan_v1_moe": dict(num_experts=MOE_EXPERTS, moe_topk=2, intermediate_size=32, head_dim=16),
+    "hy_v3": dict(
+        _MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, num_shared_experts=1, head_dim=16, mlp_layer_types=["dense", "sparse"],
+    ),
+    "mellum": dict(
+        _MOE, num_local_experts=MOE_EXPERTS, moe_intermediate_size=32, head_dim=16, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    "minimax_m2": dict(_MOE, num_local_experts=MOE_EXPERTS, intermediate_size=32, head_dim=16),
+    "minimax_m3_vl_text": dict(_MOE, num_local_experts=MOE_EXPERTS, intermediate_size=32, head_dim=16),
+    "param2moe": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, first_k_dense_replace=1, n_shared_experts=1, head_dim=16,
+    ),
+    "sarvam_moe": dict(
+        _MOE, n_routed_experts=MOE_EXPERTS, moe_intermediate_size=32, n_group=2, topk_group=1, first_k_dense_replace=1, n_shared_experts=1, head_dim=16,
+    ),
+    "laguna": dict(
+        _MOE, num_experts=MOE_EXPERTS, moe_intermediate_size=32, shared_expert_intermediate_size=32, head_dim=16, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+    ),
 }
 TINY_CONFIGS.update(TINY_MOE_CONFIGS)
-ARCHITECTURES = sorted(TINY_CONFIGS)
+
+# Families whose building blocks another family of the default suite already runs (their entry says
+# only what differs): each one's tests are the per-family tests below, run on request with
+# OPTIMUM_ONNX23_ALL_FAMILIES=1 (scripts/architectures_doc.py --run sets it), so the default suite
+# pays for each block once. Value: the default-suite family with the same blocks.
+SAME_BLOCKS_AS: dict[str, str] = {
+    # llama-style attention under another model type, or with sliding/full layer types
+    "exaone": "llama", "internlm3": "llama", "iquestcoder": "llama", "cwm": "ministral", "ministral3": "mistral",
+    "vaultgemma": "gemma2",
+    # the normalization differs: q/k norms, sub-/post-norms (4 a layer), LayerNorm
+    "apertus1p5_text": "apertus", "bitnet": "olmo2", "hyperclovax": "olmo2", "jais2": "starcoder2",
+    # experts interface + softmax routing (+ shared experts), as qwen2_moe / olmoe / qwen3_moe
+    "aria_text": "qwen2_moe", "granitemoeshared": "granitemoe", "flex_olmo": "olmoe", "hunyuan_v1_moe": "qwen3_moe",
+    "mellum": "qwen3_moe",
+    # experts interface + sigmoid (grouped) top-k with score correction (+ q/k norms), as deepseek_v3 / glm4_moe
+    "minicpm5_moe": "deepseek_v3", "solar_open": "glm4_moe", "dots1": "glm4_moe", "hy_v3": "glm4_moe",
+    "minimax_m2": "glm4_moe", "minimax_m3_vl_text": "glm4_moe", "param2moe": "glm4_moe", "sarvam_moe": "glm4_moe",
+    # hybrid x MoE: gated DeltaNet + attention + routed experts, as the multimodal qwen3_5_moe's decoder
+    "qwen3_5_moe_text": "qwen3_5_moe", "qwen3_next": "qwen3_5_moe",
+    # Mamba-2 + attention, as granitemoehybrid
+    "bamba": "granitemoehybrid",
+}
+ALL_FAMILIES = os.environ.get("OPTIMUM_ONNX23_ALL_FAMILIES", "").strip().lower() in ("1", "true", "yes")
+
+
+def families_in_run(families) -> list[str]:
+    """`families` that this run tests: all with OPTIMUM_ONNX23_ALL_FAMILIES=1, else one per building block."""
+    return sorted(f for f in families if ALL_FAMILIES or f not in SAME_BLOCKS_AS)
+
+
+ARCHITECTURES = families_in_run(TINY_CONFIGS)
+HYBRID_ARCHITECTURES = families_in_run(TINY_HYBRID_CONFIGS)
 
 
 def _randomize_gating_biases(model) -> None:

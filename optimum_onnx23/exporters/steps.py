@@ -75,7 +75,7 @@ def _fuse(ctx: ExportContext) -> None:
         fusion_report = fusions.fuse(model)
     else:
         fusion_report = fusions.FusionReport(opset=options.opset, skipped_reason="disabled by --no-fusions")
-        fusion_report.op_counts = {op: fusions.count_ops(model).get(op, 0) for op in fusions.STANDARD_OPS}
+        fusion_report.op_counts = {op: fusions.count_ops(model).get(op, 0) for op in fusions.standard_ops(options.opset)}
     ctx.report.fusions = fusion_report.to_dict()
     ctx.report.op_histogram = dict(sorted(fusions.count_ops(model).items()))
     if options.fusions_enabled and options.opset >= fusions.MIN_FUSION_OPSET:
@@ -112,6 +112,27 @@ def _save(ctx: ExportContext) -> None:
         ctx.model.generation_config.save_pretrained(ctx.staging)
 
 
+def _attach_function_bodies(ctx: ExportContext) -> None:
+    """Before validation: where the saved graph uses a standard op onnxruntime has no kernel for and
+    cannot inline (opset 28's SwiGLU: its body's Swish has no kernel either), attach
+    `ort-cpu-functions` (the main graph with those ops' ONNX bodies), so onnxruntime validates, and
+    our sessions run, the graph it selects; the main graph keeps the op."""
+    from ..variants import attach_builtin_variants
+    from ..variants.producers import ort_cpu_functions
+
+    graph = ir.load(ctx.staging / ONNX_FILE_NAME)
+    ops = ort_cpu_functions.ops_without_kernel(graph.graph, graph.opset_imports.get("", 23))
+    if not ops:
+        return
+    attached = attach_builtin_variants(ctx.staging, [ort_cpu_functions.NAME])
+    ctx.report.variants = attached
+    _warn(
+        ctx,
+        f"onnxruntime has no kernel for {', '.join(ops)}: variant {ort_cpu_functions.NAME} (their ONNX function bodies) "
+        "is attached and validated; sessions through optimum_onnx23 select it, a plain InferenceSession on model.onnx fails.",
+    )
+
+
 def _validation_session(ctx: ExportContext):
     """The CPU session validation runs on; None (with a warning) where onnxruntime's CPU provider has
     no kernel for the dtype (bf16 MatMul): the graph is then only checked by `onnx.checker`."""
@@ -125,6 +146,11 @@ def _validation_session(ctx: ExportContext):
     if ctx.signature.static:
         options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
     try:
+        if "ort-cpu-functions" in ctx.report.variants.get("variants", {}):
+            from ..variants.runtime import select_for_providers
+
+            selected, _ = select_for_providers(path, ["CPUExecutionProvider"])
+            return selected.session(["CPUExecutionProvider"], options)
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's NotImplemented has no importable Python class
         dtype = ctx.options.dtype
@@ -177,7 +203,11 @@ def _attach_variants(ctx: ExportContext) -> None:
     options = {}
     if ctx.options.quant_budget is not None:
         options = {name: {"budget": ctx.options.quant_budget} for name in ("int4", "ort-cpu-int4")}
+    earlier = ctx.report.variants  # ort-cpu-functions, attached before validation
     ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants), options)
+    if earlier:
+        ctx.report.variants["variants"] = {**earlier["variants"], **ctx.report.variants["variants"]}
+        ctx.report.variants["files_before"] = earlier["files_before"]
 
 
 def _save_tokenizer(ctx: ExportContext) -> None:
@@ -200,6 +230,10 @@ STEPS: list[ExportStep] = [
         applies=_records_cache_layout,
     ),
     ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
+    ExportStep(
+        "function_bodies", _attach_function_bodies, lambda ctx: "Attaching function bodies onnxruntime lacks a kernel for",
+        applies=lambda ctx: ctx.options.opset >= fusions.SWIGLU_OPSET and ctx.options.fusions_enabled,
+    ),
     ExportStep(
         "validate", _validate, lambda ctx: f"Validating against PyTorch ({Tolerance(ctx.report.atol, ctx.report.rtol)})"
     ),

@@ -2,7 +2,9 @@
 
 `fuse(model)` runs onnxscript's opset-23 fusions (RMSNormalization, RotaryEmbedding, GQA into
 Attention) and optimum_onnx23's own rules where onnxscript's miss, and reports what each fused
-together with the resulting count of every standard op in the graph.
+together with the resulting count of every standard op in the graph. Rules for ops of a newer
+opset (`OPSET_FUSION_STEPS`: SwiGLU at 28) run only when the graph imports that opset, and their
+ops are then counted too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import onnx_ir.passes.common as common_passes
 
 from .._onnxscript_compat import gqa_fusion, rms_normalization_fusion, rotary_embedding_fusion
 from .rules import (
+    SWIGLU_OPSET,
     fuse_alibi_attention,
     fuse_attention_3d,
     fuse_centered_rms_normalization,
@@ -28,9 +31,10 @@ from .rules import (
     fuse_rotary_embedding_cast,
     fuse_softcap_attention,
     fuse_split_halves_rotary_embedding,
+    fuse_swiglu,
 )
 
-__all__ = ["FusionReport", "fuse", "FUSION_STEPS", "STANDARD_OPS", "count_ops"]
+__all__ = ["FusionReport", "fuse", "FUSION_STEPS", "OPSET_FUSION_STEPS", "STANDARD_OPS", "count_ops", "standard_ops"]
 
 STANDARD_OPS = ("Attention", "RMSNormalization", "LayerNormalization", "RotaryEmbedding")
 MIN_FUSION_OPSET = 23
@@ -58,6 +62,16 @@ FUSION_STEPS: tuple[tuple[str, str, Callable[[ir.Model], int]], ...] = (
     ("optimum_onnx23", "GroupedKvAttention", fuse_grouped_kv_attention),
     ("optimum_onnx23", "Attention3D", fuse_attention_3d),
 )
+
+# (min opset, who, name, function, op written): after FUSION_STEPS, where the graph's opset has the op.
+OPSET_FUSION_STEPS: tuple[tuple[int, str, str, Callable[[ir.Model], int], str], ...] = (
+    (SWIGLU_OPSET, "optimum_onnx23", "SwiGLU", fuse_swiglu, "SwiGLU"),
+)
+
+
+def standard_ops(opset: int) -> tuple[str, ...]:
+    """The fused ops counted in a report at `opset`: STANDARD_OPS, and the newer ones it defines."""
+    return STANDARD_OPS + tuple(op for since, *_, op in OPSET_FUSION_STEPS if opset >= since)
 
 
 @dataclass
@@ -91,8 +105,11 @@ def fuse(model: ir.Model) -> FusionReport:
     else:
         for who, name, step in FUSION_STEPS:
             report.applied.setdefault(who, {})[name] = step(model)
+        for since, who, name, step, _ in OPSET_FUSION_STEPS:
+            if opset >= since:
+                report.applied.setdefault(who, {})[name] = step(model)
         # Rewrites leave the replaced pattern's shape computations behind (e.g. repeat_kv's targets).
         common_passes.RemoveUnusedNodesPass()(model)
     counts = count_ops(model)
-    report.op_counts = {op: counts.get(op, 0) for op in STANDARD_OPS}
+    report.op_counts = {op: counts.get(op, 0) for op in standard_ops(opset)}
     return report

@@ -21,6 +21,7 @@ reason (measured in docs/serving.md: slots are 1.7-2.9x faster a step at 16 rows
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import warnings
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from optimum_onnx23.pipelines.state import DecoderState
 from optimum_onnx23.variants.runtime import select_for_providers
 from optimum_onnx23.variants.select import MAIN
 
+from .last_logits import last_position_logits
 from .slot_graph import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, SlotGraphError, to_kv_slots
 
 __all__ = ["KV_CACHE_LAYOUTS", "RowBatch", "DynamicRows", "SlotRows", "StaticRows", "choose_rows", "sliding_windows", "slot_session"]
@@ -116,9 +118,8 @@ class DynamicRows(RowBatch):
 class _FixedRows(RowBatch):
     """`max_rows` decoding rows plus a spare one for the prefill, each `max_len` positions long.
     The buffers are numpy arrays that onnxruntime reads and writes in place through OrtValues
-    aliasing them; zero pages are committed when first written, and GroupQueryAttention's CPU
-    kernel writes a row's whole length on its first prefill (measured: +377 MB for one SmolLM2
-    row at 8192 positions), so a row in use holds `max_len` positions. Subclasses say what else
+    aliasing them, on anonymous memory committed page by page as rows grow (`_lazy_zeros`), so a
+    server holds the positions its rows use, not `max_len` for every row. Subclasses say what else
     the graph is fed (`_inputs`)."""
 
     def __init__(self, model: ORTModelForCausalLM, session: ort.InferenceSession, max_rows: int, max_len: int) -> None:
@@ -127,7 +128,7 @@ class _FixedRows(RowBatch):
         self.session = session
         self.max_rows = max_rows
         self.max_len = max_len
-        self.buffers = {spec.past: np.zeros((max_rows + 1, spec.shape[0], max_len, spec.shape[2]), spec.dtype) for spec in model.io.cache}
+        self.buffers = {spec.past: _lazy_zeros((max_rows + 1, spec.shape[0], max_len, spec.shape[2]), spec.dtype) for spec in model.io.cache}
         self.presents = {spec.past: spec.present for spec in model.io.cache}
         self.lengths = np.zeros(max_rows + 1, dtype=np.int64)
         self._spare = max_rows  # the prefill slot
@@ -274,6 +275,17 @@ class StaticRows(_FixedRows):
         self.rows[0], self.rows[longest] = self.rows[longest], self.rows[0]
 
 
+def _lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros on their own anonymous mapping, committed 4 KiB at a time when first written. Not
+    `np.zeros`: numpy asks for transparent huge pages on large arrays, and a row's heads sit
+    `max_len * head_dim` apart (2 MiB at 8192 x 64 fp32), so a row's first tokens committed a
+    huge page per head: its whole length, 377 MB for one SmolLM2 row at 8192 positions, about
+    0.9 s of page faults on first use (measured here; 26 ms for the 14 MB 300 tokens need)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 def _memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -314,6 +326,9 @@ def slot_session(model: ORTModelForCausalLM) -> ort.InferenceSession:
     selected, _ = select_for_providers(source, model.providers, model.variant or MAIN)
     graph = ir.serde.deserialize_model(selected.proto())
     to_kv_slots(graph, sliding_windows(model.config, model.io.num_layers))
+    unchanged = last_position_logits(graph)
+    if unchanged:
+        logger.info("serving graph keeps logits for every position: %s", unchanged)
     data = ir.serde.serialize_model(graph).SerializeToString()
     return ort.InferenceSession(data, selected.session_options(), providers=model.providers)
 

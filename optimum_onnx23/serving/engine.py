@@ -94,7 +94,7 @@ class Engine:
         self.max_model_len = min(limits) if limits else None  # --max-model-len can only lower the context
         self.batch: RowBatch = choose_rows(model, kv_cache, max_num_seqs, self.max_model_len)
         kv_bytes = getattr(self.batch, "kv_bytes", None)
-        if kv_bytes is not None:  # numpy's zero pages: committed as rows grow, not at start
+        if kv_bytes is not None:  # reserved, committed page by page as rows grow
             logger.info(
                 "KV cache: %s, %d rows x %d positions, %.2f GB reserved", self.batch.layout, max_num_seqs,
                 self.batch.max_len, kv_bytes / 1e9,

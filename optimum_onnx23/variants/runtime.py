@@ -27,7 +27,7 @@ from .format import info_from_metadata
 from .providers import check_provider_names, choose_variant
 from .select import MAIN, select_variant
 
-__all__ = ["QDQ_ACCURACY_KEY", "QDQ_ACCURACY_LEVEL", "Selected", "select_for_providers", "missing_ops", "create_session", "cache_dir", "EXTERNAL_FOLDER_KEY"]
+__all__ = ["QDQ_ACCURACY_KEY", "QDQ_ACCURACY_LEVEL", "Selected", "select_for_providers", "missing_ops", "has_kernel", "create_session", "cache_dir", "EXTERNAL_FOLDER_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def _kernels() -> dict[str, set[tuple[str, str]]] | None:
     for kernel in C.get_all_opkernel_def():
         kernels.setdefault(kernel.provider, set()).add((kernel.domain or "", kernel.op_name))
     return kernels
+
+
+def has_kernel(op: str, provider: str = "CPUExecutionProvider", domain: str = "") -> bool | None:
+    """Whether this onnxruntime build registers a kernel for `op` on `provider`; None where the
+    build cannot list its kernels (onnxruntime-openvino)."""
+    kernels = _kernels()
+    return None if kernels is None else (domain, op) in kernels.get(provider, set())
 
 
 def missing_ops(ops: Sequence[str], providers: Sequence[str]) -> list[str]:

@@ -131,5 +131,17 @@ DENSE: tuple[DecoderExportConfig, ...] = (
                                                    + (c.num_attention_heads + c.num_key_value_heads if c.qk_layernorm else 0)) + 1, notes="q/k LayerNorms are per head (one per head) when present",
     ),
     DecoderExportConfig("starcoder2", norm_op="LayerNormalization", sliding_window_attr="sliding_window"),
-
+    # ---- by building block: llama-style attention, the normalization differs --------------------------------
+    *(DecoderExportConfig(model_type, sliding_window_attr=window, notes=notes) for model_type, window, notes in (
+        ("cwm", "sliding_window", "llama with sliding/full layer types"),
+        ("exaone", None, "LlamaForCausalLM under another model type"),
+        ("internlm3", None, "LlamaForCausalLM under another model type"),
+        ("iquestcoder", None, "LlamaForCausalLM under another model type"),
+        ("ministral3", "sliding_window", "mistral-style sliding window"),
+        ("vaultgemma", "sliding_window", "gemma with sliding/full layer types"),
+    )),
+    DecoderExportConfig("apertus1p5_text", qk_norm=True, notes="apertus' decoder with q/k norms"),
+    DecoderExportConfig("bitnet", norms_per_layer=4, notes="sub-norms before o_proj and down_proj; ternary weights stay floats"),
+    DecoderExportConfig("hyperclovax", norms_per_layer=4, notes="post-norms after attention and MLP"),
+    DecoderExportConfig("jais2", norm_op="LayerNormalization", notes="LayerNorm"),
 )

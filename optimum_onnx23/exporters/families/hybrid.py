@@ -9,11 +9,13 @@ transformers' `Cache` from the flat tensors inside the trace (`exporters.tracing
 | model_type | layer types -> cache | state shapes (without batch) |
 | --- | --- | --- |
 | lfm2 | conv -> conv; full_attention -> key/value | conv [hidden, L_cache - 1] |
-| qwen3_5_text, qwen3_next | linear_attention -> conv + recurrent (gated DeltaNet) | conv [2 k_heads k_dim + v_heads v_dim, K - 1], recurrent [v_heads, k_dim, v_dim] |
+| qwen3_5_text, qwen3_5_moe_text, qwen3_5_moe, qwen3_next | linear_attention -> conv + recurrent (gated DeltaNet) | conv [2 k_heads k_dim + v_heads v_dim, K - 1], recurrent [v_heads, k_dim, v_dim] |
 | granitemoehybrid, bamba, nemotron_h, mamba2 | linear_attention -> conv + ssm (Mamba-2) | conv [expand hidden + 2 groups state, K - 1], ssm [heads, head_dim, state] |
 | falcon_h1 | hybrid -> key/value + conv + ssm (parallel attention and Mamba-2) | as above |
 
-Nemotron-H's `mlp` / `moe` layers hold no cache. The tracing swaps transformers' chunked scans for
+Nemotron-H's `mlp` / `moe` layers hold no cache. Routed experts (Qwen3-Next, Qwen3.5-MoE, Granite
+4.0-H Tiny / Small, Nemotron-H's MoE layers) are traced through transformers' experts interface like
+every MoE decoder's (`exporters/tracing/experts.py`); the entries here say nothing about them. The tracing swaps transformers' chunked scans for
 the exportable forms of `exporters/tracing/recurrences.py` (same math, one graph for every length).
 """
 
@@ -97,16 +99,24 @@ HYBRID: tuple[HybridExportConfig, ...] = (
         norms=lambda c, layout: 2 * layout.num_layers + 2 * len(layout.attention_layers) + 1,
         notes="short causal convolutions (conv state) and attention",
     ),
-    HybridExportConfig(
-        "qwen3_5_text",
-        state_kind="recurrent",
-        conv_shape=_gdn_conv,
-        state_shape=_gdn_state,
-        scan_chunk=lambda c: 64,  # transformers' torch_chunk_gated_delta_rule default
-        # interleaved partial MRoPE: Mul/Add in the graph, not a RotaryEmbedding pattern
-        rotary_layers=None,
-        norms=_gdn_norms,
-        notes="gated DeltaNet (conv + recurrent state) and gated attention; MRoPE not fused",
+    *(
+        HybridExportConfig(
+            model_type,
+            state_kind="recurrent",
+            conv_shape=_gdn_conv,
+            state_shape=_gdn_state,
+            scan_chunk=lambda c: 64,  # transformers' torch_chunk_gated_delta_rule default
+            # interleaved partial MRoPE: Mul/Add in the graph, not a RotaryEmbedding pattern
+            rotary_layers=None,
+            norms=_gdn_norms,
+            decoder_config=decoder,
+            notes="gated DeltaNet (conv + recurrent state) and gated attention; MRoPE not fused"
+            + ("; routed experts with a gated shared expert" if "moe" in model_type else "")
+            + (f"; the text decoder of a multimodal checkpoint, exported as {model_type}_text" if decoder else ""),
+        )
+        for model_type, decoder in (
+            ("qwen3_5_text", None), ("qwen3_5_moe_text", None), ("qwen3_5_moe", "text_config"),
+        )
     ),
     HybridExportConfig(
         "qwen3_next",
@@ -116,7 +126,7 @@ HYBRID: tuple[HybridExportConfig, ...] = (
         scan_chunk=lambda c: 64,
         rotary_layers=_attention_layers,
         norms=_gdn_norms,
-        notes="gated DeltaNet (conv + recurrent state) and gated attention, MoE",
+        notes="gated DeltaNet (conv + recurrent state) and gated attention; routed experts with a gated shared expert",
     ),
     HybridExportConfig(
         "granitemoehybrid",
@@ -126,7 +136,7 @@ HYBRID: tuple[HybridExportConfig, ...] = (
         # Granite 4.0-H attention has no positions (NoPE) unless position_embedding_type is "rope"
         rotary_layers=lambda c: _attention_layers(c) if c.position_embedding_type == "rope" else 0,
         norms=_two_per_layer,
-        notes="Mamba-2 and attention (NoPE), MoE",
+        notes="Mamba-2 and attention (NoPE); routed experts (Granite 4.0-H Tiny / Small) or a shared MLP alone (Micro)",
     ),
     HybridExportConfig(
         "bamba", conv_shape=_granite_conv, state_shape=_granite_ssm, rotary_layers=_attention_layers, norms=_two_per_layer,

@@ -1,7 +1,10 @@
 """Mixture-of-Experts decoders: one entry per `model_type` (the fields: `schema.py`).
 
-Their experts are traced with static shapes (`exporters.tracing.experts`); the router and shared
-experts are each family's own transformers code. Adding a MoE family is adding a line here."""
+Their experts are transformers' experts modules, found by that interface and traced with static
+shapes (`exporters.tracing.experts`) whatever the entry says; the router and shared experts are each
+family's own transformers code. An entry says only what differs in the rest of the decoder (q/k
+norms, partial rotary, MLA's cache): adding a MoE family is adding a line here, and a tiny config
+and its op counts in the tests."""
 
 from __future__ import annotations
 
@@ -48,5 +51,30 @@ MOE: tuple[MoeExportConfig, ...] = (
     MoeExportConfig(
         "glm4_moe", rotary_dim=partial_rotary, notes="partial rotary; grouped top-k routing with score correction and routed scaling; shared experts"
     ),
-
+    # ---- by building block: the experts interface + attention the dense entries already cover --------------
+    # plain GQA attention, RMSNorm, rotary: routing differs (softmax / sigmoid, grouped top-k, shared experts)
+    *(MoeExportConfig(model_type, notes=notes) for model_type, notes in (
+        ("aria_text", "shared experts; softmax top-k routing"),
+        ("granitemoeshared", "granitemoe with a shared MLP; embedding, attention, residual and logits multipliers"),
+        ("minicpm5_moe", "grouped top-k sigmoid routing with score correction; shared experts; dense layers by mlp_layer_types"),
+        ("solar_open", "grouped top-k sigmoid routing with score correction and routed scaling; shared experts"),
+    )),
+    # ... with per-head q/k RMSNorms
+    *(MoeExportConfig(model_type, qk_norm=True, sliding_window_attr=window, notes=notes) for model_type, window, notes in (
+        ("dots1", "sliding_window", "grouped top-k sigmoid routing; shared experts; first_k_dense_replace dense layers"),
+        ("flex_olmo", None, "olmoe-style softmax routing; full-width q/k norms"),
+        ("hunyuan_v1_moe", None, "softmax top-k routing; shared MLP"),
+        ("hy_v3", None, "sigmoid routing with score correction; shared experts; dense layers by mlp_layer_types"),
+        ("mellum", "sliding_window", "softmax top-k routing; sliding/full layer types"),
+        ("minimax_m2", None, "sigmoid routing with score correction; full-width q/k norms"),
+        ("minimax_m3_vl_text", None, "the text decoder of MiniMax-M3-VL: sigmoid routing with score correction"),
+        # Glm4MoeForCausalLM under other model types, with q/k norms on (use_qk_norm)
+        ("param2moe", None, "glm4_moe's decoder with q/k norms; grouped top-k routing"),
+        ("sarvam_moe", None, "glm4_moe's decoder with q/k norms; grouped top-k routing"),
+    )),
+    # partial rotary on the full-attention layers (rope parameters per layer type); sliding layers full-width
+    MoeExportConfig(
+        "laguna", qk_norm=True, rotary_dim=lambda c: int(c.head_dim * c.rope_parameters["full_attention"]["partial_rotary_factor"]),
+        sliding_window_attr="sliding_window", notes="sigmoid routing; shared expert; per-layer-type rope; dense layers by mlp_layer_types",
+    ),
 )

@@ -21,8 +21,9 @@ from an entry and the model's `PretrainedConfig`, once per export. The schema, f
   export, `key_mapping` renames the checkpoint's weights to the text model's names.
 - `attn_implementation`: transformers' attention code to trace where the default does not export.
 - Tracing: `uses_position_ids` (the graph takes `position_ids`); `scan_chunk(config)`, the chunk
-  length of a recurrent scan, makes the trace sample longer than one chunk (hybrid decoders);
-  `MoeExportConfig` entries are traced with transformers' experts swapped for static-shape ones.
+  length of a recurrent scan, makes the trace sample longer than one chunk (hybrid decoders).
+  Routed experts need no field: every module of transformers' experts interface is traced in a
+  static-shape form (`exporters.tracing.experts`), whichever entry the model has.
 - `unfused`: per standard op, why the family has no (or fewer) such nodes where a reader would
   expect one (ALiBi has no RotaryEmbedding; MLA's absorbed form has no standard op), written into
   the export report beside the expected counts.
@@ -144,8 +145,6 @@ class DecoderExportConfig:
 
     # Whether layer_replication may trace 4 layers and clone the last for the others.
     replicable: ClassVar[bool] = True
-    # Whether transformers' experts modules are swapped for static-shape ones while tracing (MoE).
-    routed_experts: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not callable(self.positions) and self.positions not in POSITIONS:
@@ -226,15 +225,13 @@ class DecoderExportConfig:
 # ---- Mixture-of-Experts decoders -------------------------------------------------------------------
 @dataclass(frozen=True)
 class MoeExportConfig(DecoderExportConfig):
-    """A decoder whose MLPs are (partly) transformers experts modules, traced with
-    `tracing.experts.static_experts`.
+    """A decoder whose MLPs are (partly) transformers experts modules (traced, like any model's,
+    with `tracing.experts.static_experts`).
 
     `fused_attention=False` where no standard op computes the family's attention (gpt-oss's sinks);
     `unfused` then says why."""
 
     fused_attention: bool = True
-
-    routed_experts: ClassVar[bool] = True
 
     def expected_fusions(self, config: Config) -> dict[str, int]:
         expected = super().expected_fusions(config)

@@ -30,6 +30,12 @@ per-expert form, copied per expert while tracing: the experts' memory twice duri
 the optimizer folds that transpose into the initializer.
 
 The validation step then checks the graph against the model with its own experts implementation.
+
+Which modules are experts is read from the interface, not from the family: transformers'
+`use_experts_implementation` decorator gives every experts class it wraps the same instance flags
+(`has_gate`, `has_bias`, `is_transposed`, `is_concatenated`, `has_post_expert_norm`), and every
+such module is traced this way, whatever model holds it (dense MoE decoders, hybrid decoders with
+experts such as Qwen3-Next, Qwen3.5-MoE or Granite 4.0-H, families added to transformers later).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["FORMS", "static_experts", "static_experts_forward"]
+__all__ = ["FORMS", "experts_modules", "static_experts", "static_experts_forward"]
 
 EXPERTS_IMPLEMENTATION = "optimum_onnx23_static"
 # "auto": "experts" up to PER_EXPERT_MAX_EXPERTS experts, else "gather_or_dense" (the If on the row count).
@@ -205,9 +211,19 @@ def static_experts_forward(self, hidden_states, top_k_index, top_k_weights, form
     return out.to(hidden_states.dtype)
 
 
+# The instance attributes transformers' `use_experts_implementation` sets on every experts module.
+_INTERFACE_FLAGS = ("has_gate", "has_bias", "is_transposed", "is_concatenated", "has_post_expert_norm")
+
+
+def experts_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of `model` that dispatch through transformers' experts interface."""
+    return [m for m in model.modules() if all(hasattr(m, flag) for flag in _INTERFACE_FLAGS) and hasattr(m, "down_proj")]
+
+
 @contextlib.contextmanager
 def static_experts(model: torch.nn.Module, form: str | None = None) -> Iterator[None]:
-    """Within the block, `model`'s experts modules run `static_experts_forward`; restored afterwards."""
+    """Within the block, `model`'s experts modules run `static_experts_forward`; restored afterwards.
+    A model without any is traced as it is."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
     chosen = form or DEFAULT_FORM
@@ -217,17 +233,27 @@ def static_experts(model: torch.nn.Module, form: str | None = None) -> Iterator[
     def forward(self, hidden_states, top_k_index, top_k_weights):
         return static_experts_forward(self, hidden_states, top_k_index, top_k_weights, chosen)
 
-    saved = model.get_experts_implementation()
+    found = experts_modules(model)
+    if not found:
+        yield
+        return
+    # The experts forward reads its own module's config (a text sub-config in multimodal models):
+    # set the implementation there, not through the model's `set_experts_implementation`, which
+    # skips classes whose source file does not spell the decorator (modular re-exports).
+    configs = list({id(m.config): m.config for m in found}.values())
+    saved = [config._experts_implementation_internal for config in configs]
     ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION] = forward  # this interface instance only
-    modules = [m for m in model.modules() if hasattr(m, "has_gate") and hasattr(m, "down_proj") and _form_of(m, chosen) == "experts"]
+    modules = [m for m in found if _form_of(m, chosen) == "experts"]
     try:
         for module in modules:
             setattr(module, PER_EXPERT, _split_experts(module))
-        model.set_experts_implementation(EXPERTS_IMPLEMENTATION)
+        for config in configs:
+            config._experts_implementation_internal = EXPERTS_IMPLEMENTATION
         yield
     finally:
         for module in modules:
             _unsplit_experts(module)
             delattr(module, PER_EXPERT)
-        model.set_experts_implementation(saved)
+        for config, implementation in zip(configs, saved):
+            config._experts_implementation_internal = implementation
         del ALL_EXPERTS_FUNCTIONS[EXPERTS_IMPLEMENTATION]

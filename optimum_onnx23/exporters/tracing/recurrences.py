@@ -33,13 +33,17 @@ Guarantees, both functions:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mamba2_chunk_scan", "chunk_gated_delta_rule", "REPLACEMENTS", "exportable"]
+__all__ = [
+    "mamba2_chunk_scan", "chunk_gated_delta_rule", "REPLACEMENTS", "exportable",
+    "mamba2_linear_attention", "gated_delta_linear_attention", "causal_conv1d_with_state", "STANDARD_REPLACEMENTS", "standard_ops",
+]
 
 
 def _segment_sum(x: torch.Tensor) -> torch.Tensor:
@@ -199,11 +203,131 @@ def chunk_gated_delta_rule(
     return out, (final_state if output_final_state else None)
 
 
+def mamba2_linear_attention(
+    hidden_states: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    return_final_states: bool = False,
+    **kwargs,
+):
+    """`mamba2_chunk_scan` as one opset-27 `LinearAttention(update_rule="gated")`.
+
+    The SSD recurrence per head is h_t = exp(dt_t A) h_{t-1} + B_t (dt_t x_t)^T, y_t = C_t^T h_t
+    + D x_t: `gated` with decay g_t = dt_t A (a scalar per head and token, the op's `[B, S, H]`
+    decay), key B_t (d_state), value dt_t x_t (head_dim), query C_t, scale 1. The groups' B and C
+    are repeated to the heads first (the op's grouping shares a state between query heads; here
+    the heads share B and C but each has its own state). The op's state is `[B, H, d_state,
+    head_dim]`, transformers' `[B, H, head_dim, d_state]`: transposed at both ends."""
+    batch, length, heads, head_dim = hidden_states.shape
+    groups, state_size = B.shape[2], B.shape[3]
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    multi_token = torch.ones_like(dt[0, :, 0]).sum() > 1  # see mamba2_chunk_scan
+    dt = torch.where(multi_token, torch.clamp(dt, min=dt_limit[0], max=dt_limit[1]), dt).float()
+    x = hidden_states.float()
+    key = B.float().repeat_interleave(heads // groups, dim=2, output_size=heads).reshape(batch, length, heads * state_size)
+    query = C.float().repeat_interleave(heads // groups, dim=2, output_size=heads).reshape(batch, length, heads * state_size)
+    value = (x * dt[..., None]).reshape(batch, length, heads * head_dim)
+    decay = A.float() * dt
+    if initial_states is None:
+        past = x.new_zeros(batch, heads, state_size, head_dim)
+    else:
+        past = initial_states.float().transpose(-1, -2)
+    out, present = torch.ops.optimum_onnx23.linear_attention(query, key, value, past, decay, None, heads, "gated", 1.0)
+    output = out.reshape(batch, length, heads, head_dim)
+    if D is not None:
+        output = output + D[..., None] * x
+    final_state = present.transpose(-1, -2)
+    return (output, final_state) if return_final_states else output
+
+
+def gated_delta_linear_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    chunk_size: int = 64,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    **kwargs,
+):
+    """`torch_chunk_gated_delta_rule` as one opset-27 `LinearAttention(update_rule="gated_delta")`:
+    the gated delta rule is the op's rule term for term (decay exp(g_t) on the state before the
+    delta update, beta the update rate, output q^T S_t after the update, scale k_dim^-0.5); the
+    q/k L2 norm and transformers' repeat of key heads to value heads stay outside."""
+    initial_dtype = query.dtype
+    batch, length, k_heads, k_dim = key.shape
+    v_heads, v_dim = value.shape[-2:]
+    if k_heads != v_heads:
+        query = query.repeat_interleave(v_heads // k_heads, dim=2)
+        key = key.repeat_interleave(v_heads // k_heads, dim=2)
+    query, key, value, beta, g = (x.to(torch.float32) for x in (query, key, value, beta, g))
+    if use_qk_l2norm_in_kernel:
+        query, key = _l2norm(query), _l2norm(key)
+    past = query.new_zeros(batch, v_heads, k_dim, v_dim) if initial_state is None else initial_state.to(torch.float32)
+    out, present = torch.ops.optimum_onnx23.linear_attention(
+        query.reshape(batch, length, v_heads * k_dim), key.reshape(batch, length, v_heads * k_dim),
+        value.reshape(batch, length, v_heads * v_dim), past, g, beta, v_heads, "gated_delta", k_dim**-0.5,
+    )
+    out = out.reshape(batch, length, v_heads, v_dim).to(initial_dtype)
+    return out, (present if output_final_state else None)
+
+
+def causal_conv1d_with_state(conv1d, hidden_states, cache, layer_idx, activation=None, state_idx=0, **kwargs):
+    """transformers' `causal_conv1d_forward` as one opset-27 `CausalConvWithState`, the layer's
+    conv state its `past_state` / `present_state` (the graph's `past_conv.{i}` / `present_conv.{i}`)."""
+    if activation not in (None, "silu", "swish"):
+        raise NotImplementedError(f"CausalConvWithState fuses SiLU only, not {activation!r}")
+    kernel = conv1d.weight.shape[-1]
+    past = cache.get_conv_state(layer_idx, state_idx=state_idx) if cache is not None else None
+    if past is None:  # no cache I/O (--task text-generation): a zero state is "no past"
+        past = hidden_states.new_zeros(*hidden_states.shape[:2], kernel - 1)
+    out, present = torch.ops.optimum_onnx23.causal_conv_with_state(
+        hidden_states, conv1d.weight, conv1d.bias, past.to(hidden_states.dtype), activation or "none"
+    )
+    if cache is not None:
+        cache.layers[layer_idx].present_conv = present
+    return out
+
+
 # transformers' function name -> its exportable form; looked up in the model's own module.
 REPLACEMENTS = {
     "mamba2_chunk_scan": mamba2_chunk_scan,
     "torch_chunk_gated_delta_rule": chunk_gated_delta_rule,
 }
+
+
+# At opset >= 27 (`standard_ops`): the same functions as the opset-27 ops, one node a layer.
+STANDARD_REPLACEMENTS = {
+    "mamba2_chunk_scan": mamba2_linear_attention,
+    "torch_chunk_gated_delta_rule": gated_delta_linear_attention,
+    "causal_conv1d_forward": causal_conv1d_with_state,
+}
+
+_STANDARD_OPS = contextvars.ContextVar("optimum_onnx23_standard_ops", default=False)
+
+
+@contextlib.contextmanager
+def standard_ops(enabled: bool) -> Iterator[None]:
+    """Within the block, `exportable` swaps in STANDARD_REPLACEMENTS (the trace step sets it for
+    --opset 27 and above)."""
+    token = _STANDARD_OPS.set(enabled)
+    try:
+        yield
+    finally:
+        _STANDARD_OPS.reset(token)
 
 
 @contextlib.contextmanager
@@ -212,8 +336,9 @@ def exportable(model: torch.nn.Module) -> Iterator[list[str]]:
     the names replaced."""
     modules = {sys.modules[type(m).__module__] for m in model.modules() if type(m).__module__ in sys.modules}
     saved = []
+    table = STANDARD_REPLACEMENTS if _STANDARD_OPS.get() else REPLACEMENTS
     for module in modules:
-        for name, replacement in REPLACEMENTS.items():
+        for name, replacement in table.items():
             if hasattr(module, name):
                 saved.append((module, name, getattr(module, name)))
                 setattr(module, name, replacement)

@@ -12,6 +12,7 @@ from .rotary_embedding_bshd import fuse_rotary_embedding_bshd
 from .rotary_embedding_cast import fuse_rotary_embedding_cast
 from .softcap_attention import fuse_softcap_attention
 from .split_halves_rotary_embedding import fuse_split_halves_rotary_embedding
+from .swiglu import SWIGLU_OPSET, fuse_swiglu
 
 __all__ = [
     "fuse_alibi_attention",
@@ -26,4 +27,6 @@ __all__ = [
     "fuse_rotary_embedding_cast",
     "fuse_softcap_attention",
     "fuse_split_halves_rotary_embedding",
+    "fuse_swiglu",
+    "SWIGLU_OPSET",
 ]

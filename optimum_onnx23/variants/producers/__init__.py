@@ -6,7 +6,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from . import backend_context, int4, int8, ort_cpu, ort_cpu_int4, ort_cpu_int8, ort_cpu_moe, portable_opset21
+from . import backend_context, int4, int8, ort_cpu, ort_cpu_functions, ort_cpu_int4, ort_cpu_int8, ort_cpu_moe, portable_opset21
 from .spec import VariantSpec
 
 __all__ = ["BUILTIN", "VariantSpec", "produce"]
@@ -20,6 +20,7 @@ BUILTIN: dict[str, Callable[..., VariantSpec]] = {
     ort_cpu.NAME: ort_cpu.produce,
     backend_context.NAME: backend_context.produce,
     portable_opset21.NAME: portable_opset21.produce,
+    ort_cpu_functions.NAME: ort_cpu_functions.produce,
 }
 
 

@@ -74,14 +74,34 @@ def function_body(node: ir.Node, opset: int) -> ir.Model:
         raise VariantNotApplicableError(f"{node.op_type} has no ONNX function body to expand.")
     function = onnx.FunctionProto()
     function.ParseFromString(raw)
-    for body_node in function.node:
-        if any(a.ref_attr_name for a in body_node.attribute):  # a plain function body: not specialised here
-            raise VariantNotApplicableError(f"{node.op_type}'s body refers to the node's attributes; it cannot be inlined as is.")
+    _bind_attributes(function, node, schema)
     inputs = [onnx.helper.make_value_info(name, t) for name, t, v in zip(function.input, types, node.inputs) if v is not None]
     outputs = [onnx.helper.make_value_info(name, onnx.TypeProto()) for name, v in zip(function.output, node.outputs) if _needed(v)]
     graph = onnx.helper.make_graph(list(function.node), node.op_type, inputs, outputs)
     model = onnx.helper.make_model(graph, opset_imports=list(function.opset_import), ir_version=10)
     return ir.serde.deserialize_model(model)
+
+
+def _bind_attributes(function: onnx.FunctionProto, node: ir.Node, schema) -> None:
+    """A plain function body refers to the node's attributes (`ref_attr_name`, e.g. SwiGLU's and
+    Swish's `alpha`): each reference takes the node's value, else the schema's default; one with
+    neither is left out, as the specification reads an absent attribute."""
+    given = {a.name: a for a in ir.serde.serialize_node(node).attribute}
+    for name, spec in schema.attributes.items():
+        if name not in given and spec.default_value.type != onnx.AttributeProto.UNDEFINED:
+            given[name] = spec.default_value
+    for body_node in function.node:
+        bound = []
+        for attribute in body_node.attribute:
+            if not attribute.ref_attr_name:
+                bound.append(attribute)
+            elif attribute.ref_attr_name in given:
+                value = onnx.AttributeProto()
+                value.CopyFrom(given[attribute.ref_attr_name])
+                value.name = attribute.name
+                bound.append(value)
+        del body_node.attribute[:]
+        body_node.attribute.extend(bound)
 
 
 def _drop_empty_split_outputs(graph: ir.Graph) -> int:

@@ -129,6 +129,9 @@ def block_params(
     return scale, zero
 
 
+_CHUNK_ELEMENTS = 1 << 22  # weights quantized 16 MB of float32 at a time
+
+
 def _padded_blocks(weight_kn: np.ndarray, block_size: int) -> np.ndarray:
     """`[N, k_blocks, block_size]` float32, K zero-padded to whole blocks."""
     k, n = weight_kn.shape
@@ -159,7 +162,15 @@ def quantize_blockwise(
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
-    k = weight_kn.shape[0]
+    k, n = weight_kn.shape
+    if n > (step := max(1, _CHUNK_ELEMENTS // max(k, 1))):
+        # Columns are independent blocks: quantized a slice at a time, the search's float
+        # temporaries (several times the slice) stay bounded whatever the weight's size.
+        parts = [quantize_blockwise(weight_kn[:, i : i + step], bits, block_size, symmetric, search, importance) for i in range(0, n, step)]
+        return QuantizedWeight(
+            np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
+            None if symmetric else np.concatenate([p.zero_points for p in parts]), bits, block_size, k, n,
+        )
     blocks = _padded_blocks(weight_kn, block_size)
     weights = None
     if importance is not None:

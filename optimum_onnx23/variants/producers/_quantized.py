@@ -350,6 +350,27 @@ def _shared_key(model: ir.Model, groups: list[list[Linear]], schemes: list[Schem
     return id(model), weights, tuple(schemes), digest.hexdigest() if calibration else None
 
 
+def _group_weight(group: list[Linear]) -> np.ndarray:
+    """The group's weights side by side as one float32 `[K, sum N]` array (a copy: nothing returned
+    refers to the memory-mapped external data, so the mapping can be released afterwards)."""
+    if len(group) > 1:
+        return np.concatenate([l.weight_kn() for l in group], axis=1)
+    weight = group[0].weight_kn()
+    return weight if weight.base is None else weight.copy()
+
+
+def _release(group: list[Linear]) -> None:
+    """Unmap the group's external weights: their pages leave this process's resident set (they
+    were read once; a later reader maps them again)."""
+    for linear in group:
+        tensor = linear.weight.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            try:
+                tensor.release()
+            except BufferError:  # someone else still holds a view of the mapping: it stays mapped
+                pass
+
+
 def _quantize_groups(
     model: ir.Model, name: str, groups: list[list[Linear]], chosen: list[Scheme], calibration: list[np.ndarray] | None
 ) -> list[QuantizedWeight]:
@@ -359,28 +380,38 @@ def _quantize_groups(
         wanted = [g[0].activation for g, c in zip(groups, chosen) if c.method != "rtn"]
         full = any(c.method == "gptq" for c in chosen)  # searching needs only the diagonal
         hessians = input_hessians(model, wanted, calibration, full) if wanted else {}
-    weights = [np.concatenate([l.weight_kn() for l in g], axis=1) if len(g) > 1 else g[0].weight_kn() for g in groups]
     calibrated = time.perf_counter()
-    quantized = _quantize_all(weights, [hessians.get(g[0].activation.name) for g in groups], chosen)
+    quantized = _quantize_all(groups, [hessians.get(g[0].activation.name) for g in groups], chosen)
     logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
-                len(weights), time.perf_counter() - calibrated)
+                len(groups), time.perf_counter() - calibrated)
     return quantized
 
 
-def _quantize_all(weights: list[np.ndarray], hessians: list[np.ndarray | None], schemes: list[Scheme], batch: int = 8) -> list[QuantizedWeight]:
-    """Each weight with its scheme; GPTQ weights of one shape and scheme go through `quantize_gptq`
-    `batch` at a time (the same projection of several layers)."""
-    out: list[QuantizedWeight | None] = [None] * len(weights)
+def _quantize_all(
+    groups: list[list[Linear]], hessians: list[np.ndarray | None], schemes: list[Scheme], batch: int = 8
+) -> list[QuantizedWeight]:
+    """Each group's weight with its scheme, streamed: one group's float32 weight is read from the
+    (memory-mapped) external data, quantized and released before the next is read, so the float
+    model is never resident as a whole. GPTQ weights of one shape and scheme go through
+    `quantize_gptq` `batch` at a time (the same projection of several layers)."""
+    out: list[QuantizedWeight | None] = [None] * len(groups)
     batches: dict[tuple, list[int]] = {}
-    for i, (weight, hessian, scheme) in enumerate(zip(weights, hessians, schemes)):
+    for i, (group, hessian, scheme) in enumerate(zip(groups, hessians, schemes)):
         if scheme.method == "gptq" and hessian is not None:
-            batches.setdefault((weight.shape, scheme), []).append(i)
-        else:
-            out[i] = scheme.quantize(weight, hessian)
+            shape = (group[0].weight_kn_shape()[0], sum(l.weight_kn_shape()[1] for l in group))
+            batches.setdefault((shape, scheme), []).append(i)
+            continue
+        weight = _group_weight(group)
+        out[i] = scheme.quantize(weight, hessian)
+        del weight
+        _release(group)
     for (_, scheme), members in batches.items():
         for start in range(0, len(members), batch):
             chunk = members[start : start + batch]
-            results = quantize_gptq([weights[i] for i in chunk], [hessians[i] for i in chunk], scheme.bits, scheme.block_size, scheme.symmetric)
+            weights = [_group_weight(groups[i]) for i in chunk]
+            results = quantize_gptq(weights, [hessians[i] for i in chunk], scheme.bits, scheme.block_size, scheme.symmetric)
+            del weights
             for i, qw in zip(chunk, results):
                 out[i] = qw
+                _release(groups[i])
     return out
