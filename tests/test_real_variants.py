@@ -131,13 +131,13 @@ def test_variants_report_what_they_quantized(with_variants):
     assert int4["ops"] == ["ai.onnx::Constant", "ai.onnx::Split", "com.microsoft::MatMulNBits", "com.microsoft::SkipSimplifiedLayerNormalization"]
     assert int4["nodes"] == (30 * 4 + 1) + 30 * 2 * 2 + 60
     # int8: 1 byte + a float32 scale per 32 weights. int4: half a byte + scale + zero point per 32,
-    # with the packed Q/K/V and the MLP down projections in int8 (the lm_head int4).
-    assert 145e6 < int8["owned_bytes"] < 155e6 and 84e6 < int4["owned_bytes"] < 112e6
+    # with the groups the budget required in int8 (about half of them: 116-125 MB measured)
+    assert 145e6 < int8["owned_bytes"] < 155e6 and 84e6 < int4["owned_bytes"] < 135e6
     # int4's bits per group were measured (every group, the lm_head too) and are stated; the bytes follow them
     q = int4["quantization"]
-    assert q["met"] and q["budget"] == 0.10 and 0 < q["perplexity_change"] <= 0.10
+    assert q["met"] and q["budget"] == 0.10 and 0 < q["perplexity_change"] <= q["aim"] == 0.075  # the margin for unseen text
     assert {role: c["int4"] + c["int8"] for role, c in q["groups"].items()} == {"attn_qkv": 30, "attn_o": 30, "mlp_gate_up": 30, "mlp_down": 30, "lm_head": 1}
-    assert len(q["sensitivity_kl"]) == 121 and q["bytes_read_per_token"] == int4["owned_bytes"] + 4 * 576
+    assert len(q["sensitivity"]) == 121 and q["bytes_read_per_token"] == int4["owned_bytes"] + 4 * 576
     # The standard forms: DequantizeLinear + MatMul per linear (group), no contrib op, the same bytes.
     std4, std8 = report["variants"]["int4"], report["variants"]["int8"]
     assert std8["ops"] == ["ai.onnx::DequantizeLinear", "ai.onnx::MatMul"] and std8["nodes"] == 2 * 211

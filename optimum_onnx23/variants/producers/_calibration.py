@@ -21,7 +21,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
-__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "input_hessians", "prefill_feeds", "split_held_out"]
+__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "split_held_out"]
 
 logger = logging.getLogger(__name__)
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "calibration"
@@ -129,3 +129,16 @@ def split_held_out(windows: Sequence[np.ndarray], every: int = 4) -> tuple[list[
     if not held and len(fit) > 1:
         held = [fit.pop()]
     return fit, held
+
+
+def first_tokens(windows: Sequence[np.ndarray], tokens: int) -> list[np.ndarray]:
+    """The first windows holding `tokens` tokens in all (the last one cut): calibration windows
+    come in turn from each kind of text, so a prefix still has every kind."""
+    out: list[np.ndarray] = []
+    left = tokens
+    for window in windows:
+        if left < 2:
+            break
+        out.append(window[:left])
+        left -= len(out[-1])
+    return out

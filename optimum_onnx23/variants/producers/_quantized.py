@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..format import owned_prefix
-from ._calibration import input_hessians
+from ._calibration import first_tokens, input_hessians
 from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
@@ -242,24 +242,23 @@ def _measured_precision(
     from ._precision import choose, quantized_bytes
 
     fit, held_out = split_held_out(calibration)
-    int4 = _quantize_groups(model, name, groups, [scheme] * len(groups), fit)
     wide = Scheme(8, scheme.block_size, symmetric=True)
     int8_cache: dict[int, QuantizedWeight] = {}
 
     def int8(i: int) -> QuantizedWeight:
         if i not in int8_cache:
-            g = groups[i]
-            weight = np.concatenate([l.weight_kn() for l in g], axis=1) if len(g) > 1 else g[0].weight_kn()
-            int8_cache[i] = wide.quantize(weight, None)
+            int8_cache[i] = wide.quantize(_group_weight(groups[i]), None)
+            _release(groups[i])
         return int8_cache[i]
 
     key = _precision_key(groups, scheme, budget, calibration)
     cached = _precision_cache_read(key)
+    int4 = _quantize_groups(model, name, groups, [scheme] * len(groups), fit)
     if cached is not None and len(cached.get("bits_list", ())) == len(groups):
         logger.info("%s: precision measured before for these weights, budget and calibration (cache %s)", name, key[:12])
         quantized = [int8(i) if bits == 8 else qw for i, (bits, qw) in enumerate(zip(cached["bits_list"], int4))]
         return quantized, {k: v for k, v in cached.items() if k != "bits_list"}
-    sensitivity_key = _precision_key(groups, scheme, None, calibration)
+    sensitivity_key = _precision_key(groups, scheme, None, calibration)  # the same for every budget
     known = (_precision_cache_read(sensitivity_key) or {}).get("sensitivity")
     choice = choose(model, groups, int4, int8, fit, held_out, budget, sensitivity=known)
     if known is None:
@@ -275,28 +274,29 @@ def _measured_precision(
     embedding_row = 4 * (lm_head.weight_kn_shape()[0] if lm_head is not None else 0)  # the Gather reads one fp32 row
     if not choice.met:
         logger.warning(
-            "%s: no precision assignment met the quality budget of %+.1f%% perplexity on held-out calibration text: "
-            "with every group in int8 it measured %+.2f%%; the variant is all int8. Raise the budget or use int8.",
-            name, 100 * budget, 100 * choice.perplexity_change,
+            "%s: no precision assignment met the quality budget of %+.1f%% perplexity (held-out calibration text aimed "
+            "at %+.1f%%): with every group in int8 it measured %+.2f%%; the variant is all int8. Raise the budget or use int8.",
+            name, 100 * budget, 100 * choice.aim, 100 * choice.perplexity_change,
         )
     precision = {
         "budget": budget,
         "met": choice.met,
         "perplexity_change": round(choice.perplexity_change, 5),
-        "held_out_tokens": int(sum(len(w) for w in held_out)),
+        "held_out_tokens": choice.held_out_tokens,
         "bytes_read_per_token": int(weights_bytes + embedding_row),
         "groups": by_role,
         "int8_groups": int(sum(b == 8 for b in choice.bits)),
+        "aim": round(choice.aim, 5),
         "candidates": [{"int8_groups": n, "perplexity_change": round(c, 5)} for n, c in choice.measured],
         "bits": {g[0].weight.name + (f"+{len(g) - 1}" if len(g) > 1 else ""): b for g, b in zip(groups, choice.bits)},
-        "sensitivity_kl": {g[0].weight.name: round(k, 6) for g, k in zip(groups, choice.sensitivity)},
+        "sensitivity": {g[0].weight.name: float(f"{k:.4g}") for g, k in zip(groups, choice.sensitivity)},
         "seconds": round(choice.seconds, 1),
     }
     _precision_cache_write(key, {**precision, "bits_list": choice.bits})
     return quantized, precision
 
 
-_PRECISION_FORMAT = 1  # bump when the measurement changes: cached choices of an older one are not reused
+_PRECISION_FORMAT = 8  # bump when the measurement changes: cached choices of an older one are not reused
 
 
 def _precision_key(groups: list[list[Linear]], scheme: Scheme, budget: float | None, calibration: list[np.ndarray]) -> str:
@@ -379,12 +379,17 @@ def _quantize_groups(
     if calibration:
         wanted = [g[0].activation for g, c in zip(groups, chosen) if c.method != "rtn"]
         full = any(c.method == "gptq" for c in chosen)  # searching needs only the diagonal
+        if not full:  # a mean square per input channel: 2k tokens of every kind settle it
+            calibration = first_tokens(calibration, _DIAGONAL_TOKENS)
         hessians = input_hessians(model, wanted, calibration, full) if wanted else {}
     calibrated = time.perf_counter()
     quantized = _quantize_all(groups, [hessians.get(g[0].activation.name) for g in groups], chosen)
     logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
                 len(groups), time.perf_counter() - calibrated)
     return quantized
+
+
+_DIAGONAL_TOKENS = 2048
 
 
 def _quantize_all(
