@@ -78,7 +78,7 @@ class VariantsAttachCommand(BaseOptimumCLICommand):
         parser.add_argument("--variant", action="append", required=True, metavar="NAME",
                             help=f"Built-in variant to attach (repeatable): {', '.join(BUILTIN_NAMES)}.")
         parser.add_argument("--quant-budget", type=float, default=None, metavar="REL",
-                            help="int4's quality budget: perplexity change allowed on held-out calibration text (default 0.10).")
+                            help="int4's quality budget: perplexity change allowed on unseen text (default 0.10; held-out calibration text is held to 0.75 of it).")
         parser.add_argument("--replace", action="store_true",
                             help="Attach again a variant the model already carries (it is stripped first).")
 

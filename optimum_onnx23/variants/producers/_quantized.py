@@ -117,7 +117,7 @@ def is_mlp_down(graph_linears: set[ir.Node], linear: Linear) -> bool:
 
 def is_attention_value(linear: Linear) -> bool:
     """The attention's V projection: its output reaches an attention op's value input (index 2)
-    through layout ops only."""
+    through layout ops only (and the `Concat` with the past cache, as in Gemma-3's graph)."""
     stack, seen = [linear.output], set()
     while stack:
         for use in stack.pop().uses():
@@ -127,7 +127,7 @@ def is_attention_value(linear: Linear) -> bool:
             seen.add(node)
             if node.op_type in ("Attention", "GroupQueryAttention", "MultiHeadAttention") and use.idx == 2:
                 return True
-            if node.op_type in ("Reshape", "Transpose", "Cast", "Identity"):
+            if node.op_type in ("Reshape", "Transpose", "Cast", "Identity", "Concat"):  # Concat: joined to the past V
                 stack.extend(node.outputs)
     return False
 
