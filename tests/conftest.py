@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -182,10 +183,12 @@ def real_gemma3() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_gemma3_variants_dir(shared_tmp, real_gemma3) -> tuple[Path, dict]:
+def real_gemma3_variants_dir(shared_tmp, real_gemma3) -> Iterator[tuple[Path, dict]]:
     """(folder, attach report): Gemma-3-270M exported with default flags and `int8` + `int4`
     attached, once per run for all xdist workers (the export and int4's measured precision are the
     tier's slowest steps: shared by every Gemma test)."""
+    import shutil
+
     from optimum_onnx23.variants import attach_builtin_variants
 
     folder = _export_once(shared_tmp, "gemma3", real_gemma3, ())
@@ -193,7 +196,11 @@ def real_gemma3_variants_dir(shared_tmp, real_gemma3) -> tuple[Path, dict]:
     with FileLock(str(folder) + ".variants.lock"):
         if not report_path.is_file():
             report_path.write_text(json.dumps(attach_builtin_variants(folder, ["int8", "int4"])))
-    return folder, json.loads(report_path.read_text())
+    yield folder, json.loads(report_path.read_text())
+    # 1.7 GB (export + int8 + int4) read by tests/test_real_gemma3.py alone, which --dist loadfile
+    # runs on one worker: removed when that worker's session ends (CI disks are small)
+    shutil.rmtree(folder, ignore_errors=True)
+    report_path.unlink(missing_ok=True)
 
 
 REAL_VARIANTS = ["ort-cpu-int8", "ort-cpu-int4", "portable-opset21"]
