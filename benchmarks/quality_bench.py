@@ -1,8 +1,9 @@
-"""Quality and speed of each backend variant on the real checkpoint, read together: perplexity and
-top-1 agreement with PyTorch on the bundled evaluation texts (prose and code,
-`optimum_onnx23/data/quality/eval`), and greedy decode tok/s.
+"""Quality and speed of each backend variant on a real checkpoint, read together: perplexity and
+top-1 agreement with PyTorch on the evaluation split only (`optimum_onnx23/data/quality/eval`:
+prose, code, chat, multilingual; the calibration split that quantization sees is disjoint from
+it), and greedy decode tok/s.
 
-    .venv/bin/python benchmarks/quality_bench.py [--checkpoint HF_FOLDER] [--work DIR] [--repeats 3]
+    .venv/bin/python benchmarks/quality_bench.py [--checkpoint smollm2|gemma3|HF_FOLDER] [--work DIR] [--repeats 3]
 
 Rows: PyTorch (fp32, the reference), our main graph, every built-in quantized variant (selected by
 name in one file, through `ORTModelForCausalLM.forward` and `generate`), and onnxruntime-genai's
@@ -31,12 +32,11 @@ VARIANTS = ["ort-cpu-int8", "ort-cpu-int4"]
 PROMPT, NEW = 128, 128
 
 
-def real_checkpoint() -> Path:
+def real_checkpoint(name: str = "smollm2") -> Path:
     sys.path.insert(0, str(ROOT / "scripts"))
     import real_checkpoint as script
 
-    folder = script.DEFAULT_CACHE / "hf"
-    return folder if (folder / script.DONE).is_file() else script.prepare()
+    return script.prepare(checkpoint=name)
 
 
 def prepare(checkpoint: Path, work: Path, atol: float) -> tuple[Path, Path | None]:
@@ -167,7 +167,7 @@ def decode_speed(rows: dict, prompt: np.ndarray, repeats: int) -> dict[str, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None, help="HF folder (default: the real SmolLM2-135M-Instruct)")
+    parser.add_argument("--checkpoint", default="smollm2", help="smollm2 (default), gemma3 (the real checkpoints) or an HF folder")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "optimum-onnx23-bench" / "quality")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
@@ -180,7 +180,9 @@ def main() -> None:
 
     from optimum_onnx23.variants.quality import eval_windows, score
 
-    checkpoint = args.checkpoint or real_checkpoint()
+    checkpoint = real_checkpoint(args.checkpoint) if args.checkpoint in ("smollm2", "gemma3") else Path(args.checkpoint)
+    if args.checkpoint != "smollm2":
+        args.work = args.work / Path(args.checkpoint).name
     args.work.mkdir(parents=True, exist_ok=True)
     exported, genai = prepare(checkpoint, args.work, args.atol)
     windows = eval_windows(AutoTokenizer.from_pretrained(checkpoint), args.window)

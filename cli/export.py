@@ -92,6 +92,14 @@ def parse_export_args(parser: ArgumentParser) -> None:
         "ort-cpu-int8 (com.microsoft::MatMulNBits, for onnxruntime < 1.25), ort-cpu-moe, ort-cpu-gqa (gpt-oss: GroupQueryAttention with head sinks), ort-cpu, backend-context, portable-opset21 (opset-21 standard ops, for OpenVINO). "
         "The main graph stays as is; onnxruntime sessions of optimum-onnx23 pick the variant for their provider.",
     )
+    optional.add_argument(
+        "--quant-budget",
+        type=float,
+        default=None,
+        metavar="REL",
+        help="Quality budget of the int4 variants: the perplexity change allowed on unseen text (default 0.10 = +10%%; held-out calibration text is held to 0.75 of it). "
+        "Which linear groups (lm_head included) stay int8 is measured against it; the attach report and model card state the result.",
+    )
 
     optional.add_argument(
         "--verbose",
@@ -114,7 +122,7 @@ def check_cli_arguments(args) -> None:
     check_export_arguments(
         task=args.task or "text-generation-with-past", opset=23 if args.opset is None else args.opset, dtype=args.dtype,
         atol=args.atol, rtol=args.rtol, logits=args.logits, cache=args.cache, max_cache_len=args.max_cache_len,
-        variants=args.variants, attn_implementation=args.attn_implementation,
+        variants=args.variants, attn_implementation=args.attn_implementation, quant_budget=args.quant_budget,
     )
     check_publish_args(args)  # offline checks (repo id, token) before an export is spent
     check_output_folder(args.output, args.overwrite)
@@ -203,6 +211,7 @@ def run_cli(args) -> int:
                 variants=args.variants,
                 attn_implementation=args.attn_implementation,
                 streamed=args.streamed,
+                quant_budget=args.quant_budget,
             )
             exported = True
             publish_from_args(args, args.output)

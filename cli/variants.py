@@ -77,6 +77,8 @@ class VariantsAttachCommand(BaseOptimumCLICommand):
         _add_model(parser)
         parser.add_argument("--variant", action="append", required=True, metavar="NAME",
                             help=f"Built-in variant to attach (repeatable): {', '.join(BUILTIN_NAMES)}.")
+        parser.add_argument("--quant-budget", type=float, default=None, metavar="REL",
+                            help="int4's quality budget: perplexity change allowed on unseen text (default 0.10; held-out calibration text is held to 0.75 of it).")
         parser.add_argument("--replace", action="store_true",
                             help="Attach again a variant the model already carries (it is stripped first).")
 
@@ -96,10 +98,20 @@ class VariantsAttachCommand(BaseOptimumCLICommand):
                 )
             if again:
                 strip_folder(folder / "model.onnx", again)  # truncates its weights off the data file, then attach anew
-            report = attach_builtin_variants(folder, self.args.variant)
+            from optimum_onnx23.arguments import check_quant_budget
+
+            check_quant_budget(self.args.quant_budget)
+            options = {}
+            if self.args.quant_budget is not None:
+                options = {name: {"budget": self.args.quant_budget} for name in ("int4", "ort-cpu-int4")}
+            report = attach_builtin_variants(folder, self.args.variant, options)
             for name, entry in report["variants"].items():
                 print(f"attached {name}: {entry['nodes']} nodes, +{entry['data_bytes_added'] / 1e6:.2f} MB weights, "
                       f"+{entry['graph_bytes_added'] / 1e3:.1f} KB graph, {entry['seconds']:.1f} s")
+                q = entry.get("quantization")
+                if q:
+                    print(f"  {q['int8_groups']} of {len(q['bits'])} groups int8, {q['bytes_read_per_token'] / 1e6:.1f} MB read per token, "
+                          f"held-out perplexity {100 * q['perplexity_change']:+.2f}% (budget {100 * q['budget']:+.1f}%)")
             for name, reason in report["skipped"].items():
                 print(f"skipped {name}: {reason}")
             return 0

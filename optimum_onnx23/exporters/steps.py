@@ -331,8 +331,11 @@ def _record_cache_layout(ctx: ExportContext) -> None:
 def _attach_variants(ctx: ExportContext) -> None:
     from ..variants import attach_builtin_variants
 
+    options = {}
+    if ctx.options.quant_budget is not None:
+        options = {name: {"budget": ctx.options.quant_budget} for name in ("int4", "ort-cpu-int4")}
     earlier = ctx.report.variants  # ort-cpu-functions, attached before validation
-    ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants))
+    ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants), options)
     if earlier:
         ctx.report.variants["variants"] = {**earlier["variants"], **ctx.report.variants["variants"]}
         ctx.report.variants["files_before"] = earlier["files_before"]

@@ -97,6 +97,22 @@ def _js_dtype_line(precisions: list[PrecisionFile]) -> tuple[str, str]:
     return chosen.dtype, f"// dtype: {offered}"
 
 
+def _quantization_lines(report: dict[str, Any]) -> list[str]:
+    """What the int4 variants' measured precision chose (export report), one line each."""
+    lines = []
+    for name, entry in ((report.get("variants") or {}).get("variants") or {}).items():
+        q = entry.get("quantization") if isinstance(entry, dict) else None
+        if not q:
+            continue
+        groups = ", ".join(f"{role}: " + " + ".join(f"{n} int{b}" for b, n in ((4, c["int4"]), (8, c["int8"])) if n) for role, c in q["groups"].items())
+        verdict = "within" if q["met"] else "**over**"
+        lines += ["", f"`{name}`: bits per tensor group chosen by measured sensitivity ({groups}); "
+                  f"{q['bytes_read_per_token'] / 1e6:.1f} MB of weights read per token; perplexity change on "
+                  f"{q['held_out_tokens']} held-out calibration tokens {100 * q['perplexity_change']:+.2f}%, "
+                  f"{verdict} the budget of {100 * q['budget']:+.1f}%."]
+    return lines
+
+
 def _usage_section(inputs: CardInputs) -> str:
     repo_id, prompt = inputs.repo_id, "Hello, my name is"
     dtype, dtype_comment = _js_dtype_line(inputs.precisions)
@@ -260,6 +276,7 @@ def build_model_card(inputs: CardInputs) -> ModelCard:
     files += [f"| `{path}` | {precision_of.get(path, '-')} | {_size(size)} |" for path, size in sorted(inputs.files.items())]
     if inputs.variants:
         files += ["", "Attached variants: " + ", ".join(f"`{v}`" for v in inputs.variants) + "."]
+    files += _quantization_lines(inputs.report)
     body = "\n\n".join(
         [
             f"# {inputs.repo_id.split('/')[-1]} (ONNX)",

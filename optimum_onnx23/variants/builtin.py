@@ -98,5 +98,6 @@ def _attach_one(model, onnx_path: Path, data_path: Path, name: str, make, report
         "nodes": len(list(model.functions[(VARIANT_DOMAIN, function_id(name), "")])),
         "ops": info.ops,
         "seconds": round(time.perf_counter() - start, 3),
+        **spec.report,
     }
     logger.info("Attached variant %s (%d owned bytes) in %.1f s", name, info.owned_bytes, time.perf_counter() - start)

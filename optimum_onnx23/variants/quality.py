@@ -1,9 +1,13 @@
 """How much a variant changes a model's predictions on real text: perplexity, and top-1 agreement
 with a reference (PyTorch on the same weights), on a fixed evaluation set.
 
-The evaluation texts ship with the package (`data/quality/eval/`: original English prose, a
-public-domain chapter, and Python code from this repository, ~6,600 SmolLM2 tokens); the texts
-that calibrated variants are quantized with (`data/quality/calibration/`) are different ones.
+The evaluation texts ship with the package (`data/quality/eval/`, ~10,500 SmolLM2 tokens: original
+English prose, a public-domain chapter, Python code from this repository, original JavaScript,
+chat turns, and prose in French, German, Spanish, Italian, Portuguese, Russian, Chinese and
+Japanese). The texts that calibrated variants are quantized with (`data/quality/calibration/`,
+~6,200 tokens of the same four kinds: prose, code (Python, shell, SQL, C), chat, multilingual) are
+disjoint from them: other topics, other programs, no shared passage (tests/test_quality_texts.py).
+Every file's name starts with its kind (`KINDS`).
 Each text is cut into windows of `window` tokens, each scored as one prompt (every position
 predicts the next token). `benchmarks/quality_bench.py` prints the table for every variant; the
 real-checkpoint tests assert the documented limits on a subset.
@@ -22,9 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EVAL_DIR", "Score", "eval_windows", "score", "torch_logits", "onnx_logits"]
+__all__ = ["EVAL_DIR", "KINDS", "Score", "kind_of", "eval_windows", "score", "torch_logits", "onnx_logits"]
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "data" / "quality" / "eval"
+KINDS = ("prose", "code", "chat", "multilingual")  # each split has every kind; a file's name starts with its kind
+
+
+def kind_of(path: Path) -> str:
+    """The kind of a quality text file, from its name (`code_javascript.txt` -> `code`)."""
+    kind = path.stem.split("_")[0]
+    if kind not in KINDS:
+        raise ValueError(f"{path.name}: a quality text's name must start with one of {', '.join(KINDS)}")
+    return kind
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # token ids [S] -> float logits [S, vocab]
 
@@ -50,18 +63,22 @@ def eval_windows(tokenizer, window: int = 512, files: Sequence[str] | None = Non
     return windows
 
 
-def score(windows: Sequence[np.ndarray], logits: LogitsFn, reference: Sequence[np.ndarray] | None = None) -> Score:
+def score(windows: Sequence[np.ndarray], logits: LogitsFn, reference: Sequence[np.ndarray] | None = None, rows: int = 64) -> Score:
     """Perplexity of `logits` on `windows` (exp of the mean next-token negative log-likelihood),
     and with `reference` (another score's `top1_ids`) the share of positions whose argmax agrees."""
     nll, count, agree = 0.0, 0, 0
     top1 = []
     for i, ids in enumerate(windows):
-        out = np.asarray(logits(ids), np.float64)[:-1]
-        peak = out.max(-1)
-        log_z = np.log(np.exp(out - peak[:, None]).sum(-1)) + peak
-        nll += float((log_z - out[np.arange(len(out)), ids[1:]]).sum())
-        count += len(out)
-        best = out.argmax(-1)
+        raw = logits(ids)
+        best = np.empty(len(ids) - 1, np.int64)
+        for start in range(0, len(ids) - 1, rows):  # float64 in slices: a 262k vocabulary's window is ~1 GB at once
+            out = np.asarray(raw[start : min(start + rows, len(ids) - 1)], np.float64)
+            peak = out.max(-1)
+            log_z = np.log(np.exp(out - peak[:, None]).sum(-1)) + peak
+            nll += float((log_z - out[np.arange(len(out)), ids[start + 1 : start + 1 + len(out)]]).sum())
+            best[start : start + len(out)] = out.argmax(-1)
+        del raw
+        count += len(best)
         top1.append(best)
         if reference is not None:
             agree += int((best == reference[i]).sum())

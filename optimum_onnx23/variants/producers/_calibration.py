@@ -21,15 +21,17 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
-__all__ = ["CALIBRATION_DIR", "calibration_windows", "input_hessians"]
+__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "split_held_out"]
 
 logger = logging.getLogger(__name__)
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "calibration"
 
 
-def calibration_windows(folder: str | Path, window: int = 512) -> list[np.ndarray]:
+def calibration_windows(folder: str | Path, window: int = 256) -> list[np.ndarray]:
     """The bundled calibration texts, tokenized with `folder`'s tokenizer, cut in windows of at
-    most `window` tokens and never more positions than the model has (`config.json`)."""
+    most `window` tokens and never more positions than the model has (`config.json`), taken in
+    turn from each file (the first window of every file, then the second, ...), so that every
+    4th window (`split_held_out`) holds out some of every kind of text."""
     import json
 
     from transformers import AutoTokenizer
@@ -38,14 +40,35 @@ def calibration_windows(folder: str | Path, window: int = 512) -> list[np.ndarra
     limits = [config.get(key) for key in ("max_position_embeddings", "n_positions")]
     window = min([window, *(int(v) for v in limits if isinstance(v, int) and v > 1)])
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    windows = []
+    per_file = []
     for path in sorted(CALIBRATION_DIR.glob("*.txt")):
         ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
-        windows += [np.array(ids[i : i + window], np.int64) for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1]
-    return windows
+        per_file.append([np.array(ids[i : i + window], np.int64) for i in range(0, len(ids), window) if len(ids[i : i + window]) > 1])
+    return [w[turn] for turn in range(max(map(len, per_file), default=0)) for w in per_file if turn < len(w)]
 
 
-def _external_folder(model: ir.Model) -> Path | None:
+def prefill_feeds(inputs: dict, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds for one prefill of `ids` (`[rows, S]`, equal lengths) from an empty past, for a
+    session whose inputs are `inputs` (name -> NodeArg): K/V of length 0, or for static-cache exports
+    the whole (zero) buffer written from slot 0 with the mask covering the tokens (ids cut to its
+    capacity); hybrids' fixed-size states are zero too."""
+    static = WRITE_INDICES in inputs
+    pasts = {name: info for name, info in inputs.items() if name.startswith("past_")}
+    capacity = next((info.shape[2] for name, info in pasts.items() if name.startswith("past_key_values")), None) if static else None
+    ids = ids[:, :capacity] if static else ids
+    rows, length = ids.shape
+    mask = np.zeros((rows, capacity if static else length), np.int64)
+    mask[:, :length] = 1
+    feeds = {"input_ids": ids, "attention_mask": mask, WRITE_INDICES: np.zeros(rows, np.int64)}
+    if "position_ids" in inputs:
+        feeds["position_ids"] = np.broadcast_to(np.arange(length, dtype=np.int64), (rows, length)).copy()
+    for name, info in pasts.items():
+        shape = [rows] + [d if isinstance(d, int) else 0 for d in info.shape[1:]]
+        feeds[name] = np.zeros(shape, np.float16 if info.type == "tensor(float16)" else np.float32)
+    return feeds
+
+
+def external_folder(model: ir.Model) -> Path | None:
     for value in model.graph.initializers.values():
         if isinstance(value.const_value, ir.ExternalTensor):
             return Path(value.const_value.base_dir)
@@ -78,33 +101,44 @@ def input_hessians(
     RemoveUnusedNodesPass()(probe)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    folder = _external_folder(model)
+    folder = external_folder(model)
     if folder is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
     proto = ir.serde.serialize_model(probe).SerializeToString()
     session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
-    # An empty past: K/V of length 0, or for static-cache exports the whole (zero) buffer written
-    # from slot 0 with the mask covering it; hybrids' fixed-size states are zero too.
-    static = WRITE_INDICES in inputs
-    pasts = {name: info for name, info in inputs.items() if name.startswith("past_")}
-    capacity = next((info.shape[2] for name, info in pasts.items() if name.startswith("past_key_values")), None) if static else None
     sums: dict[str, np.ndarray] = {}
     rows = 0
     for ids in windows:
-        ids = ids[None, :capacity] if static else ids[None]
-        length = ids.shape[1]
-        mask = np.zeros((1, capacity if static else length), np.int64)
-        mask[:, :length] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, WRITE_INDICES: np.zeros(1, np.int64)}
-        if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(length, dtype=np.int64)[None]
-        for name, info in pasts.items():
-            shape = [1] + [d if isinstance(d, int) else 0 for d in info.shape[1:]]
-            feeds[name] = np.zeros(shape, np.float16 if info.type == "tensor(float16)" else np.float32)
+        feeds = prefill_feeds(inputs, ids[None])
+        length = min(ids.shape[0], feeds["input_ids"].shape[1])
         outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
         for name, x in zip(names, outputs):
             x = x.reshape(-1, x.shape[-1]).astype(np.float32)
             sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
         rows += length
     return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
+
+
+def split_held_out(windows: Sequence[np.ndarray], every: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(fit, held out): every `every`-th calibration window is held out (never used for statistics
+    or sensitivities, only to measure a candidate's perplexity change); at least one of each when
+    there are two windows or more."""
+    held = [w for i, w in enumerate(windows) if i % every == every - 1]
+    fit = [w for i, w in enumerate(windows) if i % every != every - 1]
+    if not held and len(fit) > 1:
+        held = [fit.pop()]
+    return fit, held
+
+
+def first_tokens(windows: Sequence[np.ndarray], tokens: int) -> list[np.ndarray]:
+    """The first windows holding `tokens` tokens in all (the last one cut): calibration windows
+    come in turn from each kind of text, so a prefix still has every kind."""
+    out: list[np.ndarray] = []
+    left = tokens
+    for window in windows:
+        if left < 2:
+            break
+        out.append(window[:left])
+        left -= len(out[-1])
+    return out

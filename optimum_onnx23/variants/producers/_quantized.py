@@ -20,14 +20,14 @@ import numpy as np
 import onnx_ir as ir
 
 from ..format import owned_prefix
-from ._calibration import input_hessians
+from ._calibration import first_tokens, input_hessians
 from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
 from ._qdq import dequantize_matmul
 from .ort_cpu import ort_cpu_region
 
-__all__ = ["Scheme", "FORMS", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
+__all__ = ["Scheme", "FORMS", "group_role", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def is_mlp_down(graph_linears: set[ir.Node], linear: Linear) -> bool:
 
 def is_attention_value(linear: Linear) -> bool:
     """The attention's V projection: its output reaches an attention op's value input (index 2)
-    through layout ops only."""
+    through layout ops only (and the `Concat` with the past cache, as in Gemma-3's graph)."""
     stack, seen = [linear.output], set()
     while stack:
         for use in stack.pop().uses():
@@ -127,7 +127,7 @@ def is_attention_value(linear: Linear) -> bool:
             seen.add(node)
             if node.op_type in ("Attention", "GroupQueryAttention", "MultiHeadAttention") and use.idx == 2:
                 return True
-            if node.op_type in ("Reshape", "Transpose", "Cast", "Identity"):
+            if node.op_type in ("Reshape", "Transpose", "Cast", "Identity", "Concat"):  # Concat: joined to the past V
                 stack.extend(node.outputs)
     return False
 
@@ -145,13 +145,20 @@ def quantized_region(
     fusions: bool = True,
     calibration: list[np.ndarray] | None = None,
     form: str = "nbits",
-) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict[str, int]]:
+    budget: float | None = None,
+) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict]:
     """(body, owned weights, counts): each linear (group) as one `MatMulNBits` (`form="nbits"`) or
     one `DequantizeLinear` + `MatMul` (`form="qdq"`; `accuracy_level` unused: the session sets it)
     with `scheme`, the lm_head with `lm_head_scheme` and the MLP output projections with
     `mlp_down_scheme` (None: `scheme`); `fusions` merges the `ort-cpu` rewrites in. With
     `calibration` (token windows), the main graph is run on them first and the schemes that search
-    or use GPTQ weigh errors by the statistics of each layer's input."""
+    or use GPTQ weigh errors by the statistics of each layer's input.
+
+    With `budget` (and `calibration`), the fixed lists above are not used: every group, the
+    lm_head included, starts in `scheme` and the groups whose measured effect on the output is
+    largest per extra byte go to symmetric int8 until the perplexity change measured on held-out
+    calibration windows is within `budget` (`_precision.choose`); `counts["precision"]` says what
+    was chosen and measured."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     linears = find_linears(model.graph, include_lm_head)
@@ -172,15 +179,25 @@ def quantized_region(
             counts["attn_v"] += 1
         else:
             chosen.append(scheme)
+    measured = budget is not None and bool(calibration)
+    if measured:
+        chosen = [scheme] * len(groups)
+        counts.update(lm_head=0, mlp_down=0, attn_v=0)
     shared = _SHARED.get()
-    key = _shared_key(model, groups, chosen, calibration)
+    key = (*_shared_key(model, groups, chosen, calibration), budget if measured else None)
     if shared is not None and key in shared:
-        quantized = shared[key][1]
+        quantized, precision = shared[key][1]
         logger.info("%s: the same quantized weights as an earlier variant of this model", name)
     else:
-        quantized = _quantize_groups(model, name, groups, chosen, calibration)
+        precision = None
+        if measured:
+            quantized, precision = _measured_precision(model, name, groups, scheme, calibration, budget, lm_head)
+        else:
+            quantized = _quantize_groups(model, name, groups, chosen, calibration)
         if shared is not None:  # the key's objects are held so their ids stay unique
-            shared[key] = ((model, [l.weight.const_value for g in groups for l in g]), quantized)
+            shared[key] = ((model, [l.weight.const_value for g in groups for l in g]), (quantized, precision))
+    if precision is not None:
+        counts["precision"] = precision
     prefix = owned_prefix(name)
     inputs: dict[str, ir.Value] = {}
     owned: dict[str, ir.TensorProtocol] = {}
@@ -203,6 +220,126 @@ def quantized_region(
     if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
         body = merge_bodies(body, ort_cpu_region(model, name)[0])
     return body, owned, counts
+
+
+def group_role(group: list[Linear], lm_head: Linear | None, linear_nodes: set[ir.Node]) -> str:
+    """What a group is in a decoder layer, found structurally: `lm_head`, `attn_qkv` (the group
+    feeding attention's value input), `mlp_down`, `mlp_gate_up` (another packed group), `attn_o`."""
+    if group[0] is lm_head:
+        return "lm_head"
+    if any(is_attention_value(linear) for linear in group):
+        return "attn_qkv" if len(group) > 1 else "attn_v"
+    if len(group) == 1 and is_mlp_down(linear_nodes, group[0]):
+        return "mlp_down"
+    return "mlp_gate_up" if len(group) > 1 else "attn_o"
+
+
+def _measured_precision(
+    model: ir.Model, name: str, groups: list[list[Linear]], scheme: Scheme, calibration: list[np.ndarray], budget: float,
+    lm_head: Linear | None,
+) -> tuple[list[QuantizedWeight], dict]:
+    from ._calibration import split_held_out
+    from ._precision import choose, quantized_bytes
+
+    fit, held_out = split_held_out(calibration)
+    wide = Scheme(8, scheme.block_size, symmetric=True)
+    int8_cache: dict[int, QuantizedWeight] = {}
+
+    def int8(i: int) -> QuantizedWeight:
+        if i not in int8_cache:
+            int8_cache[i] = wide.quantize(_group_weight(groups[i]), None)
+            _release(groups[i])
+        return int8_cache[i]
+
+    key = _precision_key(groups, scheme, budget, calibration)
+    cached = _precision_cache_read(key)
+    int4 = _quantize_groups(model, name, groups, [scheme] * len(groups), fit)
+    if cached is not None and len(cached.get("bits_list", ())) == len(groups):
+        logger.info("%s: precision measured before for these weights, budget and calibration (cache %s)", name, key[:12])
+        quantized = [int8(i) if bits == 8 else qw for i, (bits, qw) in enumerate(zip(cached["bits_list"], int4))]
+        return quantized, {k: v for k, v in cached.items() if k != "bits_list"}
+    sensitivity_key = _precision_key(groups, scheme, None, calibration)  # the same for every budget
+    known = (_precision_cache_read(sensitivity_key) or {}).get("sensitivity")
+    choice = choose(model, groups, int4, int8, fit, held_out, budget, sensitivity=known)
+    if known is None:
+        _precision_cache_write(sensitivity_key, {"sensitivity": choice.sensitivity})
+    quantized = [int8(i) if bits == 8 else qw for i, (bits, qw) in enumerate(zip(choice.bits, int4))]
+    nodes = {l.node for g in groups for l in g}
+    roles = [group_role(g, lm_head, nodes) for g in groups]
+    by_role: dict[str, dict[str, int]] = {}
+    for role, bits in zip(roles, choice.bits):
+        entry = by_role.setdefault(role, {"int4": 0, "int8": 0})
+        entry[f"int{bits}"] += 1
+    weights_bytes = sum(quantized_bytes(q) for q in quantized)
+    embedding_row = 4 * (lm_head.weight_kn_shape()[0] if lm_head is not None else 0)  # the Gather reads one fp32 row
+    if not choice.met:
+        logger.warning(
+            "%s: no precision assignment met the quality budget of %+.1f%% perplexity (held-out calibration text aimed "
+            "at %+.1f%%): with every group in int8 it measured %+.2f%%; the variant is all int8. Raise the budget or use int8.",
+            name, 100 * budget, 100 * choice.aim, 100 * choice.perplexity_change,
+        )
+    precision = {
+        "budget": budget,
+        "met": choice.met,
+        "perplexity_change": round(choice.perplexity_change, 5),
+        "held_out_tokens": choice.held_out_tokens,
+        "bytes_read_per_token": int(weights_bytes + embedding_row),
+        "groups": by_role,
+        "int8_groups": int(sum(b == 8 for b in choice.bits)),
+        "aim": round(choice.aim, 5),
+        "candidates": [{"int8_groups": n, "perplexity_change": round(c, 5)} for n, c in choice.measured],
+        "bits": {g[0].weight.name + (f"+{len(g) - 1}" if len(g) > 1 else ""): b for g, b in zip(groups, choice.bits)},
+        "sensitivity": {g[0].weight.name: float(f"{k:.4g}") for g, k in zip(groups, choice.sensitivity)},
+        "seconds": round(choice.seconds, 1),
+    }
+    _precision_cache_write(key, {**precision, "bits_list": choice.bits})
+    return quantized, precision
+
+
+_PRECISION_FORMAT = 8  # bump when the measurement changes: cached choices of an older one are not reused
+
+
+def _precision_key(groups: list[list[Linear]], scheme: Scheme, budget: float | None, calibration: list[np.ndarray]) -> str:
+    """Content key of a precision choice: every group's weight bytes, the scheme, the budget and
+    the calibration tokens (what the measurement depends on)."""
+    digest = hashlib.sha256(f"{_PRECISION_FORMAT}|{scheme}|{budget!r}".encode())
+    for group in groups:
+        for linear in group:
+            digest.update(linear.weight.name.encode() + b"|" + np.ascontiguousarray(linear.weight.const_value.numpy()).tobytes())
+    for window in calibration:
+        digest.update(np.ascontiguousarray(window, np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
+def _precision_path(key: str):
+    from ..runtime import cache_dir
+
+    return cache_dir().parent / "precision" / f"{key}.json"
+
+
+def _precision_cache_read(key: str) -> dict | None:
+    import json
+
+    try:
+        return json.loads(_precision_path(key).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _precision_cache_write(key: str, entry: dict) -> None:
+    """Measured once per weights, budget and calibration: the standard and contrib int4 forms, or
+    a second attach of the same export, reuse it. A cache that cannot be written is skipped."""
+    import json
+    import os
+
+    path = _precision_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, path)
+    except OSError as error:
+        logger.info("precision cache not written (%s)", error)
 
 
 def _shared_key(model: ir.Model, groups: list[list[Linear]], schemes: list[Scheme], calibration) -> tuple:
@@ -242,12 +379,17 @@ def _quantize_groups(
     if calibration:
         wanted = [g[0].activation for g, c in zip(groups, chosen) if c.method != "rtn"]
         full = any(c.method == "gptq" for c in chosen)  # searching needs only the diagonal
+        if not full:  # a mean square per input channel: 2k tokens of every kind settle it
+            calibration = first_tokens(calibration, _DIAGONAL_TOKENS)
         hessians = input_hessians(model, wanted, calibration, full) if wanted else {}
     calibrated = time.perf_counter()
     quantized = _quantize_all(groups, [hessians.get(g[0].activation.name) for g in groups], chosen)
     logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
                 len(groups), time.perf_counter() - calibrated)
     return quantized
+
+
+_DIAGONAL_TOKENS = 2048
 
 
 def _quantize_all(

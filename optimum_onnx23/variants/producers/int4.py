@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .ort_cpu_int4 import int4_region
+from .ort_cpu_int4 import DEFAULT_BUDGET, int4_region
 from .spec import VariantSpec
 
 __all__ = ["NAME", "PROVIDERS", "produce", "standard_opset"]
@@ -35,12 +35,13 @@ def produce(
     include_lm_head: bool = True,
     pack: bool = True,
     calibration: list | None = None,
+    budget: float | None = DEFAULT_BUDGET,
 ) -> VariantSpec:
     """The options of `ort_cpu_int4.produce` (same defaults, same meaning) less the onnxruntime
     ones: `accuracy_level` is a session option here, and the `ort-cpu` rewrites are contrib ops."""
     body, owned, counts, described = int4_region(
         model, NAME, "qdq", block_size, 4, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
-        include_lm_head, False, pack, calibration,
+        include_lm_head, False, pack, calibration, budget,
     )
     return VariantSpec(
         name=NAME,
@@ -49,6 +50,7 @@ def produce(
         opset_imports={"": standard_opset(model)},
         owned=owned,
         priority=35,
+        report={"quantization": counts["precision"]} if "precision" in counts else {},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} DequantizeLinear + MatMul, {described}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
         "(benchmarks/quality_bench.py, docs/variants.md)",

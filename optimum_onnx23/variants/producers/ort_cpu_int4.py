@@ -22,9 +22,10 @@ import onnx_ir as ir
 from ._quantized import Scheme, quantized_region
 from .spec import VariantSpec
 
-__all__ = ["NAME", "produce", "int4_region"]
+__all__ = ["NAME", "DEFAULT_BUDGET", "produce", "int4_region"]
 
 NAME = "ort-cpu-int4"
+DEFAULT_BUDGET = 0.10  # relative perplexity change on held-out calibration text (`--quant-budget`)
 logger = logging.getLogger(__name__)
 
 
@@ -41,8 +42,12 @@ def produce(
     fusions: bool = True,
     pack: bool = True,
     calibration: list | None = None,
+    budget: float | None = DEFAULT_BUDGET,
 ) -> VariantSpec:
-    """`method`: "search" (default: scales searched per block, weighted by the layer input's mean
+    """`budget` (default 0.10): the perplexity change allowed on held-out calibration text; which
+    groups stay int8 is measured (`_precision`), the lm_head included, and `lm_head_bits`,
+    `attn_v_bits`, `mlp_down_bits` are not used. `budget=None` (or no calibration): the fixed list
+    those three options give. `method`: "search" (default: scales searched per block, weighted by the layer input's mean
     square with `calibration`), "rtn" (round to nearest) or "gptq" (needs `calibration`; measured
     worse than "search" with the bundled 2.3k calibration tokens). `lm_head_bits`, `attn_v_bits`
     and `mlp_down_bits` (4 or 8) set those layers' width; int8 blocks are symmetric (llama.cpp's
@@ -53,7 +58,7 @@ def produce(
     instead of 211 on SmolLM2); a packed QKV takes `attn_v_bits` as a whole."""
     body, owned, counts, described = int4_region(
         model, NAME, "nbits", block_size, accuracy_level, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
-        include_lm_head, fusions, pack, calibration,
+        include_lm_head, fusions, pack, calibration, budget,
     )
     return VariantSpec.ort_cpu(
         model,
@@ -61,6 +66,7 @@ def produce(
         body=body,
         owned=owned,
         priority=30,
+        report={"quantization": counts["precision"]} if "precision" in counts else {},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "
         f"{described}, accuracy_level {accuracy_level}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
@@ -71,8 +77,8 @@ def produce(
 def int4_region(
     model: ir.Model, name: str, form: str, block_size: int, accuracy_level: int, symmetric: bool, method: str,
     lm_head_bits: int, mlp_down_bits: int, attn_v_bits: int, include_lm_head: bool, fusions: bool, pack: bool,
-    calibration: list | None,
-) -> tuple[ir.Graph, dict, dict[str, int], str]:
+    calibration: list | None, budget: float | None = None,
+) -> tuple[ir.Graph, dict, dict, str]:
     """(body, owned, counts, what was quantized how) of the int4 scheme above in `form` ("nbits"
     or "qdq"); the standard-op `int4` variant shares it."""
     from ...errors import InvalidArgumentError
@@ -82,14 +88,28 @@ def int4_region(
     if method == "gptq" and not calibration:
         logger.warning("%s: GPTQ needs calibration token windows; none given, so scales are searched per block instead.", name)
         method = "search"
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < 10):
+        raise InvalidArgumentError(f"{name}: the quality budget must be a relative perplexity change in (0, 10), e.g. 0.10; got {budget!r}.")
+    if budget is not None and not calibration:
+        logger.warning("%s: no calibration text, so precision cannot be measured against the budget; the fixed list "
+                       "(Q/K/V and MLP down projections int8) is used.", name)
     scheme = Scheme(4, block_size, symmetric, method)
     wide = {8: Scheme(8, block_size, symmetric=True), 4: None}
     if {lm_head_bits, mlp_down_bits, attn_v_bits} - set(wide):
         raise InvalidArgumentError(f"{name}: lm_head_bits, mlp_down_bits and attn_v_bits must be 4 or 8.")
     body, owned, counts = quantized_region(
         model, name, scheme, accuracy_level, wide[lm_head_bits], wide[mlp_down_bits], wide[attn_v_bits],
-        include_lm_head, pack, fusions, calibration, form=form,
+        include_lm_head, pack, fusions, calibration, form=form, budget=budget,
     )
+    precision = counts.get("precision")
+    if precision is not None:
+        groups = ", ".join(f"{role} " + "/".join(f"{n} int{b}" for b, n in ((4, c["int4"]), (8, c["int8"])) if n)
+                           for role, c in precision["groups"].items())
+        described = (f"{scheme.describe(True)}; int8 (symmetric) where measured sensitivity required: {groups}; "
+                     f"{precision['bytes_read_per_token'] / 1e6:.1f} MB of weights read per token; held-out perplexity "
+                     f"{100 * precision['perplexity_change']:+.2f}% (budget {100 * precision['budget']:+.1f}%"
+                     f"{'' if precision['met'] else ', NOT met'})")
+        return body, owned, counts, described
     extra = "".join(
         f"; {label} {wide[bits].describe()}" for label, bits, key in (
             ("lm_head", lm_head_bits, "lm_head"), ("MLP down projections", mlp_down_bits, "mlp_down"),

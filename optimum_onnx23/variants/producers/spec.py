@@ -20,6 +20,7 @@ class VariantSpec:
     priority: int = 0
     description: str = ""
     tolerance: str = ""
+    report: dict = field(default_factory=dict)  # what the producer chose and measured (attach report, export report)
 
     @classmethod
     def ort_cpu(cls, model: ir.Model, **fields) -> "VariantSpec":
