@@ -21,7 +21,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
-__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "split_held_out"]
+__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
 
 logger = logging.getLogger(__name__)
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "calibration"
@@ -68,6 +68,23 @@ def prefill_feeds(inputs: dict, ids: np.ndarray) -> dict[str, np.ndarray]:
     return feeds
 
 
+def probe_session(probe: ir.Model, source: ir.Model):
+    """An onnxruntime CPU session over `probe` (an edited clone of `source`), its unused nodes
+    pruned; the weights still in `source`'s external data are read from its folder."""
+    import onnxruntime as ort
+
+    from ...model_file import EXTERNAL_FOLDER_KEY
+
+    RemoveUnusedNodesPass()(probe)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    folder = external_folder(source)
+    if folder is not None:
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
+    proto = ir.serde.serialize_model(probe).SerializeToString()
+    return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+
+
 def external_folder(model: ir.Model) -> Path | None:
     for value in model.graph.initializers.values():
         if isinstance(value.const_value, ir.ExternalTensor):
@@ -81,9 +98,7 @@ def input_hessians(
     """`{activation name: X^T X / rows}` (float32 `[K, K]`) over the tokens of `windows`, each run
     as one batch-1 prefill of the main graph; with `full=False` only its diagonal (`[K]`, the mean
     square per input channel)."""
-    import onnxruntime as ort
 
-    from ...model_file import EXTERNAL_FOLDER_KEY
 
     probe = model.clone()
     for key in [k for k in probe.functions if k[0].startswith(VARIANT_DOMAIN)]:
@@ -98,14 +113,7 @@ def input_hessians(
     kept = [v for v in probe.graph.outputs if v.name != "logits" and v.name not in names]
     probe.graph.outputs.clear()
     probe.graph.outputs.extend([*kept, *(values[name] for name in names)])
-    RemoveUnusedNodesPass()(probe)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    folder = external_folder(model)
-    if folder is not None:
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
-    proto = ir.serde.serialize_model(probe).SerializeToString()
-    session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+    session = probe_session(probe, model)
     inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
     sums: dict[str, np.ndarray] = {}
     rows = 0

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from ..format import VARIANT_DOMAIN
-from ._calibration import external_folder, first_tokens, prefill_feeds
+from ._calibration import first_tokens, prefill_feeds, probe_session
 from ._linear import Linear
 from ._nbits import QuantizedWeight, dequantize, unpack_codes
 
@@ -66,9 +65,7 @@ class Probe:
     """The fp32 main graph in onnxruntime with each group's weights as graph inputs."""
 
     def __init__(self, model: ir.Model, groups: list[list[Linear]]):
-        import onnxruntime as ort
 
-        from ...model_file import EXTERNAL_FOLDER_KEY
 
         probe = model.clone()
         for key in [k for k in probe.functions if k[0].startswith(VARIANT_DOMAIN)]:
@@ -93,14 +90,8 @@ class Probe:
                 reader.replace_input_with(index, value)
                 slots.append((name, linear.transposed))
             self.slots.append(slots)
-        RemoveUnusedNodesPass()(probe)  # the replaced weights' initializers (the presents stay: Attention must produce them)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        folder = external_folder(model)
-        if folder is not None:
-            options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
-        proto = ir.serde.serialize_model(probe).SerializeToString()
-        self.session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+        # pruned: the replaced weights' initializers (the presents stay: Attention must produce them)
+        self.session = probe_session(probe, model)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
 
     def weights(self, group: int, qw: QuantizedWeight) -> dict[str, np.ndarray]:
