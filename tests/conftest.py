@@ -203,7 +203,8 @@ def real_gemma3_variants_dir(shared_tmp, real_gemma3) -> Iterator[tuple[Path, di
 
     from optimum_onnx23.variants import attach_builtin_variants
 
-    folder = _export_once(shared_tmp, "gemma3", real_gemma3, ())
+    # labelled apart from the tiny gemma3 family's export (exported_dir("gemma3")): same flags, same key
+    folder = _export_once(shared_tmp, "real-gemma3", real_gemma3, ())
     report_path = Path(str(folder) + ".variants.json")
     with FileLock(str(folder) + ".variants.lock"):
         if not report_path.is_file():

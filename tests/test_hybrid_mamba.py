@@ -74,7 +74,7 @@ def test_layouts_from_default_configs():
 
     gdn, mamba = {"conv", "recurrent", "key", "value"}, {"conv", "ssm"}
     expected = {  # transformers' defaults: LFM2 all attention, Granite 4 / Bamba all Mamba-2
-        "lfm2": {"key", "value"}, "qwen3_5_text": gdn, "qwen3_5_moe_text": gdn, "qwen3_5_moe": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
+        "lfm2": {"key", "value"}, "qwen3_5": gdn, "qwen3_5_text": gdn, "qwen3_5_moe_text": gdn, "qwen3_5_moe": gdn, "qwen3_next": gdn, "granitemoehybrid": mamba, "bamba": mamba,
         "falcon_h1": mamba | {"key", "value"}, "nemotron_h": mamba | {"key", "value"}, "mamba2": mamba,
     }
     assert set(HYBRID_MODEL_TYPES) == set(expected)

@@ -44,8 +44,10 @@ MAX_RELATIVE = {"ort-cpu-int4": 0.6, "ort-cpu-int8": 0.1, "ort-cpu": 1e-5, "back
 MAX_STEPS = {"ort-cpu-int4": 3.75 + 1e-3, "ort-cpu-int8": 0.5 + 1e-3}
 MAX_SHARE_BEYOND_HALF_STEP = {"ort-cpu-int4": 0.10, "ort-cpu-int8": 0.0}
 # Variant vs the main graph on its dequantized weights, relative to the largest value: what is left
-# is the kernels' activation quantization (accuracy_level 4: int8 blocks of the activations).
-MAX_ACTIVATION_ERROR = {"ort-cpu-int4": 0.05, "ort-cpu-int8": 0.08}
+# is the kernels' activation quantization (accuracy_level 4: int8 blocks of the activations), the
+# same for both weight widths: measured on the logits, phi3 / qwen3 / gemma2 0.014-0.024 for both,
+# minicpm3 0.051 (int4) and 0.046 (int8). A wrong weight layout gives errors of order 1.
+MAX_ACTIVATION_ERROR = {"ort-cpu-int4": 0.08, "ort-cpu-int8": 0.08}
 IDS = np.array([[1, 17, 43, 99, 250, 7, 8, 12, 5, 77, 300, 41, 9, 10, 11, 12]], np.int64)
 
 

@@ -136,10 +136,13 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def _nll(probe: Probe, windows: Sequence[np.ndarray], overrides: dict[str, np.ndarray] | None) -> float:
     total, count = 0.0, 0
     for ids in windows:
-        logp = _log_softmax(probe.logits(ids[None], overrides)[0, :-1])
-        total += float(-logp[np.arange(len(ids) - 1), ids[1:]].sum())
-        count += len(ids) - 1
-        del logp
+        logits = probe.logits(ids[None], overrides)[0]
+        # a static cache shorter than the window: prefill_feeds ran its first positions only
+        n = min(len(ids), logits.shape[0])
+        logp = _log_softmax(logits[: n - 1])
+        total += float(-logp[np.arange(n - 1), ids[1:n]].sum())
+        count += n - 1
+        del logits, logp
     return total / count
 
 
