@@ -33,9 +33,12 @@ QUANTIZED_OP = {"ort-cpu-int4": "MatMulNBits", "ort-cpu-int8": "MatMulNBits"}
 # The tiny test models scale their weights by 4 (so greedy choices are not ties), which makes
 # quantization error larger than on real checkpoints: against the fp32 main graph these bounds
 # are loose (real-checkpoint quality is judged by perplexity and token agreement elsewhere).
-# int4 on MiniCPM3 (two chained low-rank linears for q and for kv) measured 0.54: its weights pass
-# check_quantized_variant, so the end-to-end bound is what chaining costs on these flat logits.
+# int4 on MiniCPM3 (two chained low-rank linears for q and for kv) measured 0.54 with the first
+# calibration texts and 0.735 with the broader ones of issue 25 (the calibrated scale search moves
+# with its statistics): its weights pass check_quantized_variant (rounding steps, activation error),
+# so its end-to-end bound is what chaining costs on these flat logits; the other families stay at 0.6.
 MAX_RELATIVE = {"ort-cpu-int4": 0.6, "ort-cpu-int8": 0.1, "ort-cpu": 1e-5, "backend-context": 0.0}
+MAX_RELATIVE_FAMILY = {("minicpm3", "ort-cpu-int4"): 0.85}
 # |dequantized - main weight| in rounding steps. int8 (absmax / 127) rounds to nearest: half a step.
 # int4 searches each block's scale in [0.80, 1.10] of its range and may clip the block's extremes:
 # at most (1 / 0.80 - 1) * 15 = 3.75 steps, while every element it does not clip is rounded to
@@ -125,7 +128,8 @@ def test_builtin_variants_on_architecture(exported_dir, tmp_path, model_type):
         if name in QUANTIZED_OP:  # judged by its weights first; then the loose end-to-end bound
             check_quantized_variant(folder, selected, name)
         relative = _relative(got[0], main[0])
-        assert relative <= MAX_RELATIVE[name], f"{model_type} {name}: relative logits error {relative:.3g}"
+        bound = MAX_RELATIVE_FAMILY.get((model_type, name), MAX_RELATIVE[name])
+        assert relative <= bound, f"{model_type} {name}: relative logits error {relative:.3g}"
         if name not in QUANTIZED_OP:  # fp32 rewrites: the KV outputs are the main graph's too
             for want, have in zip(main[1:], got[1:]):
                 assert _relative(have, want) <= max(MAX_RELATIVE[name], 1e-6)
