@@ -64,6 +64,14 @@ def parse_export_args(parser: ArgumentParser) -> None:
         help="Big models on small machines: read the weights of a local safetensors folder tensor by tensor instead of loading the "
         "model (peak memory about one copy of the exported weights, for validation; the PyTorch reference runs layer by layer).",
     )
+    optional.add_argument(
+        "--weight-format",
+        choices=["fp32", "int8", "int4"],
+        default="fp32",
+        help="The main graph's linear weights: fp32 (default, as --dtype), or int4 / int8 blocks (DequantizeLinear + MatMul, "
+        "round-to-nearest, block 32; lm_head int8) quantized tensor by tensor as the weights are written; with --streamed "
+        "the fp32 weights are never written nor held (big models on small machines).",
+    )
     optional.add_argument("--trust-remote-code", action="store_true", help="Allow custom model code from the Hub. Only use with repositories you trust.")
     optional.add_argument("--revision", type=str, default=None, help="Revision of the model repository (branch, tag or commit).")
     optional.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", type=str, default=None, help="Path indicating where to store cache.")
@@ -211,6 +219,7 @@ def run_cli(args) -> int:
                 variants=args.variants,
                 attn_implementation=args.attn_implementation,
                 streamed=args.streamed,
+                weight_format=args.weight_format,
                 quant_budget=args.quant_budget,
             )
             exported = True

@@ -55,6 +55,15 @@ def _check_options(options: ExportOptions) -> None:
         attn_implementation=options.attn_implementation,
     )
     _check_device(options.device)
+    from .passes.weight_format import WEIGHT_FORMATS
+
+    if options.weight_format not in WEIGHT_FORMATS:
+        raise InvalidArgumentError(f"Unknown weight format `{options.weight_format}`; pass --weight-format with one of: {', '.join(WEIGHT_FORMATS)}.")
+    if options.weight_format != "fp32" and (options.dtype != "fp32" or options.opset < 21):
+        raise InvalidArgumentError(
+            f"--weight-format {options.weight_format} quantizes fp32 graphs of opset 21 or newer (blocked DequantizeLinear); "
+            "drop --dtype / pass --opset 23."
+        )
 
 
 def export(
@@ -79,6 +88,7 @@ def export(
     gguf_file: str | None = None,
     attn_implementation: str | None = None,
     streamed: bool = False,
+    weight_format: str = "fp32",
     quant_budget: float | None = None,
 ) -> ExportReport:
     """Export a transformers decoder LLM to an ONNX folder with the dynamo exporter.
@@ -115,6 +125,11 @@ def export(
             layers' weights go from the local safetensors files to `model.onnx_data` one tensor at
             a time, and the PyTorch reference of the validation runs one layer's weights at a time.
             Needs a local safetensors folder and a decoder of identical layers; CPU only.
+        weight_format: `fp32` (default: the `dtype` weights), `int4` or `int8`: the main graph's
+            linear weights as blocked `DequantizeLinear` + `MatMul` (the `int4` variant's form and
+            RTN quantizer; the lm_head int8), quantized tensor by tensor as `model.onnx_data` is
+            written (with `streamed`, the fp32 form is never held). Validated against PyTorch on
+            the same dequantized weights (`exporters.passes.weight_format`). Needs dtype fp32.
 
     Returns:
         The `ExportReport`, also written as `export_report.json` in `output`.
@@ -126,6 +141,7 @@ def export(
         cache=cache, max_cache_len=max_cache_len, logits=logits, variants=tuple(variants), gguf_file=gguf_file,
         attn_implementation=attn_implementation,
         streamed=streamed,
+        weight_format=weight_format,
         quant_budget=quant_budget,
     )
     _check_options(options)

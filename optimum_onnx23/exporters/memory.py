@@ -55,6 +55,10 @@ def free_pytorch_weights(model: torch.nn.Module) -> None:
 # validation (1x) plus 0.6 GB of interpreter, torch and onnxscript state.
 _BASE = 600 << 20
 _IN_MEMORY = 1.6
+# --weight-format int4: bytes per linear weight element on disk and in onnxruntime (uint4 code, plus
+# a float32 scale and a uint4 zero point per block of 32); the rest (embeddings, norms, a tied or
+# int8 lm_head) is counted as fp32, an upper bound.
+_INT4_BYTES = 0.5 + 4 / 32 + 0.5 / 32
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,17 @@ class MemoryEstimate:
     weights: int  # bytes of the exported weights (in the export dtype)
     in_memory: int  # the model loaded whole
     streamed: int  # --streamed: the traced layers (and their transposed copy), or onnxruntime's copy
+    streamed_int4: int = 0  # --streamed --weight-format int4 (fp32 trace): the same traced tensors, or onnxruntime's int4 copy
 
     @classmethod
     def of(cls, numel: int, layer_numel: int, num_layers: int, itemsize: int, traced: int) -> "MemoryEstimate":
         weights = numel * itemsize
         outside = (numel - layer_numel) * itemsize
         traced_bytes = layer_numel * itemsize * min(traced, num_layers) // max(num_layers, 1)
-        return cls(weights, int(_IN_MEMORY * weights) + _BASE, max(outside + 2 * traced_bytes, weights) + _BASE)
+        fp32_outside = (numel - layer_numel) * 4
+        fp32_traced = layer_numel * 4 * min(traced, num_layers) // max(num_layers, 1)
+        int4 = max(fp32_outside + 2 * fp32_traced, int(layer_numel * _INT4_BYTES) + fp32_outside) + _BASE
+        return cls(weights, int(_IN_MEMORY * weights) + _BASE, max(outside + 2 * traced_bytes, weights) + _BASE, int4)
 
 
 def available_bytes() -> int | None:

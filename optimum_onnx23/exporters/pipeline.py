@@ -50,6 +50,7 @@ class ExportOptions:
     gguf_file: str | None = None
     attn_implementation: str | None = None
     streamed: bool = False
+    weight_format: str = "fp32"  # --weight-format: int4 / int8 main-graph linears (passes.weight_format)
 
     @property
     def with_past(self) -> bool:

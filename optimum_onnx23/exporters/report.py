@@ -52,6 +52,8 @@ class ExportReport:
     validation_allowed: dict[str, dict[str, float]] = field(default_factory=dict)
     validation_top1: dict[str, dict[str, int]] = field(default_factory=dict)
     variants: dict = field(default_factory=dict)  # attach_builtin_variants' report
+    # --weight-format int4|int8: the quantized linears (counts per bit width, bytes); {} for float weights
+    weight_format: dict = field(default_factory=dict)
     atol: float = 0.0
     rtol: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds

@@ -23,10 +23,11 @@ from ..errors import InvalidArgumentError, UnsupportedArchitectureError
 from .families import HybridExportConfig
 from .families.cache_layout import CACHE_LAYOUT_KEY
 from .memory import MemoryEstimate, available_bytes, free_pytorch_weights
-from .passes import layer_replication
+from .passes import layer_replication, weight_format
 from .passes.inplace_states import inplace_safe_states
 from .passes.optimize import optimize
 from .passes.static_cache import lower_kv_writes, record_variant
+from .passes.weight_format import fake_quantized
 from .pipeline import ExportContext, ExportOptions, ExportStep
 from .tokenizer import save_tokenizer
 from .tracing import streamed
@@ -72,22 +73,29 @@ def _check_memory(options: ExportOptions) -> None:
 
     streamable = len(layers) > layer_replication.TRACED_LAYERS
 
-    def need(dtype: str, streamed: bool) -> int:
+    def need(dtype: str, streamed: bool, weight_format: str = "fp32") -> int:
+        if weight_format != "fp32" and streamed:
+            return estimate("fp32").streamed_int4  # int8: int4's bound holds (the traced fp32 tensors dominate)
         return estimate(dtype).streamed if streamed else estimate(dtype).in_memory
 
-    wanted = need(options.dtype, options.streamed)
+    wanted = need(options.dtype, options.streamed, options.weight_format)
     available = available_bytes()
     gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
     logger.info(
-        "  peak memory estimate: %s (%s of %s weights)%s", gb(wanted), gb(estimate(options.dtype).weights), options.dtype,
+        "  peak memory estimate: %s (%s of %s weights%s)%s", gb(wanted), gb(estimate(options.dtype).weights), options.dtype,
+        f", linears {options.weight_format}" if options.weight_format != "fp32" else "",
         f", {gb(available)} available" if available is not None else "",
     )
     if available is None or wanted <= available:
         return
-    options_to_try = [("--streamed", options.dtype, True)] if streamable and not options.streamed else []
-    if options.dtype == "fp32":
-        options_to_try.append(("--streamed --dtype fp16" if streamable else "--dtype fp16", "fp16", streamable))
-    fix = next((f"pass {flag} (about {gb(need(dtype, streamed))})" for flag, dtype, streamed in options_to_try if need(dtype, streamed) <= available), None)
+    options_to_try = []
+    if streamable and not options.streamed:
+        options_to_try.append(("--streamed", options.dtype, True, options.weight_format))
+    if streamable and options.dtype == "fp32" and options.weight_format != "int4":
+        options_to_try.append(("--streamed --weight-format int4", "fp32", True, "int4"))
+    if options.dtype == "fp32" and options.weight_format == "fp32":
+        options_to_try.append(("--streamed --dtype fp16" if streamable else "--dtype fp16", "fp16", streamable, "fp32"))
+    fix = next((f"pass {flag} (about {gb(need(*rest))})" for flag, *rest in options_to_try if need(*rest) <= available), None)
     raise InvalidArgumentError(
         f"Exporting `{options.model}` needs about {gb(wanted)} of memory and {gb(available)} is available; "
         + (fix or "free memory or export on a machine with more")
@@ -216,6 +224,41 @@ def _lower_static_cache(ctx: ExportContext) -> None:
     ctx.report.op_histogram = dict(sorted(fusions.count_ops(ctx.onnx_model).items()))
 
 
+def _quantize_weights(ctx: ExportContext) -> None:
+    """`--weight-format int4|int8`: the linears become DequantizeLinear + MatMul whose tensors are
+    quantized when the graph is saved (passes.weight_format)."""
+    done = weight_format.apply(ctx.onnx_model, weight_format.BITS[ctx.options.weight_format], getattr(ctx.config, "vocab_size", None))
+    ctx.report.weight_format = {
+        "format": ctx.options.weight_format, "block_size": weight_format.BLOCK_SIZE, "method": "rtn",
+        "linears": {f"int{b}": n for b, n in sorted(done.counts.items(), reverse=True)},
+        "quantized_bytes": done.nbytes, "fp32_bytes": done.float_nbytes,
+    }
+    ctx.report.op_histogram = dict(sorted(fusions.count_ops(ctx.onnx_model).items()))
+    logger.info("  %s", done.describe())
+
+
+def _fake_quantize_reference(ctx: ExportContext) -> None:
+    """The PyTorch reference on the weights the graph dequantizes: every `nn.Linear` weight (those
+    of the decoder layers, already materialized or read layer by layer with --streamed, and the
+    lm_head, untied from the embedding it may share) replaced by its fake-quantized float32 form."""
+    bits = weight_format.BITS[ctx.options.weight_format]
+    head = ctx.model.get_output_embeddings()
+    graph_counts = ctx.report.weight_format["linears"]
+    linears = [(name, m) for name, m in ctx.model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    if sum(graph_counts.values()) != len(linears) + (head is not None):
+        _warn(ctx, f"--weight-format: the graph has {sum(graph_counts.values())} quantized linears and the PyTorch model "
+              f"{len(linears) + (head is not None)} nn.Linear: the validation's reference may not be the graph's weights.")
+    names = {f"{name}.weight" for name, _ in linears}
+    if ctx.weights is not None:
+        ctx.weights.transform = lambda name, tensor: fake_quantized(tensor, bits) if name in names else tensor
+    with torch.no_grad():
+        for _, module in linears:
+            if module.weight.device.type != "meta":
+                module.weight = torch.nn.Parameter(fake_quantized(module.weight, bits).to(module.weight.dtype), requires_grad=False)
+        if head is not None:
+            head.weight = torch.nn.Parameter(fake_quantized(head.weight, weight_format.LM_HEAD_BITS).to(head.weight.dtype), requires_grad=False)
+
+
 def _save(ctx: ExportContext) -> None:
     """The graph with external weights, config.json and generation_config.json."""
     options, model = ctx.options, ctx.onnx_model
@@ -266,6 +309,10 @@ def _validation_session(ctx: ExportContext):
     # Pre-packing copies MatMul weights into MLAS' layout; three validation runs do not need it
     # (measured: -90 MB peak on the SmolLM-shaped model).
     options.add_session_config_entry("session.disable_prepacking", "1")
+    if ctx.options.weight_format != "fp32":
+        # DequantizeLinear + MatMul fuse into MatMulNBits: accuracy level 0 computes in float32 on the
+        # dequantized weights (the reference's); sessions for generation use level 4 (int8 activations).
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if ctx.signature.static:
         options.log_severity_level = 3  # no IO binding here: TensorScatter's copy warning is expected
     try:
@@ -293,6 +340,8 @@ def _validate(ctx: ExportContext) -> None:
     """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
     peak memory is the larger of the two, not their sum."""
     options, report = ctx.options, ctx.report
+    if options.weight_format != "fp32":
+        _fake_quantize_reference(ctx)
     with contextlib.ExitStack() as stack:
         if ctx.weights is not None:  # --streamed: one decoder layer's weights resident at a time
             stack.enter_context(ctx.weights.layer_by_layer(layer_replication.decoder_layers(ctx.wrapper, ctx.signature.num_layers)))
@@ -359,6 +408,10 @@ STEPS: list[ExportStep] = [
     ExportStep(
         "cache_layout", _record_cache_layout, lambda ctx: "Recording the cache layout (attention, conv, state layers)",
         applies=_records_cache_layout,
+    ),
+    ExportStep(
+        "weight_format", _quantize_weights, lambda ctx: f"Quantizing the linear weights to {ctx.options.weight_format} as they are saved",
+        applies=lambda ctx: ctx.options.weight_format != "fp32",
     ),
     ExportStep("save", _save, lambda ctx: "Saving ONNX with external data"),
     ExportStep(

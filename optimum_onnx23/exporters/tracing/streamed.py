@@ -111,6 +111,8 @@ class StreamedWeights:
 
     def __init__(self, index: CheckpointIndex, model: torch.nn.Module, dtype: torch.dtype, prefix: str = "model."):
         self.index, self.model, self.dtype, self.prefix = index, model, dtype, prefix
+        # (parameter name, tensor as read) -> the tensor to use; --weight-format's validation sets the fake quantization
+        self.transform: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, tensor: tensor
         groups: dict[int, list[str]] = {}
         for name, param in model.named_parameters(remove_duplicate=False):
             groups.setdefault(id(param), []).append(name)
@@ -126,7 +128,10 @@ class StreamedWeights:
 
     def materialize(self, module: torch.nn.Module, skip: tuple[torch.nn.Module, ...] = ()) -> None:
         """Read `module`'s parameters (those still on meta, outside the `skip` modules) from the checkpoint."""
-        make = lambda name, param: torch.nn.Parameter(self.index.read(self.aliases[name], self.dtype), requires_grad=False)  # noqa: E731
+        def make(name: str, param: torch.nn.Parameter) -> torch.nn.Parameter:
+            tensor = self.transform(name, self.index.read(self.aliases[name], self.dtype))
+            return torch.nn.Parameter(tensor.to(self.dtype), requires_grad=False)
+
         self._set(module, make, skip=skip)
 
     def release(self, module: torch.nn.Module) -> None:
