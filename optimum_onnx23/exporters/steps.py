@@ -248,9 +248,8 @@ def _fake_quantize_reference(ctx: ExportContext) -> None:
     if sum(graph_counts.values()) != len(linears) + (head is not None):
         _warn(ctx, f"--weight-format: the graph has {sum(graph_counts.values())} quantized linears and the PyTorch model "
               f"{len(linears) + (head is not None)} nn.Linear: the validation's reference may not be the graph's weights.")
-    names = {f"{name}.weight" for name, _ in linears}
-    if ctx.weights is not None:
-        ctx.weights.transform = lambda name, tensor: fake_quantized(tensor, bits) if name in names else tensor
+    if ctx.weights is not None:  # read again per validation shape: quantized once, dequantized each time
+        ctx.weights.transform = weight_format.FakeQuantizer({f"{name}.weight": bits for name, _ in linears})
     with torch.no_grad():
         for _, module in linears:
             if module.weight.device.type != "meta":

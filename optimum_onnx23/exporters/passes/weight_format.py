@@ -29,7 +29,7 @@ import torch
 from ...errors import InvalidArgumentError
 from ...variants.producers import blockwise
 
-__all__ = ["BLOCK_SIZE", "LM_HEAD_BITS", "WEIGHT_FORMATS", "QuantizedLinears", "apply", "fake_quantized"]
+__all__ = ["BLOCK_SIZE", "LM_HEAD_BITS", "WEIGHT_FORMATS", "FakeQuantizer", "QuantizedLinears", "apply", "fake_quantized"]
 
 WEIGHT_FORMATS = ("fp32", "int8", "int4")  # optimum-intel's --weight-format names; fp32: the export dtype's weights
 BITS = {"int8": 8, "int4": 4}
@@ -54,6 +54,26 @@ def fake_quantized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """The torch linear weight `[out, in]` as the graph computes it after `apply` (float32)."""
     qw = blockwise.quantize(weight.detach().to(torch.float32).numpy().T, bits, BLOCK_SIZE)
     return torch.from_numpy(np.ascontiguousarray(blockwise.dequantize(qw).T))
+
+
+class FakeQuantizer:
+    """`(parameter name, tensor) -> tensor` for a layer-by-layer PyTorch reference: the weights
+    named in `bits` come back fake-quantized. Each one's quantized form is kept (about 0.64 bytes
+    per weight in int4), so a layer read again (once per validation shape, once per generated
+    token) is only dequantized: at 8 B, quantizing costs ~20 s a layer, dequantizing ~1 s."""
+
+    def __init__(self, bits: dict[str, int]):
+        self.bits = bits
+        self.kept: dict[str, blockwise.QuantizedWeight] = {}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        bits = self.bits.get(name)
+        if bits is None:
+            return tensor
+        qw = self.kept.get(name)
+        if qw is None:
+            qw = self.kept[name] = blockwise.quantize(tensor.detach().to(torch.float32).numpy().T, bits, BLOCK_SIZE)
+        return torch.from_numpy(np.ascontiguousarray(blockwise.dequantize(qw).T))
 
 
 class _Shared:
