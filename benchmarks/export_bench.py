@@ -162,8 +162,8 @@ def main():
     parser.add_argument("--skip-baseline", action="store_true", help="no bare torch.onnx.export row (big shapes)")
     parser.add_argument("--attach", nargs="*", default=[], help="variants to attach to our export, one child each")
     parser.add_argument(
-        "--streamed", choices=["no", "yes", "both"], default="no",
-        help="our export in memory (no), with --streamed (yes), or both (attach then runs on the streamed one)",
+        "--streamed", choices=["no", "yes", "both", "skip"], default="no",
+        help="our export in memory (no), with --streamed (yes), or both (attach then runs on the streamed one); skip: no fp32 export",
     )
     parser.add_argument("--checkpoint", type=Path, help="an existing bf16 safetensors folder instead of --shape's random one")
     parser.add_argument("--int4", action="store_true", help="also our straight-to-int4 export (--streamed --weight-format int4)")
@@ -184,7 +184,7 @@ def main():
             source = tmp / "model"
             weight_bytes = make_model(source, shape, args.dtype)
         rows = []
-        ours = {"no": ("optimum-onnx23",), "yes": ("optimum-onnx23 --streamed",), "both": ("optimum-onnx23", "optimum-onnx23 --streamed")}
+        ours = {"no": ("optimum-onnx23",), "yes": ("optimum-onnx23 --streamed",), "both": ("optimum-onnx23", "optimum-onnx23 --streamed"), "skip": ()}
         kinds = (() if args.skip_baseline else ("torch.onnx.export",)) + ours[args.streamed]
         for kind in kinds:
             out = tmp / f"out-{kind.replace(' ', '')}"
@@ -223,7 +223,7 @@ def main():
             if output.exists() and not label.startswith("llama.cpp convert"):
                 shutil.rmtree(output) if output.is_dir() else output.unlink()
 
-    base = rows[0]
+    base = rows[0] if rows else ("-", 1.0, 1.0, 0, 0)
     print(f"\n{args.shape}-shaped Llama ({args.dtype} checkpoint), {shape['num_hidden_layers']} layers, fp32 weights "
           f"{weight_bytes / 1e6:.0f} MB, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}")
     print(f"{'step':<38}{'wall s':>9}{'in-proc s':>11}{'peak RSS MB':>13}{'RSS/weights':>13}{'folder MB':>11}{'time vs base':>14}")
