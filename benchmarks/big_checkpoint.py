@@ -96,6 +96,7 @@ def write_checkpoint(folder: Path, shape: dict, dtype: torch.dtype = torch.bfloa
         index = {"metadata": {"total_size": sum(torch.Size(d).numel() * item for _, d in tensors)}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config.dtype = dtype
+    config.architectures = ["LlamaForCausalLM"]
     config.bos_token_id, config.eos_token_id = 1, 2  # SmolLM2's tokenizer
     config.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
