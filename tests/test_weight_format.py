@@ -161,3 +161,9 @@ def test_an_8b_checkpoint_that_fits_only_as_int4_is_refused_naming_the_flag(tmp_
             export(tmp_path / "llama8b", tmp_path / "out", streamed=streamed)
         needed = float(str(refused.value).split("needs about ")[1].split(" GB")[0])
         assert "\n" not in str(refused.value) and needed > 32  # fp32: 32 GB of weights
+
+
+def test_quantizing_variants_on_a_quantized_main_graph_are_refused(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="already quantized, so variant ort-cpu-int4 has no float weights") as refused:
+        export(tmp_path / "missing", tmp_path / "out", weight_format="int4", variants=["ort-cpu-int4"])
+    assert "\n" not in str(refused.value)

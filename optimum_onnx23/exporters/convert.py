@@ -64,6 +64,12 @@ def _check_options(options: ExportOptions) -> None:
             f"--weight-format {options.weight_format} quantizes fp32 graphs of opset 21 or newer (blocked DequantizeLinear); "
             "drop --dtype / pass --opset 23."
         )
+    quantizing = [v for v in options.variants if v in ("int4", "int8", "ort-cpu-int4", "ort-cpu-int8")]
+    if options.weight_format != "fp32" and quantizing:
+        raise InvalidArgumentError(
+            f"--weight-format {options.weight_format}: the main graph's linears are already quantized, so variant {quantizing[0]} "
+            "has no float weights to quantize; drop one of the two."
+        )
 
 
 def export(
