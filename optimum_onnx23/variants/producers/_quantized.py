@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from ...errors import VariantNotApplicableError
 from ..format import owned_prefix
 from ._calibration import first_tokens, input_hessians
 from ._linear import Linear, find_linears, group_linears, name_group_outputs
@@ -26,11 +27,14 @@ from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
 from ._qdq import dequantize_matmul
 from .ort_cpu import ort_cpu_region
+from .ort_cpu_functions import ops_without_kernel
 
 __all__ = ["Scheme", "FORMS", "group_role", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
 
 logger = logging.getLogger(__name__)
 
+# The export flag that put an op without an onnxruntime kernel in the graph (else: its opset).
+_EXPORT_FLAG = {"FlexAttention": "--attn-implementation flex_attention"}
 FORMS = ("nbits", "qdq")  # com.microsoft::MatMulNBits, or DequantizeLinear + MatMul
 _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("shared_quantization", default=None)
 
@@ -161,6 +165,14 @@ def quantized_region(
     was chosen and measured."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    # A quantized variant is the main graph with its linears replaced: ops onnxruntime cannot run
+    # (FlexAttention of a flex_attention export) stay, so neither calibration nor the variant could run.
+    missing = ops_without_kernel(model.graph, model.opset_imports.get("", 23))
+    if missing:
+        raise VariantNotApplicableError(
+            f"{name}: onnxruntime has no kernel for {', '.join(missing)} of the main graph, so the quantized graph could not be "
+            f"calibrated or run; to quantize, export without {_EXPORT_FLAG.get(missing[0], '--opset ' + str(model.opset_imports.get('', 23)))}."
+        )
     linears = find_linears(model.graph, include_lm_head)
     lm_head = lm_head_of(model.graph, linears) if include_lm_head else None
     groups = group_linears([l for l in linears if l is not lm_head], pack) + ([[lm_head]] if lm_head else [])
