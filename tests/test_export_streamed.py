@@ -150,3 +150,14 @@ def test_an_export_that_will_not_fit_is_refused_naming_the_flag_that_fits(tmp_pa
             export(source, tmp_path / "out")
         assert "\n" not in str(refused.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_streamed_flex_attention_export_validates_against_the_layer_by_layer_reference(tmp_path):
+    # Both options reach the load step: flex attention is traced in the 4 layers, cloned into the
+    # others, and the export's own validation (which raises past its tolerance) runs the flex
+    # graph's ort-cpu-functions form against the layer-by-layer PyTorch reference.
+    source = _bf16_checkpoint(tmp_path / "model", num_layers=6)
+    report = export(source, tmp_path / "flex", streamed=True, attn_implementation="flex_attention")
+    graph = onnx.load(tmp_path / "flex" / "model.onnx", load_external_data=False).graph
+    assert collections.Counter(n.op_type for n in graph.node)["FlexAttention"] == 6
+    assert len(report.validation) == 3 and 0 < report.max_abs_diff < 1e-4
