@@ -85,7 +85,7 @@ def test_bounded_int4_attach_skips_the_search_with_a_warning(exported_dir, tmp_p
     info = report["variants"]["ort-cpu-int4"]
     assert "quantization" not in info  # no precision measured
     assert "int8" in info["ops"] or info["owned_bytes"] > 0
-    assert any("precision search (which runs the whole fp32 model) is skipped: the fixed list is used" in r.getMessage() for r in caplog.records)
+    assert any("more than half of the available memory, so it is skipped: the fixed list is used" in r.getMessage() for r in caplog.records)
 
 
 def test_export_streams_itself_when_in_memory_would_take_over_half_the_memory(tmp_path, monkeypatch, caplog):
