@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from ...resources import whole_model_fits
 from ..format import owned_prefix
-from ._calibration import first_tokens, input_hessians
+from ._calibration import CHUNK_BYTES, first_tokens, input_hessians
 from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
@@ -162,8 +162,8 @@ def quantized_region(
     calibration windows is within `budget` (`_precision.choose`); `counts["precision"]` says what
     was chosen and measured.
 
-    `bounded_memory` (None: when the main graph's fp32 weights, with the sessions' overhead, would
-    take more than half of the available memory): the calibration statistics come from the graph run
+    `bounded_memory` (None: when the main graph's fp32 weights, over 1 GiB, with the sessions'
+    overhead would take more than half of the available memory): the calibration statistics come from the graph run
     chunk by chunk, and the precision search (a whole fp32 model in onnxruntime plus its weights as
     feeds) is not run; the fixed lists are used and a warning says so."""
     if form not in FORMS:
@@ -188,8 +188,10 @@ def quantized_region(
             chosen.append(scheme)
     measured = budget is not None and bool(calibration)
     if bounded_memory is None:
+        # a main graph of at most one calibration chunk gains nothing from chunks: never bounded by itself
+        weights = main_weight_bytes(model)
         overhead = _SEARCH_OVERHEAD if measured else _WHOLE_MODEL_OVERHEAD
-        bounded_memory = bool(calibration) and not whole_model_fits(int(overhead * main_weight_bytes(model)))
+        bounded_memory = bool(calibration) and weights > CHUNK_BYTES and not whole_model_fits(int(overhead * weights))
     if measured and bounded_memory:
         logger.warning(
             "%s: the precision search would hold about %.1f GB (2.6x the main graph's weights), more than half of the "
