@@ -16,6 +16,8 @@ Guarantees:
 - Any value of the graph can be asked for (an intermediate activation as well as a graph output);
   with `consume`, each is handed over as soon as its chunk has run and not kept.
 - Graphs with control flow (`If`/`Loop`/`Scan` subgraphs) read the outer values their subgraphs use.
+- A value crossing a cut is typed from the model's value_info, or else by onnx's shape inference;
+  one it cannot type raises `ValueError` (callers then run one whole session, with a warning).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class ChunkedSession:
         graph = model.graph
         self._initializers = {t.name: t for t in graph.initializer}
         self._types = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+        self._inferred = False
         self._inputs = [_arg(i) for i in graph.input if i.name not in self._initializers]
         self._outputs = [_arg(o) for o in graph.output]
         self.chunks: list[list[onnx.NodeProto]] = []
@@ -184,10 +187,22 @@ class ChunkedSession:
     def _chunk_inputs(self, index: int) -> list[str]:
         return sorted(self._reads[index])
 
+    def check_types(self) -> None:
+        """Raise `ValueError` if a value crossing a cut has no type (nothing has run yet)."""
+        for index in range(len(self.chunks)):
+            for name in self._chunk_inputs(index):
+                self._value_info(name)
+
     def _value_info(self, name: str) -> onnx.ValueInfoProto:
         info = self._types.get(name)
+        if (info is None or not info.type.HasField("tensor_type")) and not self._inferred:
+            # a graph saved without value_info: onnx's shape inference types it (graph only, no weights read)
+            self._inferred = True
+            inferred = onnx.shape_inference.infer_shapes(self.model)
+            self._types.update((v.name, v) for v in inferred.graph.value_info if v.name not in self._types)
+            info = self._types.get(name)
         if info is None or not info.type.HasField("tensor_type"):
-            raise ValueError(f"ChunkedSession: value {name!r} crosses a chunk boundary and the model has no type for it (value_info).")
+            raise ValueError(f"ChunkedSession: value {name!r} crosses a chunk boundary and has no type (value_info or shape inference).")
         return info
 
     def _session(self, index: int, outputs: Iterable[str]):

@@ -313,6 +313,11 @@ def _chunked_validation_session(ctx: ExportContext):
     from ..chunked_session import ChunkedSession
 
     session = ChunkedSession(ctx.staging / ONNX_FILE_NAME, max_chunk_bytes=CHUNK_BYTES)
+    try:
+        session.check_types()
+    except ValueError as error:
+        _warn(ctx, f"Validation runs one onnxruntime session over the whole graph (its weights once in memory): {error}")
+        return _validation_session(ctx)
     ctx.report.validation_chunks = len(session.chunks)
     logger.info("  onnxruntime runs the graph in %d chunks of at most %.1f GB of weights", len(session.chunks), CHUNK_BYTES / 1e9)
     return session

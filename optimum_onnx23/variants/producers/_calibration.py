@@ -127,6 +127,11 @@ def input_hessians(
 
         RemoveUnusedNodesPass()(probe)
         session = ChunkedSession(ir.serde.serialize_model(probe), external_folder(model), max_chunk_bytes=CHUNK_BYTES)
+        try:
+            session.check_types()
+        except ValueError as error:
+            logger.warning("calibration statistics from one whole-graph session (its weights once in memory): %s", error)
+            return input_hessians(model, activations, windows, full, chunked=False)
         inputs = {i.name: i for i in session.get_inputs()}
         feeds = []
         for ids in windows:
