@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..resources import available_bytes
+
 __all__ = ["MemoryEstimate", "available_bytes", "free_pytorch_weights"]
 
 _MADV_DONTNEED = 4
@@ -51,10 +53,12 @@ def free_pytorch_weights(model: torch.nn.Module) -> None:
 
 # Measured on the 1.07 B Llama (bf16 checkpoint, fp32 export, peak RSS of the whole command):
 # in memory 6.84 GB = 1.59x the exported weights (8.79 GB = 2.05x before the saved graph's tensors were
-# dropped before validation); --streamed 4.89 GB = onnxruntime's copy for
-# validation (1x) plus 0.6 GB of interpreter, torch and onnxscript state.
+# dropped before validation); --streamed: the weights outside the layers and the traced layers
+# (twice: the optimizer's transposed copy) plus 0.6 GB of interpreter, torch and onnxscript state;
+# its validation runs onnxruntime chunk by chunk (`CHUNK_BYTES` of weights at a time).
 _BASE = 600 << 20
 _IN_MEMORY = 1.6
+CHUNK_BYTES = 1 << 30  # --streamed validation: onnxruntime holds this much of the weights at a time
 
 
 @dataclass(frozen=True)
@@ -63,28 +67,11 @@ class MemoryEstimate:
 
     weights: int  # bytes of the exported weights (in the export dtype)
     in_memory: int  # the model loaded whole
-    streamed: int  # --streamed: the traced layers (and their transposed copy), or onnxruntime's copy
+    streamed: int  # --streamed: the traced layers (and their transposed copy), or one validation chunk
 
     @classmethod
     def of(cls, numel: int, layer_numel: int, num_layers: int, itemsize: int, traced: int) -> "MemoryEstimate":
         weights = numel * itemsize
         outside = (numel - layer_numel) * itemsize
         traced_bytes = layer_numel * itemsize * min(traced, num_layers) // max(num_layers, 1)
-        return cls(weights, int(_IN_MEMORY * weights) + _BASE, max(outside + 2 * traced_bytes, weights) + _BASE)
-
-
-def available_bytes() -> int | None:
-    """What this process may still allocate: MemAvailable, lowered by a cgroup (v2) limit; None off Linux."""
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        available = int(meminfo["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            available = min(available, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return available
+        return cls(weights, int(_IN_MEMORY * weights) + _BASE, max(outside + 2 * traced_bytes, min(CHUNK_BYTES, weights)) + _BASE)
