@@ -57,7 +57,10 @@ LLAMA_1B = dict(
     vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=500000.0, rms_norm_eps=1e-5,
 )
 LLAMA_3B = {**LLAMA_1B, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24}
-SHAPES = {"smollm-135m": SMOLLM_135M, "llama-1b": LLAMA_1B, "llama-3b": LLAMA_3B}
+# Llama-3.2-3B's own shape (issue 27's 3 B case): its 128256-token tied vocabulary and head_dim 128;
+# the SmolLM2 tokenizer copied in gives ids < 49152, enough for calibration text.
+LLAMA_3_2_3B = {**LLAMA_3B, "vocab_size": 128256, "head_dim": 128, "max_position_embeddings": 8192}
+SHAPES = {"smollm-135m": SMOLLM_135M, "llama-1b": LLAMA_1B, "llama-3b": LLAMA_3B, "llama-3.2-3b": LLAMA_3_2_3B}
 TOKENIZER = Path.home() / ".cache/optimum-onnx23/smollm2-135m-instruct/hf"
 
 

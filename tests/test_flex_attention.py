@@ -118,6 +118,21 @@ def test_flex_export_generates_as_transformers(gemma2_flex, tiny_model_dir):
         assert torch.equal(got, expected), implementation
 
 
+def test_quantized_variants_refuse_a_flex_export_in_one_line_and_leave_the_files_as_they_were(gemma2_flex, tmp_path):
+    import shutil
+
+    from optimum_onnx23.variants import attach_builtin_variants
+
+    folder = shutil.copytree(gemma2_flex, tmp_path / "flex")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("model.onnx")}
+    report = attach_builtin_variants(folder, ["int4", "ort-cpu-int8"])
+    assert not report["variants"]
+    for name in ("int4", "ort-cpu-int8"):  # both forms: the check is before calibration
+        reason = report["skipped"][name]
+        assert "no kernel for FlexAttention" in reason and "export without --attn-implementation flex_attention" in reason, reason
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("model.onnx")} == before
+
+
 # ---- the emitter and the body expansion, without the pipeline --------------------------------------
 class _FlexCall(torch.nn.Module):
     """GQA flex_attention with a softcap score_mod and a causal + padding + window mask_mod whose

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 
 import numpy as np
 import onnx
@@ -20,7 +19,7 @@ from conftest import run_optimum_cli
 from tiny_models import build_tiny_model
 
 from optimum_onnx23.errors import InvalidArgumentError
-from optimum_onnx23.exporters import export, steps
+from optimum_onnx23.exporters import export
 from optimum_onnx23.exporters.passes.weight_format import BLOCK_SIZE, LM_HEAD_BITS, fake_quantized
 
 pytestmark = pytest.mark.usefixtures("quiet_onnxruntime")
@@ -131,36 +130,6 @@ def test_greedy_generation_equals_the_fake_quantized_reference(int4_export):
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     got = ORTModelForCausalLM.from_pretrained(out, session_options=options).generate(prompt, max_new_tokens=16, do_sample=False)
     assert np.array_equal(np.asarray(got), expected)
-
-
-def _header_only_checkpoint(folder, config: dict) -> None:
-    """A safetensors checkpoint of `config`'s shapes whose data is a hole in a sparse file (no disk)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder.mkdir()
-    with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**config))
-    header, offset = {}, 0
-    for name, param in model.named_parameters():
-        header[name] = {"dtype": "BF16", "shape": list(param.shape), "data_offsets": [offset, offset + 2 * param.numel()]}
-        offset += 2 * param.numel()
-    raw = json.dumps(header).encode()
-    with (folder / "model.safetensors").open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-    LlamaConfig(**config).save_pretrained(folder)
-
-
-def test_an_8b_checkpoint_that_fits_only_as_int4_is_refused_naming_the_flag(tmp_path, monkeypatch):
-    config = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                  vocab_size=128256, tie_word_embeddings=False, head_dim=128)
-    _header_only_checkpoint(tmp_path / "llama8b", config)
-    monkeypatch.setattr(steps, "available_bytes", lambda: 20 << 30)
-    for streamed in (False, True):
-        with pytest.raises(InvalidArgumentError, match=r"pass --streamed --weight-format int4 \(about 1\d\.\d GB\)") as refused:
-            export(tmp_path / "llama8b", tmp_path / "out", streamed=streamed)
-        needed = float(str(refused.value).split("needs about ")[1].split(" GB")[0])
-        assert "\n" not in str(refused.value) and needed > 32  # fp32: 32 GB of weights
 
 
 def test_quantizing_variants_on_a_quantized_main_graph_are_refused(tmp_path):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..resources import available_bytes
+
 __all__ = ["MemoryEstimate", "available_bytes", "free_pytorch_weights"]
 
 _MADV_DONTNEED = 4
@@ -51,10 +53,12 @@ def free_pytorch_weights(model: torch.nn.Module) -> None:
 
 # Measured on the 1.07 B Llama (bf16 checkpoint, fp32 export, peak RSS of the whole command):
 # in memory 6.84 GB = 1.59x the exported weights (8.79 GB = 2.05x before the saved graph's tensors were
-# dropped before validation); --streamed 4.89 GB = onnxruntime's copy for
-# validation (1x) plus 0.6 GB of interpreter, torch and onnxscript state.
+# dropped before validation); --streamed: the weights outside the layers and the traced layers
+# (twice: the optimizer's transposed copy) plus 0.6 GB of interpreter, torch and onnxscript state;
+# its validation runs onnxruntime chunk by chunk (`CHUNK_BYTES` of weights at a time).
 _BASE = 600 << 20
 _IN_MEMORY = 1.6
+CHUNK_BYTES = 1 << 30  # --streamed validation: onnxruntime holds this much of the weights at a time
 # --weight-format int4: bytes per linear weight element on disk and in onnxruntime (uint4 code, plus
 # a float32 scale and a uint4 zero point per block of 32); the rest (embeddings, norms, a tied or
 # int8 lm_head) is counted as fp32, an upper bound.
@@ -67,7 +71,7 @@ class MemoryEstimate:
 
     weights: int  # bytes of the exported weights (in the export dtype)
     in_memory: int  # the model loaded whole
-    streamed: int  # --streamed: the traced layers (and their transposed copy), or onnxruntime's copy
+    streamed: int  # --streamed: the traced layers (and their transposed copy), or one validation chunk
     streamed_int4: int = 0  # --streamed --weight-format int4: the trace's fp32 tensors (or onnxruntime's int4 copy) and the reference's quantized weights
 
     @classmethod
@@ -78,24 +82,8 @@ class MemoryEstimate:
         fp32_outside = (numel - layer_numel) * 4
         fp32_traced = layer_numel * 4 * min(traced, num_layers) // max(num_layers, 1)
         # plus the reference's kept quantized weights (FakeQuantizer), which the heap does not give back
-        # in time: measured on the 8 B Llama, 16.7 GB peak for this estimate's 16.3 GB
+        # in time: measured on the 8 B Llama, 16.7 GB peak for this estimate's 16.3 GB (onnxruntime's
+        # int4 copy validates whole: a fraction of the fp32 weights)
         quantized = int(layer_numel * _INT4_BYTES)
         int4 = max(fp32_outside + 2 * fp32_traced, quantized + fp32_outside) + quantized + _BASE
-        return cls(weights, int(_IN_MEMORY * weights) + _BASE, max(outside + 2 * traced_bytes, weights) + _BASE, int4)
-
-
-def available_bytes() -> int | None:
-    """What this process may still allocate: MemAvailable, lowered by a cgroup (v2) limit; None off Linux."""
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        available = int(meminfo["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            available = min(available, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return available
+        return cls(weights, int(_IN_MEMORY * weights) + _BASE, max(outside + 2 * traced_bytes, min(CHUNK_BYTES, weights)) + _BASE, int4)

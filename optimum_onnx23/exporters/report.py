@@ -36,6 +36,8 @@ class ExportReport:
     # last traced one in the graph (exporters.passes.layer_replication).
     traced_layers: int | None = None
     attn_implementation: str | None = None  # None: the family's own attention (fused into Attention)
+    streamed: bool = False  # --streamed (given, or chosen by the memory estimate)
+    validation_chunks: int = 0  # --streamed: onnxruntime validated the graph in this many chunks (0: one session)
     output: str = ""
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes on disk
     fusions: dict = field(default_factory=dict)

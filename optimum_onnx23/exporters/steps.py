@@ -9,6 +9,7 @@ which `export` moves into place only after the last step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -20,9 +21,10 @@ import torch
 from .. import fusions
 from ..contract import INPLACE_STATES_KEY
 from ..errors import InvalidArgumentError, UnsupportedArchitectureError
+from ..resources import whole_model_fits
 from .families import HybridExportConfig
 from .families.cache_layout import CACHE_LAYOUT_KEY
-from .memory import MemoryEstimate, available_bytes, free_pytorch_weights
+from .memory import CHUNK_BYTES, MemoryEstimate, available_bytes, free_pytorch_weights
 from .passes import layer_replication, weight_format
 from .passes.inplace_states import inplace_safe_states
 from .passes.optimize import optimize
@@ -51,16 +53,19 @@ def _warn(ctx: ExportContext, message: str) -> None:
     ctx.report.warnings.append(message)
 
 
-def _check_memory(options: ExportOptions) -> None:
+def _check_memory(options: ExportOptions) -> bool:
     """Estimate the export's peak memory from a local safetensors checkpoint's tensor sizes; refuse
-    in one line, naming the flag that would make it fit, when it exceeds what is available."""
+    in one line, naming the flag that would make it fit, when it exceeds what is available. True
+    when the export is to be streamed although `--streamed` was not given: the in-memory export
+    would hold more than half of the available memory (`resources.whole_model_fits`) and the
+    streamed one fits (a one-line notice says so)."""
     folder = Path(options.model).expanduser()
     if not folder.is_dir() or options.gguf_file:
-        return
+        return False
     check_weight_files(folder)  # a corrupt or truncated file: its one line before its header is read
     index = streamed.checkpoint_index(folder)
     if index is None:
-        return
+        return False
     layer_numel, layers = 0, set()
     for name, entry in index.entries.items():
         match = re.search(r"\.(\d+)\.", name)  # model.layers.N.*, transformer.h.N.*: inside a decoder layer
@@ -86,8 +91,16 @@ def _check_memory(options: ExportOptions) -> None:
         f", linears {options.weight_format}" if options.weight_format != "fp32" else "",
         f", {gb(available)} available" if available is not None else "",
     )
+    if streamable and not options.streamed and available is not None and not whole_model_fits(wanted, available) \
+            and need(options.dtype, True, options.weight_format) <= available:
+        logger.warning(
+            "Exporting with --streamed: in memory this export would need about %s, more than half of the %s available; "
+            "streamed it needs about %s (the same graph and weights, read from the checkpoint tensor by tensor).",
+            gb(wanted), gb(available), gb(need(options.dtype, True, options.weight_format)),
+        )
+        return True
     if available is None or wanted <= available:
-        return
+        return False
     options_to_try = []
     if streamable and not options.streamed:
         options_to_try.append(("--streamed", options.dtype, True, options.weight_format))
@@ -105,8 +118,11 @@ def _check_memory(options: ExportOptions) -> None:
 
 def _load(ctx: ExportContext) -> None:
     """The model, and the export signature (I/O, sample inputs, wrapper) every later step reads."""
+    if _check_memory(ctx.options):
+        ctx.options = dataclasses.replace(ctx.options, streamed=True)
+        ctx.report.warnings.append("Exported with --streamed: the in-memory export would hold more than half of the available memory.")
     options = ctx.options
-    _check_memory(options)
+    ctx.report.streamed = options.streamed
     ctx.config = ctx.export_config.text_config(ctx.config)  # a multimodal checkpoint's text decoder
     ctx.signature = build_signature(
         ctx.export_config, ctx.config, options.with_past, static_len=options.static_len, logits_to_keep=options.logits_to_keep
@@ -335,6 +351,24 @@ def _validation_session(ctx: ExportContext):
         return None
 
 
+def _chunked_validation_session(ctx: ExportContext):
+    """--streamed: onnxruntime runs the saved graph chunk by chunk (`ChunkedSession`, at most
+    `CHUNK_BYTES` of weights resident), so validation never holds the weights whole either. It
+    computes the same outputs as one session (the same kernels and weights, prepacking off in both;
+    tests/test_chunked_session.py) and is compared with the PyTorch references the same way."""
+    from ..chunked_session import ChunkedSession
+
+    session = ChunkedSession(ctx.staging / ONNX_FILE_NAME, max_chunk_bytes=CHUNK_BYTES)
+    try:
+        session.check_types()
+    except ValueError as error:
+        _warn(ctx, f"Validation runs one onnxruntime session over the whole graph (its weights once in memory): {error}")
+        return _validation_session(ctx)
+    ctx.report.validation_chunks = len(session.chunks)
+    logger.info("  onnxruntime runs the graph in %d chunks of at most %.1f GB of weights", len(session.chunks), CHUNK_BYTES / 1e9)
+    return session
+
+
 def _validate(ctx: ExportContext) -> None:
     """PyTorch references first, then the PyTorch weights are freed and onnxruntime compares: the
     peak memory is the larger of the two, not their sum."""
@@ -349,10 +383,12 @@ def _validate(ctx: ExportContext) -> None:
         if options.attn_implementation == "flex_attention":
             stack.enter_context(flex_masks())
         references = pytorch_references(ctx.wrapper, ctx.signature, DTYPES[options.dtype], torch.device(options.device))
+    chunked = ctx.weights is not None and "ort-cpu-functions" not in report.variants.get("variants", {}) \
+        and options.weight_format == "fp32"  # an int4 / int8 graph's onnxruntime copy is small: validated whole
     ctx.weights = None
     free_pytorch_weights(ctx.model)
     ctx.model = ctx.wrapper = None
-    session = _validation_session(ctx)
+    session = _chunked_validation_session(ctx) if chunked else _validation_session(ctx)
     if session is not None:
         result = compare_with_references(session, references, Tolerance(report.atol, report.rtol))
         report.validation, report.validation_allowed, report.validation_top1 = result.max_abs_diff, result.allowed, result.top1
@@ -382,6 +418,8 @@ def _attach_variants(ctx: ExportContext) -> None:
     options = {}
     if ctx.options.quant_budget is not None:
         options = {name: {"budget": ctx.options.quant_budget} for name in ("int4", "ort-cpu-int4")}
+    elif ctx.options.streamed:  # big model on a small machine: the int4 forms stay within its memory bound too
+        options = {name: {"bounded_memory": True} for name in ("int4", "ort-cpu-int4")}
     earlier = ctx.report.variants  # ort-cpu-functions, attached before validation
     ctx.report.variants = attach_builtin_variants(ctx.staging, list(ctx.options.variants), options)
     if earlier:

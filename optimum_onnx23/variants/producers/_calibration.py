@@ -24,6 +24,7 @@ from ..format import VARIANT_DOMAIN
 __all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
 
 logger = logging.getLogger(__name__)
+CHUNK_BYTES = 1 << 30  # chunked calibration: weights resident at a time
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "calibration"
 
 
@@ -93,11 +94,12 @@ def external_folder(model: ir.Model) -> Path | None:
 
 
 def input_hessians(
-    model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray], full: bool = True
+    model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray], full: bool = True, chunked: bool = False,
 ) -> dict[str, np.ndarray]:
     """`{activation name: X^T X / rows}` (float32 `[K, K]`) over the tokens of `windows`, each run
     as one batch-1 prefill of the main graph; with `full=False` only its diagonal (`[K]`, the mean
-    square per input channel)."""
+    square per input channel). `chunked`: the graph runs chunk by chunk (`ChunkedSession`: at most
+    `CHUNK_BYTES` of its weights resident), each activation accumulated as soon as its chunk has run."""
 
 
     probe = model.clone()
@@ -113,17 +115,40 @@ def input_hessians(
     kept = [v for v in probe.graph.outputs if v.name != "logits" and v.name not in names]
     probe.graph.outputs.clear()
     probe.graph.outputs.extend([*kept, *(values[name] for name in names)])
-    session = probe_session(probe, model)
-    inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
     sums: dict[str, np.ndarray] = {}
     rows = 0
+
+    def add(name: str, x: np.ndarray) -> None:
+        x = x.reshape(-1, x.shape[-1]).astype(np.float32)
+        sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
+
+    if chunked:
+        from ...chunked_session import ChunkedSession
+
+        RemoveUnusedNodesPass()(probe)
+        session = ChunkedSession(ir.serde.serialize_model(probe), external_folder(model), max_chunk_bytes=CHUNK_BYTES)
+        try:
+            session.check_types()
+        except ValueError as error:
+            logger.warning("calibration statistics from one whole-graph session (its weights once in memory): %s", error)
+            return input_hessians(model, activations, windows, full, chunked=False)
+        inputs = {i.name: i for i in session.get_inputs()}
+        feeds = []
+        for ids in windows:
+            window = prefill_feeds(inputs, ids[None])
+            rows += min(ids.shape[0], window["input_ids"].shape[1])
+            feeds.append({k: v for k, v in window.items() if k in inputs})
+        logger.info("calibration statistics: %d windows through %d chunks of the graph", len(feeds), len(session.chunks))
+        session.run_many(names, feeds, consume=lambda i, name, x: add(name, x))
+        return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
+    session = probe_session(probe, model)
+    inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
     for ids in windows:
         feeds = prefill_feeds(inputs, ids[None])
         length = min(ids.shape[0], feeds["input_ids"].shape[1])
         outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
         for name, x in zip(names, outputs):
-            x = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
+            add(name, x)
         rows += length
     return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
 

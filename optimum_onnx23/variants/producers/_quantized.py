@@ -19,18 +19,23 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from ...errors import VariantNotApplicableError
+from ...resources import whole_model_fits
 from ..format import owned_prefix
-from ._calibration import first_tokens, input_hessians
+from ._calibration import CHUNK_BYTES, first_tokens, input_hessians
 from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
 from ._qdq import dequantize_matmul
 from .ort_cpu import ort_cpu_region
+from .ort_cpu_functions import ops_without_kernel
 
-__all__ = ["Scheme", "FORMS", "group_role", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
+__all__ = ["Scheme", "FORMS", "group_role", "main_weight_bytes", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
 
 logger = logging.getLogger(__name__)
 
+# The export flag that put an op without an onnxruntime kernel in the graph (else: its opset).
+_EXPORT_FLAG = {"FlexAttention": "--attn-implementation flex_attention"}
 FORMS = ("nbits", "qdq")  # com.microsoft::MatMulNBits, or DequantizeLinear + MatMul
 _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("shared_quantization", default=None)
 
@@ -146,6 +151,7 @@ def quantized_region(
     calibration: list[np.ndarray] | None = None,
     form: str = "nbits",
     budget: float | None = None,
+    bounded_memory: bool | None = None,
 ) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict]:
     """(body, owned weights, counts): each linear (group) as one `MatMulNBits` (`form="nbits"`) or
     one `DequantizeLinear` + `MatMul` (`form="qdq"`; `accuracy_level` unused: the session sets it)
@@ -158,9 +164,22 @@ def quantized_region(
     lm_head included, starts in `scheme` and the groups whose measured effect on the output is
     largest per extra byte go to symmetric int8 until the perplexity change measured on held-out
     calibration windows is within `budget` (`_precision.choose`); `counts["precision"]` says what
-    was chosen and measured."""
+    was chosen and measured.
+
+    `bounded_memory` (None: when the main graph's fp32 weights, over 1 GiB, with the sessions'
+    overhead would take more than half of the available memory): the calibration statistics come from the graph run
+    chunk by chunk, and the precision search (a whole fp32 model in onnxruntime plus its weights as
+    feeds) is not run; the fixed lists are used and a warning says so."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    # A quantized variant is the main graph with its linears replaced: ops onnxruntime cannot run
+    # (FlexAttention of a flex_attention export) stay, so neither calibration nor the variant could run.
+    missing = ops_without_kernel(model.graph, model.opset_imports.get("", 23))
+    if missing:
+        raise VariantNotApplicableError(
+            f"{name}: onnxruntime has no kernel for {', '.join(missing)} of the main graph, so the quantized graph could not be "
+            f"calibrated or run; to quantize, export without {_EXPORT_FLAG.get(missing[0], '--opset ' + str(model.opset_imports.get('', 23)))}."
+        )
     linears = find_linears(model.graph, include_lm_head)
     lm_head = lm_head_of(model.graph, linears) if include_lm_head else None
     groups = group_linears([l for l in linears if l is not lm_head], pack) + ([[lm_head]] if lm_head else [])
@@ -180,6 +199,20 @@ def quantized_region(
         else:
             chosen.append(scheme)
     measured = budget is not None and bool(calibration)
+    asked = bounded_memory is True
+    if bounded_memory is None:
+        # a main graph of at most one calibration chunk gains nothing from chunks: never bounded by itself
+        weights = main_weight_bytes(model)
+        overhead = _SEARCH_OVERHEAD if measured else _WHOLE_MODEL_OVERHEAD
+        bounded_memory = bool(calibration) and weights > CHUNK_BYTES and not whole_model_fits(int(overhead * weights))
+    if measured and bounded_memory:
+        logger.warning(
+            "%s: the precision search would hold about %.1f GB (2.6x the main graph's weights), %s, so it is skipped: "
+            "the fixed list is used (Q/K/V and MLP down projections int8, the rest int4), with calibration statistics "
+            "gathered chunk by chunk.", name, _SEARCH_OVERHEAD * main_weight_bytes(model) / 1e9,
+            "and bounded memory was asked for (--streamed without --quant-budget)" if asked else "more than half of the available memory",
+        )
+        measured = False
     if measured:
         chosen = [scheme] * len(groups)
         counts.update(lm_head=0, mlp_down=0, attn_v=0)
@@ -193,7 +226,7 @@ def quantized_region(
         if measured:
             quantized, precision = _measured_precision(model, name, groups, scheme, calibration, budget, lm_head)
         else:
-            quantized = _quantize_groups(model, name, groups, chosen, calibration)
+            quantized = _quantize_groups(model, name, groups, chosen, calibration, bounded_memory)
         if shared is not None:  # the key's objects are held so their ids stay unique
             shared[key] = ((model, [l.weight.const_value for g in groups for l in g]), (quantized, precision))
     if precision is not None:
@@ -372,7 +405,8 @@ def _release(group: list[Linear]) -> None:
 
 
 def _quantize_groups(
-    model: ir.Model, name: str, groups: list[list[Linear]], chosen: list[Scheme], calibration: list[np.ndarray] | None
+    model: ir.Model, name: str, groups: list[list[Linear]], chosen: list[Scheme], calibration: list[np.ndarray] | None,
+    bounded_memory: bool = False,
 ) -> list[QuantizedWeight]:
     hessians: dict[str, np.ndarray] = {}
     start = time.perf_counter()
@@ -381,7 +415,7 @@ def _quantize_groups(
         full = any(c.method == "gptq" for c in chosen)  # searching needs only the diagonal
         if not full:  # a mean square per input channel: 2k tokens of every kind settle it
             calibration = first_tokens(calibration, _DIAGONAL_TOKENS)
-        hessians = input_hessians(model, wanted, calibration, full) if wanted else {}
+        hessians = input_hessians(model, wanted, calibration, full, chunked=bounded_memory) if wanted else {}
     calibrated = time.perf_counter()
     quantized = _quantize_all(groups, [hessians.get(g[0].activation.name) for g in groups], chosen)
     logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
@@ -390,6 +424,16 @@ def _quantize_groups(
 
 
 _DIAGONAL_TOKENS = 2048
+# Peak RSS of an attach over the main graph's fp32 weights, measured on the 1.07 B Llama (4.3 GB):
+# calibration on one whole-model session, the fp32 weights once (1.11x); with the precision search,
+# whose probe feeds every weight and a candidate's dequantized copy of them, 11.18 GB = 2.6x.
+_WHOLE_MODEL_OVERHEAD = 1.15
+_SEARCH_OVERHEAD = 2.6
+
+
+def main_weight_bytes(model: ir.Model) -> int:
+    """Bytes of the main graph's initializers (attached variants' own weights excluded)."""
+    return sum(v.const_value.nbytes for n, v in model.graph.initializers.items() if v.const_value is not None and not n.startswith("variants/"))
 
 
 def _quantize_all(

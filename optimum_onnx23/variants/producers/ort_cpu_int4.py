@@ -43,6 +43,7 @@ def produce(
     pack: bool = True,
     calibration: list | None = None,
     budget: float | None = DEFAULT_BUDGET,
+    bounded_memory: bool | None = None,
 ) -> VariantSpec:
     """`budget` (default 0.10): the perplexity change allowed on held-out calibration text; which
     groups stay int8 is measured (`_precision`), the lm_head included, and `lm_head_bits`,
@@ -55,10 +56,14 @@ def produce(
     bundled calibration texts tokenized with the folder's tokenizer). Each option's perplexity on
     the real SmolLM2-135M-Instruct: docs/variants.md (benchmarks/quality_bench.py). `pack`
     puts same-input linears (Q/K/V, gate/up) in one `MatMulNBits` (fewer, larger calls: 121
-    instead of 211 on SmolLM2); a packed QKV takes `attn_v_bits` as a whole."""
+    instead of 211 on SmolLM2); a packed QKV takes `attn_v_bits` as a whole. `bounded_memory`
+    (None: when the main graph's weights would take more than half of the available memory,
+    `resources.whole_model_fits`): the calibration statistics are gathered running the graph chunk
+    by chunk (`ChunkedSession`), and the precision search, which holds the whole fp32 model, is
+    not run: the fixed list is used, with a warning."""
     body, owned, counts, described = int4_region(
         model, NAME, "nbits", block_size, accuracy_level, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
-        include_lm_head, fusions, pack, calibration, budget,
+        include_lm_head, fusions, pack, calibration, budget, bounded_memory,
     )
     return VariantSpec.ort_cpu(
         model,
@@ -77,7 +82,7 @@ def produce(
 def int4_region(
     model: ir.Model, name: str, form: str, block_size: int, accuracy_level: int, symmetric: bool, method: str,
     lm_head_bits: int, mlp_down_bits: int, attn_v_bits: int, include_lm_head: bool, fusions: bool, pack: bool,
-    calibration: list | None, budget: float | None = None,
+    calibration: list | None, budget: float | None = None, bounded_memory: bool | None = None,
 ) -> tuple[ir.Graph, dict, dict, str]:
     """(body, owned, counts, what was quantized how) of the int4 scheme above in `form` ("nbits"
     or "qdq"); the standard-op `int4` variant shares it."""
@@ -90,7 +95,7 @@ def int4_region(
         method = "search"
     if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < 10):
         raise InvalidArgumentError(f"{name}: the quality budget must be a relative perplexity change in (0, 10), e.g. 0.10; got {budget!r}.")
-    if budget is not None and not calibration:
+    if budget is not None and not calibration and not bounded_memory:
         logger.warning("%s: no calibration text, so precision cannot be measured against the budget; the fixed list "
                        "(Q/K/V and MLP down projections int8) is used.", name)
     scheme = Scheme(4, block_size, symmetric, method)
@@ -99,7 +104,7 @@ def int4_region(
         raise InvalidArgumentError(f"{name}: lm_head_bits, mlp_down_bits and attn_v_bits must be 4 or 8.")
     body, owned, counts = quantized_region(
         model, name, scheme, accuracy_level, wide[lm_head_bits], wide[mlp_down_bits], wide[attn_v_bits],
-        include_lm_head, pack, fusions, calibration, form=form, budget=budget,
+        include_lm_head, pack, fusions, calibration, form=form, budget=budget, bounded_memory=bounded_memory,
     )
     precision = counts.get("precision")
     if precision is not None:
