@@ -3,8 +3,7 @@ blocked `DequantizeLinear` + `MatMul`, quantized tensor by tensor as `model.onnx
 (here with `--streamed`, from a bf16 checkpoint). Checked: the graph's op counts, that no fp32
 linear weight is on disk (initializers and bytes), onnxruntime's logits against a PyTorch model on
 the same dequantized weights (and far from the unquantized one, so the check can fail), greedy
-generation through ORTModelForCausalLM equal to that reference's, and the memory refusal naming
-`--weight-format int4` for an 8B-shaped checkpoint."""
+generation through ORTModelForCausalLM equal to that reference's, and quantizing variants refused."""
 
 from __future__ import annotations
 
