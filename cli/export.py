@@ -231,13 +231,23 @@ def run_cli(args) -> int:
             traceback.print_exception(error.__cause__, file=sys.stderr)  # the chain that led to the one line below
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # the staging folder is already gone (exporters.output); no traceback
+    except KeyboardInterrupt as stop:  # the staging folder is already gone (exporters.output); no traceback
+        what, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
         if exported:
-            print(f"interrupted; the export in {args.output} is complete, the upload did not finish", file=sys.stderr)
+            print(f"{what}; the export in {args.output} is complete, the upload did not finish", file=sys.stderr)
         else:
-            print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+            print(f"{what}; nothing was written", file=sys.stderr)
+        return code
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a container stopping) raised where the export runs, so that it cleans up as
+    for Ctrl-C: by default Python dies on SIGTERM without unwinding, leaving its .partial folder."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class ONNXExportCommand(BaseOptimumCLICommand):
@@ -248,12 +258,14 @@ class ONNXExportCommand(BaseOptimumCLICommand):
         return parse_export_args(parser)
 
     def run(self):
+        import signal
+
+        signal.signal(signal.SIGTERM, _raise_terminated)
         code = run_cli(self.args)
-        if code == 130:
+        if code in (130, 143):
             # Interrupted: a second Ctrl-C (or a late delivery of the first) during interpreter
             # shutdown would otherwise end the process by SIGINT instead of exit status 130.
-            import signal
-
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if code:
             sys.exit(code)

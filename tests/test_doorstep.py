@@ -128,7 +128,8 @@ def test_the_demo_replaces_only_a_previous_demo_export(tmp_path, capsys):
 # --- Ctrl-C, argument errors, quiet ------------------------------------------------------------
 
 
-def test_ctrl_c_during_an_export_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("sent, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_kill_during_an_export_is_one_line_and_leaves_nothing(tmp_path, sent, code, word):
     out = tmp_path / "out"
     # As from a terminal: SIGINT at its default disposition in the child. An xdist worker may run
     # with SIGINT ignored, which a child inherits, and Python then installs no KeyboardInterrupt.
@@ -140,12 +141,12 @@ def test_ctrl_c_during_an_export_is_one_line_and_exit_130(tmp_path):
         lines.append(line)
         if line.startswith("[2/"):
             time.sleep(1.0)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(sent)
             break
     stdout, rest = process.communicate(timeout=120)
     lines += rest.splitlines(True)
-    assert process.returncode == 130, "".join(lines)[-3000:]
-    assert lines[-1].strip() == "interrupted; nothing was written"
+    assert process.returncode == code, "".join(lines)[-3000:]
+    assert lines[-1].strip() == f"{word}; nothing was written"
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines)
     # steps 1 and 2 only, with their indented details (step 1's memory estimate)
     assert all(line.startswith(("[1/", "[2/", "  ")) for line in lines[:-1]), lines
