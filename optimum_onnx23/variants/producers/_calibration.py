@@ -21,7 +21,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
-__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
+__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_absmax", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
 
 logger = logging.getLogger(__name__)
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "calibration"
@@ -98,8 +98,29 @@ def input_hessians(
     """`{activation name: X^T X / rows}` (float32 `[K, K]`) over the tokens of `windows`, each run
     as one batch-1 prefill of the main graph; with `full=False` only its diagonal (`[K]`, the mean
     square per input channel)."""
+    sums: dict[str, np.ndarray] = {}
+    rows = 0
+    for length, batch in _activation_runs(model, activations, windows):
+        for name, x in batch.items():
+            sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
+        rows += length
+    return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
 
 
+def input_absmax(model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """`{activation name: max |X| per input channel}` (float32 `[K]`) over the tokens of `windows`:
+    the outlier channels activation smoothing (`_smooth`) moves into the weights."""
+    out: dict[str, np.ndarray] = {}
+    for _, batch in _activation_runs(model, activations, windows):
+        for name, x in batch.items():
+            peak = np.abs(x).max(axis=0)
+            out[name] = peak if name not in out else np.maximum(out[name], peak)
+    return {name: peak.astype(np.float32) for name, peak in out.items()}
+
+
+def _activation_runs(model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray]):
+    """(tokens, {activation name: `[tokens, K]` float32}) for each window, run as one batch-1
+    prefill of the fp32 main graph with the activations added as outputs."""
     probe = model.clone()
     for key in [k for k in probe.functions if k[0].startswith(VARIANT_DOMAIN)]:
         del probe.functions[key]
@@ -115,17 +136,11 @@ def input_hessians(
     probe.graph.outputs.extend([*kept, *(values[name] for name in names)])
     session = probe_session(probe, model)
     inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
-    sums: dict[str, np.ndarray] = {}
-    rows = 0
     for ids in windows:
         feeds = prefill_feeds(inputs, ids[None])
         length = min(ids.shape[0], feeds["input_ids"].shape[1])
         outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
-        for name, x in zip(names, outputs):
-            x = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
-        rows += length
-    return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
+        yield length, {name: x.reshape(-1, x.shape[-1]).astype(np.float32) for name, x in zip(names, outputs)}
 
 
 def split_held_out(windows: Sequence[np.ndarray], every: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
