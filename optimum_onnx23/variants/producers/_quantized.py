@@ -147,7 +147,7 @@ def quantized_region(
     calibration: list[np.ndarray] | None = None,
     form: str = "nbits",
     budget: float | None = None,
-    smooth: float | None = None,
+    smooth: float | str | None = None,
     reorder: bool = False,
 ) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict]:
     """(body, owned weights, counts): each linear (group) as one `MatMulNBits` (`form="nbits"`) or
@@ -243,11 +243,14 @@ def quantized_region(
 
 
 def _smoothing(
-    model: ir.Model, groups: list[list[Linear]], calibration: list[np.ndarray], alpha: float | None, reorder: bool
+    model: ir.Model, groups: list[list[Linear]], calibration: list[np.ndarray], alpha: float | str | None, reorder: bool
 ) -> list[ChannelTransform | None]:
     """The `_smooth.ChannelTransform` of each group from the channel maxima of its activation over
     the first calibration tokens; None for a group with a bias (Gemm: kept simple, not measured)."""
     from ._calibration import input_absmax
+
+    if alpha == "search":
+        return _searched_smoothing(model, groups, calibration)
 
     start = time.perf_counter()
     wanted = [g[0].activation for g in groups if g[0].bias is None]
@@ -262,6 +265,24 @@ def _smoothing(
         _release(group)
     logger.info("smoothing (alpha %s, reorder %s): %d groups in %.1f s", alpha, reorder, sum(s is not None for s in out),
                 time.perf_counter() - start)
+    return out
+
+
+def _searched_smoothing(model: ir.Model, groups: list[list[Linear]], calibration: list[np.ndarray]) -> list[ChannelTransform | None]:
+    """`_smooth.searched_transform` per group (bias-free), for int4 round to nearest blocks of 32."""
+    from ._nbits import dequantize, quantize_blockwise
+    from ._smooth import searched_transform
+
+    start = time.perf_counter()
+    wanted = [g[0].activation for g in groups if g[0].bias is None]
+    squares = input_hessians(model, wanted, first_tokens(calibration, _DIAGONAL_TOKENS), False)
+    out: list[ChannelTransform | None] = []
+    for group in groups:
+        h = squares.get(group[0].activation.name) if group[0].bias is None else None
+        out.append(None if h is None else searched_transform(
+            h, _group_weight(group), lambda w: dequantize(quantize_blockwise(w, 4, 32, False, False, None))))
+        _release(group)
+    logger.info("searched smoothing: %d of %d groups scaled in %.1f s", sum(t is not None for t in out), len(groups), time.perf_counter() - start)
     return out
 
 
@@ -307,7 +328,8 @@ def describe_smoothing(counts: dict) -> str:
         return ""
     what = []
     if smoothing["alpha"] is not None:
-        what.append(f"activations smoothed per input channel (SmoothQuant, alpha {smoothing['alpha']:g})")
+        what.append("activation scales searched per group (AWQ-style)" if smoothing["alpha"] == "search" else
+                    f"activations smoothed per input channel (SmoothQuant, alpha {smoothing['alpha']:g})")
     if smoothing["reorder"]:
         what.append("input channels reordered by activation range")
     return f"; {' and '.join(what)} before {smoothing['groups']} matmuls, from calibration text"

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_ALPHA", "ChannelTransform", "smoothing_scales", "channel_transform"]
+__all__ = ["DEFAULT_ALPHA", "SEARCH_GRID", "ChannelTransform", "smoothing_scales", "channel_transform", "searched_transform"]
 
 DEFAULT_ALPHA = 0.5
+SEARCH_GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,26 @@ def channel_transform(activation_absmax: np.ndarray, weight_kn: np.ndarray, alph
         after = activation_absmax / scale if scale is not None else activation_absmax
         perm = np.argsort(-np.asarray(after), kind="stable").astype(np.int64)
     return ChannelTransform(scale, perm)
+
+
+def searched_transform(
+    mean_square: np.ndarray, weight_kn: np.ndarray, roundtrip, grid: tuple[float, ...] = SEARCH_GRID
+) -> ChannelTransform | None:
+    """AWQ-style (Lin et al. 2024) for weight-only quantization: `s = rms(X)^alpha` (geometric mean
+    1) with `alpha` from `grid` minimising the output error estimated from the activation's mean
+    square per channel, `sum_k E[x_k^2] * sum_n (roundtrip(s W)[k, n] / s_k - W[k, n])^2`
+    (`roundtrip`: quantize then dequantize a `[K, N]` array); None when `alpha` 0 (no scaling) wins."""
+    h = np.asarray(mean_square, np.float64)
+    rms = np.sqrt(np.maximum(h, 0))
+    live = rms > 0
+    best, best_error = None, None
+    for alpha in grid:
+        scale = np.ones_like(rms)
+        if alpha and live.any():
+            scale[live] = rms[live] ** alpha
+            scale[live] /= np.exp(np.log(scale[live]).mean())
+        scale = scale.astype(np.float32)
+        error = float(h @ np.square(roundtrip(weight_kn * scale[:, None]) / scale[:, None] - weight_kn).sum(axis=1))
+        if best_error is None or error < best_error:
+            best, best_error = (None if not alpha else scale), error
+    return None if best is None else ChannelTransform(best, None)

@@ -36,12 +36,13 @@ def produce(
     pack: bool = True,
     calibration: list | None = None,
     budget: float | None = DEFAULT_BUDGET,
+    smooth: float | None = None,
 ) -> VariantSpec:
     """The options of `ort_cpu_int4.produce` (same defaults, same meaning) less the onnxruntime
     ones: `accuracy_level` is a session option here, and the `ort-cpu` rewrites are contrib ops."""
     body, owned, counts, described = int4_region(
         model, NAME, "qdq", block_size, 4, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
-        include_lm_head, False, pack, calibration, budget,
+        include_lm_head, False, pack, calibration, budget, smooth,
     )
     return VariantSpec(
         name=NAME,
