@@ -86,7 +86,7 @@ def test_fold_in_fp32_is_exact_and_leaves_the_main_graph_alone(exported_dir, tmp
 def test_int8_variants_smooth_by_default(exported_dir, tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(exported_dir("bundled"), folder)
-    attach_builtin_variants(folder, ["int8"])
+    report = attach_builtin_variants(folder, ["int8"])
     model = load_model(folder / "model.onnx")
     info = next(i for i in list_variants(model) if i.name == "int8")
     assert "smoothed" in info.description and "lm_head in blocks of 32" in info.description
@@ -94,3 +94,8 @@ def test_int8_variants_smooth_by_default(exported_dir, tmp_path):
     muls = [n for n in function if n.op_type == "Mul"]
     matmuls = [n for n in function if n.op_type == "MatMul"]
     assert len(muls) == len(matmuls) and all(m.outputs[0].uses()[0].node.op_type == "MatMul" for m in muls)
+    # the attach report and the model card say so
+    assert report["variants"]["int8"]["smoothing"] == {"alpha": 0.5, "reorder": False, "groups": len(matmuls)}
+    from optimum_onnx23.publish.card import _quantization_lines
+
+    assert f"`int8`: activations smoothed per input channel before {len(matmuls)} matmuls" in "".join(_quantization_lines({"variants": report}))

@@ -51,7 +51,8 @@ def produce(
         opset_imports={"": standard_opset(model)},
         owned=owned,
         priority=35,
-        report={"quantization": counts["precision"]} if "precision" in counts else {},
+        report={**({"quantization": counts["precision"]} if "precision" in counts else {}),
+                **({"smoothing": counts["smoothing"]} if "smoothing" in counts else {})},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} DequantizeLinear + MatMul, {described}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
         "(benchmarks/quality_bench.py, docs/variants.md)",

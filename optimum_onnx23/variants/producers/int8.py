@@ -44,6 +44,7 @@ def produce(
         opset_imports={"": opset},
         owned=owned,
         priority=25,
+        report={"smoothing": counts["smoothing"]} if "smoothing" in counts else {},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} DequantizeLinear + MatMul, {scheme.describe()}{_lm_head(lm_head_scheme)}{describe_smoothing(counts)}",
         tolerance="int8 weight-only: perplexity within +2% of the main graph's and top-1 agreement >= 95%, measured "
         "on SmolLM2-135M-Instruct (benchmarks/quality_bench.py, docs/variants.md)",

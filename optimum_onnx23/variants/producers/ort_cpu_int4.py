@@ -67,7 +67,8 @@ def produce(
         body=body,
         owned=owned,
         priority=30,
-        report={"quantization": counts["precision"]} if "precision" in counts else {},
+        report={**({"quantization": counts["precision"]} if "precision" in counts else {}),
+                **({"smoothing": counts["smoothing"]} if "smoothing" in counts else {})},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "
         f"{described}, accuracy_level {accuracy_level}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "

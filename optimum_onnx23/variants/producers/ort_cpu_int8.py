@@ -60,6 +60,7 @@ def produce(
         body=body,
         owned=owned,
         priority=20,
+        report={"smoothing": counts["smoothing"]} if "smoothing" in counts else {},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "
         f"{scheme.describe()}{_lm_head(lm_head_scheme)}{describe_smoothing(counts)}, accuracy_level {accuracy_level}",
         tolerance="int8 weight-only: perplexity within +2% of the main graph's and top-1 agreement >= 95%, measured "
