@@ -94,12 +94,15 @@ def main() -> None:
     del torch_row
     rows = {}
     for name, (folder, variant, entry) in rows_spec.items():
-        rows[name] = row = OnnxRow(folder, variant)
+        row = OnnxRow(folder, variant)
+        if not args.no_speed:  # kept for the interleaved decode rounds (Gemma: ~1 GB a session)
+            rows[name] = row
         start = time.perf_counter()
         s = score(windows, row.logits, reference.top1_ids)
         results[name] = {"perplexity": s.perplexity, "top1": s.agreement, "owned_bytes": entry.get("owned_bytes"),
                          "quantization": entry.get("quantization")}
         print(f"scored {name}: {s.perplexity:.3f} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        del row
     if not args.no_speed:
         for name, tok_s in decode_speed(rows, windows[0][:PROMPT], args.repeats).items():
             results[name]["decode_tok_s"] = tok_s

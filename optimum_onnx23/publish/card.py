@@ -98,9 +98,16 @@ def _js_dtype_line(precisions: list[PrecisionFile]) -> tuple[str, str]:
 
 
 def _quantization_lines(report: dict[str, Any]) -> list[str]:
-    """What the int4 variants' measured precision chose (export report), one line each."""
+    """What the int4 variants' measured precision chose and which quantized variants smooth their
+    activations (export report), one line each."""
     lines = []
     for name, entry in ((report.get("variants") or {}).get("variants") or {}).items():
+        smoothing = entry.get("smoothing") if isinstance(entry, dict) else None
+        if smoothing and smoothing.get("groups"):
+            how = ("scales searched per group (AWQ-style)" if smoothing.get("alpha") == "search"
+                   else f"SmoothQuant, alpha {smoothing.get('alpha')}")
+            lines += ["", f"`{name}`: activations smoothed per input channel before {smoothing['groups']} matmuls ({how}, "
+                      "from calibration text; the fp32 function unchanged), so that int8 activation blocks keep their precision."]
         q = entry.get("quantization") if isinstance(entry, dict) else None
         if not q:
             continue

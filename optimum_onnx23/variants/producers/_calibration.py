@@ -11,7 +11,7 @@ texts of `variants.quality`) with the exported folder's tokenizer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
-__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
+__all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_absmax", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
 
 logger = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 30  # chunked calibration: weights resident at a time
@@ -100,8 +100,37 @@ def input_hessians(
     as one batch-1 prefill of the main graph; with `full=False` only its diagonal (`[K]`, the mean
     square per input channel). `chunked`: the graph runs chunk by chunk (`ChunkedSession`: at most
     `CHUNK_BYTES` of its weights resident), each activation accumulated as soon as its chunk has run."""
+    sums: dict[str, np.ndarray] = {}
+
+    def add(name: str, x: np.ndarray) -> None:
+        sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
+
+    rows = _activation_runs(model, activations, windows, add, chunked)
+    return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
 
 
+def input_absmax(
+    model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray], chunked: bool = False
+) -> dict[str, np.ndarray]:
+    """`{activation name: max |X| per input channel}` (float32 `[K]`) over the tokens of `windows`:
+    the outlier channels activation smoothing (`_smooth`) moves into the weights."""
+    out: dict[str, np.ndarray] = {}
+
+    def peak(name: str, x: np.ndarray) -> None:
+        top = np.abs(x).max(axis=0)
+        out[name] = top if name not in out else np.maximum(out[name], top)
+
+    _activation_runs(model, activations, windows, peak, chunked)
+    return {name: top.astype(np.float32) for name, top in out.items()}
+
+
+def _activation_runs(
+    model: ir.Model, activations: Sequence[ir.Value], windows: Sequence[np.ndarray],
+    consume: Callable[[str, np.ndarray], None], chunked: bool = False,
+) -> int:
+    """Runs each window as one batch-1 prefill of the fp32 main graph with the activations added as
+    outputs, calls `consume(name, [tokens, K] float32)` for each activation of each window, and
+    returns the tokens run. `chunked`: through a `ChunkedSession` (activations come chunk by chunk)."""
     probe = model.clone()
     for key in [k for k in probe.functions if k[0].startswith(VARIANT_DOMAIN)]:
         del probe.functions[key]
@@ -115,13 +144,11 @@ def input_hessians(
     kept = [v for v in probe.graph.outputs if v.name != "logits" and v.name not in names]
     probe.graph.outputs.clear()
     probe.graph.outputs.extend([*kept, *(values[name] for name in names)])
-    sums: dict[str, np.ndarray] = {}
-    rows = 0
 
     def add(name: str, x: np.ndarray) -> None:
-        x = x.reshape(-1, x.shape[-1]).astype(np.float32)
-        sums[name] = sums.get(name, 0) + (x.T @ x if full else np.einsum("rk,rk->k", x, x))
+        consume(name, x.reshape(-1, x.shape[-1]).astype(np.float32))
 
+    rows = 0
     if chunked:
         from ...chunked_session import ChunkedSession
 
@@ -131,7 +158,7 @@ def input_hessians(
             session.check_types()
         except ValueError as error:
             logger.warning("calibration statistics from one whole-graph session (its weights once in memory): %s", error)
-            return input_hessians(model, activations, windows, full, chunked=False)
+            return _activation_runs(model, activations, windows, consume, chunked=False)
         inputs = {i.name: i for i in session.get_inputs()}
         feeds = []
         for ids in windows:
@@ -140,17 +167,15 @@ def input_hessians(
             feeds.append({k: v for k, v in window.items() if k in inputs})
         logger.info("calibration statistics: %d windows through %d chunks of the graph", len(feeds), len(session.chunks))
         session.run_many(names, feeds, consume=lambda i, name, x: add(name, x))
-        return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
+        return rows
     session = probe_session(probe, model)
     inputs = {i.name: i for i in session.get_inputs()}  # pruning may have dropped some
     for ids in windows:
         feeds = prefill_feeds(inputs, ids[None])
-        length = min(ids.shape[0], feeds["input_ids"].shape[1])
-        outputs = session.run(names, {k: v for k, v in feeds.items() if k in inputs})
-        for name, x in zip(names, outputs):
+        rows += min(ids.shape[0], feeds["input_ids"].shape[1])
+        for name, x in zip(names, session.run(names, {k: v for k, v in feeds.items() if k in inputs})):
             add(name, x)
-        rows += length
-    return {name: (total / rows).astype(np.float32) for name, total in sums.items()}
+    return rows
 
 
 def split_held_out(windows: Sequence[np.ndarray], every: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -265,8 +265,9 @@ def matmul_nbits(
     inputs: dict[str, ir.Value], owned: dict[str, ir.TensorProtocol], bias: ir.Value | None = None, name: str = "",
 ) -> ir.Node:
     """A `MatMulNBits` node on `activation` whose weights become owned initializers named
-    `<owned_name>.qweight|scales|zero_points`; region inputs are shared through `inputs` by name."""
-    args = [inputs.setdefault(activation.name, ir.Value(name=activation.name))]
+    `<owned_name>.qweight|scales|zero_points`; region inputs are shared through `inputs` by name
+    (`activation` is the region's own value: one of `inputs`, or computed in the region)."""
+    args = [activation]
     for suffix, array in (("qweight", qw.packed), ("scales", qw.scales), ("zero_points", qw.zero_points)):
         if array is None:
             args.append(None)

@@ -37,6 +37,7 @@ from ..format import VARIANT_DOMAIN
 from ._calibration import first_tokens, prefill_feeds, probe_session
 from ._linear import Linear
 from ._nbits import QuantizedWeight, dequantize, unpack_codes
+from ._smooth import ChannelTransform
 
 __all__ = ["Choice", "Probe", "choose", "column_slice", "layer_grid", "quantized_bytes"]
 
@@ -64,9 +65,10 @@ class Choice:
 class Probe:
     """The fp32 main graph in onnxruntime with each group's weights as graph inputs."""
 
-    def __init__(self, model: ir.Model, groups: list[list[Linear]]):
-
-
+    def __init__(self, model: ir.Model, groups: list[list[Linear]], smoothing: Sequence[ChannelTransform | None] | None = None):
+        # smoothed / reordered groups' quantized weights hold the transformed `W`: fed restored
+        # (the variant transforms the activation instead: the same product)
+        self.smoothing = list(smoothing) if smoothing is not None else [None] * len(groups)
         probe = model.clone()
         for key in [k for k in probe.functions if k[0].startswith(VARIANT_DOMAIN)]:
             del probe.functions[key]
@@ -103,6 +105,9 @@ class Probe:
             n = self.base[name].shape[0 if transposed else 1]
             part = column_slice(qw, start, start + n)
             out[name] = _dequantize_nk(part) if transposed else dequantize(part)
+            transform = self.smoothing[group]
+            if transform is not None:
+                out[name] = transform.restore(out[name], transposed)
             start += n
         return out
 
@@ -209,6 +214,7 @@ def choose(
     sensitivity_tokens: int = 32,
     held_out_tokens: int = 768,
     max_candidates: int = 5,
+    smoothing: Sequence[ChannelTransform | None] | None = None,
 ) -> Choice:
     """Bits per group (4 or 8) for the cheapest assignment found whose perplexity change measured
     on the `held_out` windows (their first `held_out_tokens` tokens, in turn from each kind of
@@ -222,11 +228,12 @@ def choose(
     calibration), it is not measured again. Groups are promoted to
     int8 in order of KL per extra byte; the number promoted is aimed from the measured changes (the
     change taken as proportional to the KL left in int4), each candidate measured, at most
-    `max_candidates` (all int4 first)."""
+    `max_candidates` (all int4 first). `smoothing`: per group the `_smooth.ChannelTransform` its
+    quantized weights were made with, None where none."""
     start = time.perf_counter()
     target = budget * aim
     windows = first_tokens(held_out, held_out_tokens)
-    probe = Probe(model, groups)
+    probe = Probe(model, groups, smoothing)
     if sensitivity is None or len(sensitivity) != len(groups):
         sensitivity = _sensitivities(probe, groups, int4, fit[0][None, :sensitivity_tokens])
     sens_seconds = time.perf_counter() - start

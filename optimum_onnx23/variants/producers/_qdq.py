@@ -64,7 +64,8 @@ def dequantize_matmul(
 ) -> list[ir.Node]:
     """`MatMul(activation, DequantizeLinear(q, scale[, zp]))` (`+ bias`), the weights owned
     initializers named `<owned_name>.qweight|scales|zero_points`; the last node's output is the
-    linear's. Region inputs are shared through `inputs` by name."""
+    linear's. Region inputs are shared through `inputs` by name (`activation` is the region's own
+    value: one of `inputs`, or computed in the region)."""
     args = []
     for tensor in qdq_tensors(qw, owned_name):
         if tensor is None:
@@ -75,8 +76,7 @@ def dequantize_matmul(
         "DequantizeLinear", args, attributes={"axis": 0, "block_size": qw.block_size}, name=f"{name}.dequantize"
     )
     dq.outputs[0].name = f"{owned_name}.weight"
-    x = inputs.setdefault(activation.name, ir.Value(name=activation.name))
-    matmul = ir.node("MatMul", [x, dq.outputs[0]], name=name)
+    matmul = ir.node("MatMul", [activation, dq.outputs[0]], name=name)
     nodes = [dq, matmul]
     if bias is not None:
         matmul.outputs[0].name = f"{owned_name}.matmul"

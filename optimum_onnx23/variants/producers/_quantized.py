@@ -27,10 +27,11 @@ from ._linear import Linear, find_linears, group_linears, name_group_outputs
 from ._merge import merge_bodies
 from ._nbits import QuantizedWeight, matmul_nbits, quantize_blockwise, quantize_gptq
 from ._qdq import dequantize_matmul
+from ._smooth import ChannelTransform, channel_transform
 from .ort_cpu import ort_cpu_region
 from .ort_cpu_functions import ops_without_kernel
 
-__all__ = ["Scheme", "FORMS", "group_role", "main_weight_bytes", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
+__all__ = ["Scheme", "FORMS", "describe_smoothing", "group_role", "main_weight_bytes", "quantized_region", "shared_quantization", "lm_head_of", "is_mlp_down", "is_attention_value"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ def quantized_region(
     form: str = "nbits",
     budget: float | None = None,
     bounded_memory: bool | None = None,
+    smooth: float | str | None = None,
+    reorder: bool = False,
 ) -> tuple[ir.Graph, dict[str, ir.TensorProtocol], dict]:
     """(body, owned weights, counts): each linear (group) as one `MatMulNBits` (`form="nbits"`) or
     one `DequantizeLinear` + `MatMul` (`form="qdq"`; `accuracy_level` unused: the session sets it)
@@ -169,8 +172,14 @@ def quantized_region(
     `bounded_memory` (None: when the main graph's fp32 weights, over 1 GiB, with the sessions'
     overhead would take more than half of the available memory): the calibration statistics come from the graph run
     chunk by chunk, and the precision search (a whole fp32 model in onnxruntime plus its weights as
-    feeds) is not run; the fixed lists are used and a warning says so."""
-    if form not in FORMS:
+    feeds) is not run; the fixed lists are used and a warning says so.
+
+    With `smooth` (alpha, and `calibration`), each group's activation is divided per input channel
+    by `_smooth.smoothing_scales` (one `Mul` by the variant's own `1 / s`) and its weight rows
+    multiplied by `s` before quantizing: the fp32 function is the same, the int8 activations of
+    accuracy level 4 lose less to outlier channels. `form="float"` emits the (smoothed) weights
+    unquantized as the variant's own fp32 initializers: what checks that the fold is exact."""
+    if form not in (*FORMS, "float"):
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     # A quantized variant is the main graph with its linears replaced: ops onnxruntime cannot run
     # (FlexAttention of a flex_attention export) stay, so neither calibration nor the variant could run.
@@ -216,17 +225,23 @@ def quantized_region(
     if measured:
         chosen = [scheme] * len(groups)
         counts.update(lm_head=0, mlp_down=0, attn_v=0)
+    transformed = (smooth is not None or reorder) and bool(calibration)
+    smoothing = _smoothing(model, groups, calibration, smooth, reorder, bool(bounded_memory)) if transformed else [None] * len(groups)
+    if transformed:
+        counts["smoothing"] = {"alpha": smooth, "reorder": reorder, "groups": sum(s is not None for s in smoothing)}
     shared = _SHARED.get()
-    key = (*_shared_key(model, groups, chosen, calibration), budget if measured else None)
+    key = (*_shared_key(model, groups, chosen, calibration), budget if measured else None, smooth, reorder)
     if shared is not None and key in shared:
         quantized, precision = shared[key][1]
         logger.info("%s: the same quantized weights as an earlier variant of this model", name)
     else:
         precision = None
-        if measured:
-            quantized, precision = _measured_precision(model, name, groups, scheme, calibration, budget, lm_head)
+        if form == "float":
+            quantized = [None] * len(groups)
+        elif measured:
+            quantized, precision = _measured_precision(model, name, groups, scheme, calibration, budget, lm_head, smoothing)
         else:
-            quantized = _quantize_groups(model, name, groups, chosen, calibration, bounded_memory)
+            quantized = _quantize_groups(model, name, groups, chosen, calibration, smoothing, bounded_memory)
         if shared is not None:  # the key's objects are held so their ids stay unique
             shared[key] = ((model, [l.weight.const_value for g in groups for l in g]), (quantized, precision))
     if precision is not None:
@@ -236,14 +251,19 @@ def quantized_region(
     owned: dict[str, ir.TensorProtocol] = {}
     nodes: list[ir.Node] = []
     outputs: list[ir.Value] = []
-    for i, (group, qw) in enumerate(zip(groups, quantized)):
+    for i, (group, qw, s) in enumerate(zip(groups, quantized, smoothing)):
         first = group[0]
         stem = first.weight.name + (f"+{len(group) - 1}" if len(group) > 1 else "") + (".lm_head" if first is lm_head else "")
-        node_name = f"{first.node.name or first.output.name}_q{qw.bits}"
-        if form == "nbits":
-            emitted = [matmul_nbits(first.activation, qw, f"{prefix}{stem}", accuracy_level, inputs, owned, bias=first.bias, name=node_name)]
+        node_name = f"{first.node.name or first.output.name}_q{qw.bits if qw is not None else 32}"
+        activation = inputs.setdefault(first.activation.name, ir.Value(name=first.activation.name))
+        if s is not None:
+            activation = _divide(activation, s, f"{prefix}{stem}", inputs, owned, nodes, f"{node_name}.smooth")
+        if form == "float":
+            emitted = _float_matmul(activation, group, s, f"{prefix}{stem}", inputs, owned, node_name)
+        elif form == "nbits":
+            emitted = [matmul_nbits(activation, qw, f"{prefix}{stem}", accuracy_level, inputs, owned, bias=first.bias, name=node_name)]
         else:
-            emitted = dequantize_matmul(first.activation, qw, f"{prefix}{stem}", inputs, owned, bias=first.bias, name=node_name)
+            emitted = dequantize_matmul(activation, qw, f"{prefix}{stem}", inputs, owned, bias=first.bias, name=node_name)
         extra, named = name_group_outputs(emitted[-1].outputs[0], group, f"{name}/packed{i}")
         nodes += [*emitted, *extra]
         outputs += named
@@ -253,6 +273,100 @@ def quantized_region(
     if fusions:  # the ort-cpu rewrites too: this is the whole onnxruntime-CPU form, not just its weights
         body = merge_bodies(body, ort_cpu_region(model, name)[0])
     return body, owned, counts
+
+
+def _smoothing(
+    model: ir.Model, groups: list[list[Linear]], calibration: list[np.ndarray], alpha: float | str | None, reorder: bool,
+    chunked: bool = False,
+) -> list[ChannelTransform | None]:
+    """The `_smooth.ChannelTransform` of each group from the channel maxima of its activation over
+    the first calibration tokens; None for a group with a bias (Gemm: kept simple, not measured)."""
+    from ._calibration import input_absmax
+
+    if alpha == "search":
+        return _searched_smoothing(model, groups, calibration)
+
+    start = time.perf_counter()
+    wanted = [g[0].activation for g in groups if g[0].bias is None]
+    peaks = input_absmax(model, wanted, first_tokens(calibration, _DIAGONAL_TOKENS), chunked=chunked)
+    out: list[np.ndarray | None] = []
+    for group in groups:
+        peak = peaks.get(group[0].activation.name) if group[0].bias is None else None
+        if peak is None:
+            out.append(None)
+            continue
+        out.append(channel_transform(peak, _group_weight(group), alpha, reorder))
+        _release(group)
+    logger.info("smoothing (alpha %s, reorder %s): %d groups in %.1f s", alpha, reorder, sum(s is not None for s in out),
+                time.perf_counter() - start)
+    return out
+
+
+def _searched_smoothing(model: ir.Model, groups: list[list[Linear]], calibration: list[np.ndarray]) -> list[ChannelTransform | None]:
+    """`_smooth.searched_transform` per group (bias-free), for int4 round to nearest blocks of 32."""
+    from ._nbits import dequantize, quantize_blockwise
+    from ._smooth import searched_transform
+
+    start = time.perf_counter()
+    wanted = [g[0].activation for g in groups if g[0].bias is None]
+    squares = input_hessians(model, wanted, first_tokens(calibration, _DIAGONAL_TOKENS), False)
+    out: list[ChannelTransform | None] = []
+    for group in groups:
+        h = squares.get(group[0].activation.name) if group[0].bias is None else None
+        out.append(None if h is None else searched_transform(
+            h, _group_weight(group), lambda w: dequantize(quantize_blockwise(w, 4, 32, False, False, None))))
+        _release(group)
+    logger.info("searched smoothing: %d of %d groups scaled in %.1f s", sum(t is not None for t in out), len(groups), time.perf_counter() - start)
+    return out
+
+
+def _divide(x: ir.Value, t: ChannelTransform, stem: str, inputs: dict, owned: dict, nodes: list, name: str) -> ir.Value:
+    """`(x / s)[..., p]` as `Gather(x, p, axis=-1) * (1 / s)[p]`, the variant's own `[K]` tensors
+    `<stem>.channels` and `<stem>.smooth`."""
+    if t.perm is not None:
+        tensor_name = f"{stem}.channels"
+        owned[tensor_name] = ir.tensor(t.perm.astype(np.int64), name=tensor_name)
+        gather = ir.node("Gather", [x, inputs.setdefault(tensor_name, ir.Value(name=tensor_name))], attributes={"axis": -1}, name=f"{name}.reorder")
+        gather.outputs[0].name = f"{stem}.reordered"
+        nodes.append(gather)
+        x = gather.outputs[0]
+    if t.scale is not None:
+        inverse = (1.0 / t.scale).astype(np.float32)
+        tensor_name = f"{stem}.smooth"
+        owned[tensor_name] = ir.tensor(inverse[t.perm] if t.perm is not None else inverse, name=tensor_name)
+        mul = ir.node("Mul", [x, inputs.setdefault(tensor_name, ir.Value(name=tensor_name))], name=name)
+        mul.outputs[0].name = f"{stem}.smoothed"
+        nodes.append(mul)
+        x = mul.outputs[0]
+    return x
+
+
+def _float_matmul(x: ir.Value, group: list[Linear], t: ChannelTransform | None, stem: str, inputs: dict, owned: dict, name: str) -> list[ir.Node]:
+    """`MatMul(x, t.weight(W))` (`+ bias`) with the group's weight as the variant's own fp32 tensor."""
+    weight = _group_weight(group, t)
+    tensor_name = f"{stem}.weight"
+    owned[tensor_name] = ir.tensor(np.ascontiguousarray(weight, np.float32), name=tensor_name)
+    matmul = ir.node("MatMul", [x, inputs.setdefault(tensor_name, ir.Value(name=tensor_name))], name=name)
+    nodes = [matmul]
+    bias = group[0].bias
+    if bias is not None:
+        matmul.outputs[0].name = f"{stem}.matmul"
+        nodes.append(ir.node("Add", [matmul.outputs[0], inputs.setdefault(bias.name, ir.Value(name=bias.name))], name=f"{name}.bias"))
+    return nodes
+
+
+def describe_smoothing(counts: dict) -> str:
+    """The clause the variant descriptions add for `counts["smoothing"]` ("" when none)."""
+    smoothing = counts.get("smoothing")
+    if not smoothing or not smoothing["groups"]:
+        return ""
+    what = []
+    if smoothing["alpha"] is not None:
+        what.append("activation scales searched per group (AWQ-style)" if smoothing["alpha"] == "search" else
+                    f"activations smoothed per input channel (SmoothQuant, alpha {smoothing['alpha']:g})")
+    if smoothing["reorder"]:
+        what.append("input channels reordered by activation range")
+    return f"; {' and '.join(what)} before {smoothing['groups']} matmuls, from calibration text"
 
 
 def group_role(group: list[Linear], lm_head: Linear | None, linear_nodes: set[ir.Node]) -> str:
@@ -269,7 +383,7 @@ def group_role(group: list[Linear], lm_head: Linear | None, linear_nodes: set[ir
 
 def _measured_precision(
     model: ir.Model, name: str, groups: list[list[Linear]], scheme: Scheme, calibration: list[np.ndarray], budget: float,
-    lm_head: Linear | None,
+    lm_head: Linear | None, smoothing: list[ChannelTransform | None],
 ) -> tuple[list[QuantizedWeight], dict]:
     from ._calibration import split_held_out
     from ._precision import choose, quantized_bytes
@@ -280,20 +394,21 @@ def _measured_precision(
 
     def int8(i: int) -> QuantizedWeight:
         if i not in int8_cache:
-            int8_cache[i] = wide.quantize(_group_weight(groups[i]), None)
+            int8_cache[i] = wide.quantize(_group_weight(groups[i], smoothing[i]), None)
             _release(groups[i])
         return int8_cache[i]
 
-    key = _precision_key(groups, scheme, budget, calibration)
+    smoothed = [s for s in smoothing if s is not None]
+    key = _precision_key(groups, scheme, budget, calibration, smoothed)
     cached = _precision_cache_read(key)
-    int4 = _quantize_groups(model, name, groups, [scheme] * len(groups), fit)
+    int4 = _quantize_groups(model, name, groups, [scheme] * len(groups), fit, smoothing)
     if cached is not None and len(cached.get("bits_list", ())) == len(groups):
         logger.info("%s: precision measured before for these weights, budget and calibration (cache %s)", name, key[:12])
         quantized = [int8(i) if bits == 8 else qw for i, (bits, qw) in enumerate(zip(cached["bits_list"], int4))]
         return quantized, {k: v for k, v in cached.items() if k != "bits_list"}
-    sensitivity_key = _precision_key(groups, scheme, None, calibration)  # the same for every budget
+    sensitivity_key = _precision_key(groups, scheme, None, calibration, smoothed)  # the same for every budget
     known = (_precision_cache_read(sensitivity_key) or {}).get("sensitivity")
-    choice = choose(model, groups, int4, int8, fit, held_out, budget, sensitivity=known)
+    choice = choose(model, groups, int4, int8, fit, held_out, budget, sensitivity=known, smoothing=smoothing)
     if known is None:
         _precision_cache_write(sensitivity_key, {"sensitivity": choice.sensitivity})
     quantized = [int8(i) if bits == 8 else qw for i, (bits, qw) in enumerate(zip(choice.bits, int4))]
@@ -332,7 +447,9 @@ def _measured_precision(
 _PRECISION_FORMAT = 8  # bump when the measurement changes: cached choices of an older one are not reused
 
 
-def _precision_key(groups: list[list[Linear]], scheme: Scheme, budget: float | None, calibration: list[np.ndarray]) -> str:
+def _precision_key(
+    groups: list[list[Linear]], scheme: Scheme, budget: float | None, calibration: list[np.ndarray], smoothing: list[ChannelTransform] = ()
+) -> str:
     """Content key of a precision choice: every group's weight bytes, the scheme, the budget and
     the calibration tokens (what the measurement depends on)."""
     digest = hashlib.sha256(f"{_PRECISION_FORMAT}|{scheme}|{budget!r}".encode())
@@ -341,6 +458,8 @@ def _precision_key(groups: list[list[Linear]], scheme: Scheme, budget: float | N
             digest.update(linear.weight.name.encode() + b"|" + np.ascontiguousarray(linear.weight.const_value.numpy()).tobytes())
     for window in calibration:
         digest.update(np.ascontiguousarray(window, np.int64).tobytes() + b"|")
+    for t in smoothing:
+        digest.update(b"s" + t.key())
     return digest.hexdigest()
 
 
@@ -383,9 +502,12 @@ def _shared_key(model: ir.Model, groups: list[list[Linear]], schemes: list[Schem
     return id(model), weights, tuple(schemes), digest.hexdigest() if calibration else None
 
 
-def _group_weight(group: list[Linear]) -> np.ndarray:
+def _group_weight(group: list[Linear], transform: ChannelTransform | None = None) -> np.ndarray:
     """The group's weights side by side as one float32 `[K, sum N]` array (a copy: nothing returned
-    refers to the memory-mapped external data, so the mapping can be released afterwards)."""
+    refers to the memory-mapped external data, so the mapping can be released afterwards); with
+    `transform`, its rows transformed (`_smooth`)."""
+    if transform is not None:
+        return transform.weight(_group_weight(group))
     if len(group) > 1:
         return np.concatenate([l.weight_kn() for l in group], axis=1)
     weight = group[0].weight_kn()
@@ -406,6 +528,7 @@ def _release(group: list[Linear]) -> None:
 
 def _quantize_groups(
     model: ir.Model, name: str, groups: list[list[Linear]], chosen: list[Scheme], calibration: list[np.ndarray] | None,
+    smoothing: list[ChannelTransform | None] | None = None,
     bounded_memory: bool = False,
 ) -> list[QuantizedWeight]:
     hessians: dict[str, np.ndarray] = {}
@@ -417,7 +540,9 @@ def _quantize_groups(
             calibration = first_tokens(calibration, _DIAGONAL_TOKENS)
         hessians = input_hessians(model, wanted, calibration, full, chunked=bounded_memory) if wanted else {}
     calibrated = time.perf_counter()
-    quantized = _quantize_all(groups, [hessians.get(g[0].activation.name) for g in groups], chosen)
+    smoothing = smoothing or [None] * len(groups)
+    quantized = _quantize_all(groups, [_smoothed_hessian(hessians.get(g[0].activation.name), s) for g, s in zip(groups, smoothing)],
+                              chosen, smoothing)
     logger.info("%s: calibration statistics in %.1f s, %d weights quantized in %.1f s", name, calibrated - start,
                 len(groups), time.perf_counter() - calibrated)
     return quantized
@@ -436,8 +561,14 @@ def main_weight_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for n, v in model.graph.initializers.items() if v.const_value is not None and not n.startswith("variants/"))
 
 
+def _smoothed_hessian(hessian: np.ndarray | None, t: ChannelTransform | None) -> np.ndarray | None:
+    """The statistics of the transformed activation."""
+    return hessian if hessian is None or t is None else t.hessian(hessian)
+
+
 def _quantize_all(
-    groups: list[list[Linear]], hessians: list[np.ndarray | None], schemes: list[Scheme], batch: int = 8
+    groups: list[list[Linear]], hessians: list[np.ndarray | None], schemes: list[Scheme],
+    smoothing: list[ChannelTransform | None], batch: int = 8,
 ) -> list[QuantizedWeight]:
     """Each group's weight with its scheme, streamed: one group's float32 weight is read from the
     (memory-mapped) external data, quantized and released before the next is read, so the float
@@ -450,14 +581,14 @@ def _quantize_all(
             shape = (group[0].weight_kn_shape()[0], sum(l.weight_kn_shape()[1] for l in group))
             batches.setdefault((shape, scheme), []).append(i)
             continue
-        weight = _group_weight(group)
+        weight = _group_weight(group, smoothing[i])
         out[i] = scheme.quantize(weight, hessian)
         del weight
         _release(group)
     for (_, scheme), members in batches.items():
         for start in range(0, len(members), batch):
             chunk = members[start : start + batch]
-            weights = [_group_weight(groups[i]) for i in chunk]
+            weights = [_group_weight(groups[i], smoothing[i]) for i in chunk]
             results = quantize_gptq(weights, [hessians[i] for i in chunk], scheme.bits, scheme.block_size, scheme.symmetric)
             del weights
             for i, qw in zip(chunk, results):

@@ -36,13 +36,14 @@ def produce(
     pack: bool = True,
     calibration: list | None = None,
     budget: float | None = DEFAULT_BUDGET,
+    smooth: float | None = None,
     bounded_memory: bool | None = None,
 ) -> VariantSpec:
     """The options of `ort_cpu_int4.produce` (same defaults, same meaning) less the onnxruntime
     ones: `accuracy_level` is a session option here, and the `ort-cpu` rewrites are contrib ops."""
     body, owned, counts, described = int4_region(
         model, NAME, "qdq", block_size, 4, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
-        include_lm_head, False, pack, calibration, budget, bounded_memory,
+        include_lm_head, False, pack, calibration, budget, bounded_memory, smooth,
     )
     return VariantSpec(
         name=NAME,
@@ -51,7 +52,8 @@ def produce(
         opset_imports={"": standard_opset(model)},
         owned=owned,
         priority=35,
-        report={"quantization": counts["precision"]} if "precision" in counts else {},
+        report={**({"quantization": counts["precision"]} if "precision" in counts else {}),
+                **({"smoothing": counts["smoothing"]} if "smoothing" in counts else {})},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} DequantizeLinear + MatMul, {described}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
         "(benchmarks/quality_bench.py, docs/variants.md)",

@@ -19,7 +19,7 @@ import logging
 
 import onnx_ir as ir
 
-from ._quantized import Scheme, quantized_region
+from ._quantized import Scheme, describe_smoothing, quantized_region
 from .spec import VariantSpec
 
 __all__ = ["NAME", "DEFAULT_BUDGET", "produce", "int4_region"]
@@ -43,6 +43,7 @@ def produce(
     pack: bool = True,
     calibration: list | None = None,
     budget: float | None = DEFAULT_BUDGET,
+    smooth: float | None = None,
     bounded_memory: bool | None = None,
 ) -> VariantSpec:
     """`budget` (default 0.10): the perplexity change allowed on held-out calibration text; which
@@ -63,7 +64,7 @@ def produce(
     not run: the fixed list is used, with a warning."""
     body, owned, counts, described = int4_region(
         model, NAME, "nbits", block_size, accuracy_level, symmetric, method, lm_head_bits, mlp_down_bits, attn_v_bits,
-        include_lm_head, fusions, pack, calibration, budget, bounded_memory,
+        include_lm_head, fusions, pack, calibration, budget, bounded_memory, smooth,
     )
     return VariantSpec.ort_cpu(
         model,
@@ -71,7 +72,8 @@ def produce(
         body=body,
         owned=owned,
         priority=30,
-        report={"quantization": counts["precision"]} if "precision" in counts else {},
+        report={**({"quantization": counts["precision"]} if "precision" in counts else {}),
+                **({"smoothing": counts["smoothing"]} if "smoothing" in counts else {})},
         description=f"{counts['linears']} linear layers as {counts['matmuls']} com.microsoft::MatMulNBits, "
         f"{described}, accuracy_level {accuracy_level}",
         tolerance="int4 weight-only: perplexity within +10% of the main graph's, measured on SmolLM2-135M-Instruct "
@@ -82,7 +84,7 @@ def produce(
 def int4_region(
     model: ir.Model, name: str, form: str, block_size: int, accuracy_level: int, symmetric: bool, method: str,
     lm_head_bits: int, mlp_down_bits: int, attn_v_bits: int, include_lm_head: bool, fusions: bool, pack: bool,
-    calibration: list | None, budget: float | None = None, bounded_memory: bool | None = None,
+    calibration: list | None, budget: float | None = None, bounded_memory: bool | None = None, smooth: float | None = None,
 ) -> tuple[ir.Graph, dict, dict, str]:
     """(body, owned, counts, what was quantized how) of the int4 scheme above in `form` ("nbits"
     or "qdq"); the standard-op `int4` variant shares it."""
@@ -104,7 +106,7 @@ def int4_region(
         raise InvalidArgumentError(f"{name}: lm_head_bits, mlp_down_bits and attn_v_bits must be 4 or 8.")
     body, owned, counts = quantized_region(
         model, name, scheme, accuracy_level, wide[lm_head_bits], wide[mlp_down_bits], wide[attn_v_bits],
-        include_lm_head, pack, fusions, calibration, form=form, budget=budget, bounded_memory=bounded_memory,
+        include_lm_head, pack, fusions, calibration, form=form, budget=budget, bounded_memory=bounded_memory, smooth=smooth,
     )
     precision = counts.get("precision")
     if precision is not None:
@@ -113,7 +115,7 @@ def int4_region(
         described = (f"{scheme.describe(True)}; int8 (symmetric) where measured sensitivity required: {groups}; "
                      f"{precision['bytes_read_per_token'] / 1e6:.1f} MB of weights read per token; held-out perplexity "
                      f"{100 * precision['perplexity_change']:+.2f}% (budget {100 * precision['budget']:+.1f}%"
-                     f"{'' if precision['met'] else ', NOT met'})")
+                     f"{'' if precision['met'] else ', NOT met'})" + describe_smoothing(counts))
         return body, owned, counts, described
     extra = "".join(
         f"; {label} {wide[bits].describe()}" for label, bits, key in (
@@ -122,4 +124,4 @@ def int4_region(
         )
         if wide[bits] is not None and counts[key]
     )
-    return body, owned, counts, scheme.describe(bool(calibration)) + extra
+    return body, owned, counts, scheme.describe(bool(calibration)) + extra + describe_smoothing(counts)
