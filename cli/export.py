@@ -232,6 +232,8 @@ def run_cli(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:  # the staging folder is already gone (exporters.output); no traceback
+        from optimum_onnx23.interrupts import Terminated
+
         what, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
         if exported:
             print(f"{what}; the export in {args.output} is complete, the upload did not finish", file=sys.stderr)
@@ -239,15 +241,6 @@ def run_cli(args) -> int:
             print(f"{what}; nothing was written", file=sys.stderr)
         return code
     return 0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a container stopping) raised where the export runs, so that it cleans up as
-    for Ctrl-C: by default Python dies on SIGTERM without unwinding, leaving its .partial folder."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
 
 
 class ONNXExportCommand(BaseOptimumCLICommand):
@@ -260,8 +253,10 @@ class ONNXExportCommand(BaseOptimumCLICommand):
     def run(self):
         import signal
 
-        signal.signal(signal.SIGTERM, _raise_terminated)
-        code = run_cli(self.args)
+        from optimum_onnx23 import interrupts
+
+        with interrupts.installed():
+            code = run_cli(self.args)
         if code in (130, 143):
             # Interrupted: a second Ctrl-C (or a late delivery of the first) during interpreter
             # shutdown would otherwise end the process by SIGINT instead of exit status 130.

@@ -153,6 +153,30 @@ def test_ctrl_c_or_kill_during_an_export_is_one_line_and_leaves_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its .out.partial-* sibling
 
 
+def test_an_interrupt_python_dropped_inside_a_step_still_stops_the_export_before_the_next_one():
+    import types
+
+    from optimum_onnx23 import interrupts
+    from optimum_onnx23.exporters.pipeline import ExportStep, run_steps
+
+    ran = []
+
+    def dropping(ctx):  # as Python does with a KeyboardInterrupt raised in a weakref callback
+        ran.append("first")
+        try:
+            interrupts._handler(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pass
+
+    steps = [ExportStep("a", dropping, lambda ctx: "a"), ExportStep("b", lambda ctx: ran.append("second"), lambda ctx: "b")]
+    ctx = types.SimpleNamespace(report=types.SimpleNamespace(timings={}))
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt):
+        run_steps(ctx, steps)
+    assert ran == ["first"]
+    run_steps(ctx, steps[1:])  # the record ends with the block: a later export runs
+    assert ran == ["first", "second"]
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--opset", "12"], "Opset 12 is out of range"),
     (["--dry-run"], "--dry-run only applies to an upload"),

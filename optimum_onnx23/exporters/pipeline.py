@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgumentError
+from ..interrupts import raise_if_stopped
 from .report import ExportReport
 
 __all__ = ["ExportOptions", "ExportContext", "ExportStep", "run_steps"]
@@ -103,12 +104,14 @@ def run_steps(ctx: ExportContext, steps: Sequence[ExportStep]) -> None:
     """Run the steps that apply to `ctx`, in order, timing each into `ctx.report.timings`."""
     active = [step for step in steps if step.applies(ctx)]
     for index, step in enumerate(active, 1):
+        raise_if_stopped()  # a Ctrl-C that Python dropped inside a callback during the last step
         label = step.label(ctx)
         logger.info("[%d/%d] %s...", index, len(active), label)
         start = time.perf_counter()
         step.run(ctx)
         ctx.report.timings[step.name] = round(time.perf_counter() - start, 3)
         logger.info("[%d/%d] %s done in %.1f s", index, len(active), label, ctx.report.timings[step.name])
+    raise_if_stopped()
 
 
 def check_known(value: str, known: Sequence[str], what: str, flag: str) -> None:
