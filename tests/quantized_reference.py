@@ -69,6 +69,13 @@ def dequantize_variant(main: ir.Model, selected: ir.Model) -> dict[str, Dequanti
         if node.domain != "com.microsoft" or node.op_type not in _DEQUANTIZE:
             continue
         deq = _DEQUANTIZE[node.op_type](node)
+        activation = node.inputs[0]
+        smoothing = activation.producer()
+        if smoothing is not None and smoothing.op_type == "Mul" and smoothing.inputs[1].name.endswith(".smooth"):
+            # activation smoothing: (x * (1/s)) @ (s * W), so the main graph's basis is (1/s) * (s * W)
+            inverse = smoothing.inputs[1].const_value.numpy().astype(np.float32)[:, None]
+            deq = Dequantized(deq.weight * inverse, deq.step * inverse)
+            activation = smoothing.inputs[0]
         output = node.outputs[0]
         if output.name in linears:
             targets, sizes = [output.name], [deq.weight.shape[1]]
@@ -80,7 +87,7 @@ def dequantize_variant(main: ir.Model, selected: ir.Model) -> dict[str, Dequanti
         start = 0
         for name, size in zip(targets, sizes):
             linear = linears[name]  # KeyError: the matmul computes no main-graph linear's output
-            assert node.inputs[0].name == linear.activation.name, f"{node.name} reads {node.inputs[0].name}"
+            assert activation.name == linear.activation.name, f"{node.name} reads {activation.name}"
             found[linear.weight.name] = Dequantized(deq.weight[:, start : start + size], deq.step[:, start : start + size])
             start += size
     return found

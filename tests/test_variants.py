@@ -111,7 +111,10 @@ def greedy_agreement(main: list[np.ndarray], variant: list[np.ndarray]) -> float
 # Logits error relative to the largest main-graph logit, and the share of teacher-forced greedy
 # tokens equal to the main graph's, on the bundled tiny Llama (random weights scaled up: flat
 # logits, so these bounds catch broken rewrites; quality on real text is tests/test_real_variants.py).
-QUANTIZED = {"ort-cpu-int8": (0.03, 0.9), "ort-cpu-int4": (0.10, 0.5)}  # measured 0.8%/94%, 5.8%/56%
+# int8 measured 0.9%/69% smoothed in blocks of 16 (the default since issue 25), 0.8%/94% unsmoothed
+# in blocks of 32: the same logits error, and 16 near-flat positions where one flip is 6 points;
+# int8's top-1 on real text is asserted by the real tiers (>= 95%). int4: 5.8%/56%.
+QUANTIZED = {"ort-cpu-int8": (0.03, 0.6), "ort-cpu-int4": (0.10, 0.5)}
 
 
 @pytest.mark.parametrize("name", list(QUANTIZED))
@@ -136,7 +139,10 @@ def test_select_quantized_variants_within_documented_tolerance(base, with_all, n
     # the ort-cpu rewrites ride along: 2 layers x 2 residual norms
     assert ops.count("SkipSimplifiedLayerNormalization") == 4
     # Attention is already 3-D in the main graph, not rewritten
-    assert report["variants"][name]["nodes"] == len(groups) + 2 * packed + 4  # each packed group: its Split and sizes
+    # each packed group: its Split and sizes; each smoothed group (int8's default): its Mul by 1/s
+    smoothed = sum(n.op_type == "Mul" and n.outputs[0].name.endswith(".smoothed") for n in selected.graph)
+    assert smoothed == (len(groups) if name == "ort-cpu-int8" else 0), smoothed
+    assert report["variants"][name]["nodes"] == len(groups) + 2 * packed + 4 + smoothed
     path = folder / f"test-{name}.onnx"
     ir.save(selected, path)
     main, got = run(base / "model.onnx", IDS), run(path, IDS)
