@@ -34,7 +34,10 @@ import onnx
 
 from .model_file import EXTERNAL_FOLDER_KEY
 
-__all__ = ["ChunkedSession", "SessionArg", "initializer_bytes"]
+__all__ = ["CHUNK_BYTES", "ChunkedSession", "SessionArg", "initializer_bytes"]
+
+# Weights resident per chunk: what streamed validation and chunked calibration hold at a time.
+CHUNK_BYTES = 1 << 30
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class ChunkedSession:
     beside it, or a `ModelProto` whose external data is in `folder`) run chunk by chunk."""
 
     def __init__(
-        self, model: str | Path | onnx.ModelProto, folder: str | Path | None = None, max_chunk_bytes: int = 1 << 30,
+        self, model: str | Path | onnx.ModelProto, folder: str | Path | None = None, max_chunk_bytes: int = CHUNK_BYTES,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ):
         if not isinstance(model, onnx.ModelProto):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..chunked_session import CHUNK_BYTES
 from ..resources import available_bytes
 
 __all__ = ["MemoryEstimate", "available_bytes", "free_pytorch_weights"]
@@ -58,7 +59,6 @@ def free_pytorch_weights(model: torch.nn.Module) -> None:
 # its validation runs onnxruntime chunk by chunk (`CHUNK_BYTES` of weights at a time).
 _BASE = 600 << 20
 _IN_MEMORY = 1.6
-CHUNK_BYTES = 1 << 30  # --streamed validation: onnxruntime holds this much of the weights at a time
 # --weight-format int4: bytes per linear weight element on disk and in onnxruntime (uint4 code, plus
 # a float32 scale and a uint4 zero point per block of 32); the rest (embeddings, norms, a tied or
 # int8 lm_head) is counted as fp32, an upper bound.

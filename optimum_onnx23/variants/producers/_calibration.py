@@ -18,13 +18,13 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from ...chunked_session import CHUNK_BYTES
 from ...contract import WRITE_INDICES
 from ..format import VARIANT_DOMAIN
 
 __all__ = ["CALIBRATION_DIR", "calibration_windows", "external_folder", "first_tokens", "input_absmax", "input_hessians", "prefill_feeds", "probe_session", "split_held_out"]
 
 logger = logging.getLogger(__name__)
-CHUNK_BYTES = 1 << 30  # chunked calibration: weights resident at a time
 CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "data" / "quality" / "calibration"
 
 
